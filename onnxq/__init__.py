@@ -1,0 +1,29 @@
+"""onnxq: framework-agnostic ONNX graph transformation and quantization."""
+
+from __future__ import annotations
+
+from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
+from onnxq.framework.context import Analysis, PassContext, Resource
+from onnxq.framework.errors import OnnxqError, UserError
+from onnxq.framework.pipeline import Pipeline, apply
+from onnxq.framework.registry import PassRegistry
+from onnxq.ir.io import load_model, save_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analysis",
+    "Diagnostic",
+    "OnnxqError",
+    "Pass",
+    "PassContext",
+    "PassRegistry",
+    "PassResult",
+    "Pipeline",
+    "Resource",
+    "Severity",
+    "UserError",
+    "apply",
+    "load_model",
+    "save_model",
+]

@@ -1,0 +1,268 @@
+"""Safe model I/O on onnx_ir: lazy loading with checked external data, atomic saving.
+
+Rules (see README): the input file is never modified; output goes to a temporary
+folder beside the target and is renamed into place (model and external data
+alike), so a crash leaves the previous output intact; external-data references
+must stay inside the model's folder. onnx_ir maps external data lazily, which
+keeps peak memory low on multi-GB models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxq.framework.errors import ExternalDataError, ModelLoadError, ModelSaveError
+from onnxq.ir import structure
+
+#: Models whose tensors add up to more than this are saved with external data.
+PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 1024**2
+#: Key in ``model.meta`` (not serialized) holding the file a model was loaded from.
+SOURCE_PATH_KEY = "onnxq.source_path"
+
+
+def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
+    """Loads an ONNX file into an ``onnx_ir.Model``; external data stays on disk until read.
+
+    Args:
+        path: The .onnx file.
+        check: Also validate the structure (opset imports, domains, cycles, undefined values).
+
+    Raises:
+        ModelLoadError: The file is missing, empty, truncated, not ONNX, or malformed.
+        ExternalDataError: An external-data reference escapes the model's folder or its file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: file is empty")
+    try:
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(
+            f"{path}: not a valid ONNX model (cannot parse protobuf: {_first_line(e)})"
+        ) from None
+    if not proto.HasField("graph"):
+        raise ModelLoadError(f"{path}: not a valid ONNX model (no graph; truncated or another format?)")
+    check_external_data_proto(proto, path)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as e:  # noqa: BLE001  # onnx_ir raises assorted types on malformed protos
+        raise ModelLoadError(f"{path}: malformed model: {_first_line(e)}") from None
+    ir.external_data.set_base_dir(model.graph, os.fspath(path.parent))
+    model.meta[SOURCE_PATH_KEY] = os.fspath(path.resolve())
+    if check:
+        structure.check_structure(model, where=os.fspath(path))
+    return model
+
+
+def check_external_data_proto(proto: onnx.ModelProto, path: Path) -> None:
+    """Rejects external-data references that are unsafe or do not fit their file.
+
+    A location must be relative, without ``..``, name a regular file inside the
+    model's folder that is neither a symlink nor a hardlink, and ``offset + length``
+    must lie within it.
+    """
+    base = path.resolve().parent
+    for tensor, where in _external_tensors(proto):
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        prefix = f"{path}: {where} '{tensor.name}'"
+        if not location:
+            raise ExternalDataError(f"{prefix}: external data has no location")
+        loc = Path(location)
+        if loc.is_absolute() or location.startswith(("/", "\\")) or ":" in location:
+            raise ExternalDataError(f"{prefix}: external data location '{location}' is absolute")
+        if ".." in loc.parts or "\\" in location:
+            raise ExternalDataError(
+                f"{prefix}: external data location '{location}' leaves the model folder"
+            )
+        target = base / loc
+        for parent in [target, *target.parents]:
+            if parent == base:
+                break
+            if parent.is_symlink():
+                raise ExternalDataError(
+                    f"{prefix}: external data location '{location}' is a symlink; copy the file instead"
+                )
+        if not target.is_file():
+            raise ExternalDataError(f"{prefix}: external data file '{location}' not found")
+        if not target.resolve().is_relative_to(base):
+            raise ExternalDataError(
+                f"{prefix}: external data location '{location}' leaves the model folder"
+            )
+        st = target.stat()
+        if st.st_nlink > 1:
+            raise ExternalDataError(
+                f"{prefix}: external data file '{location}' is a hardlink; copy the file instead"
+            )
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else st.st_size - offset
+        except ValueError:
+            raise ExternalDataError(f"{prefix}: external data offset/length is not a number") from None
+        if offset < 0 or length < 0 or offset + length > st.st_size:
+            raise ExternalDataError(
+                f"{prefix}: external data offset {offset} + length {length} lies outside "
+                f"'{location}' ({st.st_size} bytes)"
+            )
+        expected = _tensor_nbytes(tensor)
+        if expected is not None and expected != length:
+            raise ExternalDataError(
+                f"{prefix}: external data length {length} does not match its shape/type "
+                f"({expected} bytes)"
+            )
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    in_place: bool = False,
+) -> Path:
+    """Writes the model atomically; the previous file at ``path`` survives any failure.
+
+    Args:
+        model: The model to save. Its lazily loaded tensors are read, not copied into memory.
+        path: The output .onnx file.
+        external_data: ``True`` writes weights to ``<name>.data`` beside the model, ``False``
+            embeds them, ``None`` decides by size (external above the 2 GB protobuf limit).
+        in_place: Allow ``path`` to be the file the model was loaded from.
+
+    Returns:
+        The path of the external-data file written, or of the model when there is none.
+
+    Raises:
+        ModelSaveError: ``path`` is the input (without ``in_place``), a folder, or not writable.
+    """
+    path = Path(path)
+    source = model.meta.get(SOURCE_PATH_KEY)
+    if source and not in_place and path.resolve() == Path(source):
+        raise ModelSaveError(
+            f"{path}: refusing to overwrite the input model; choose another output "
+            "or pass --in-place"
+        )
+    if path.is_dir():
+        raise ModelSaveError(f"{path}: is a folder; give a file name such as {path / 'model.onnx'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelSaveError(f"{path}: output folder '{folder}' does not exist")
+    if external_data is None:
+        external_data = tensor_bytes(model) > PROTOBUF_LIMIT_BYTES
+    data_name = path.name + ".data"
+    try:
+        with _temp_folder(folder) as tmp:
+            tmp_model = tmp / path.name
+            if external_data:
+                ir.save(model, tmp_model, external_data=data_name)
+                _fsync(tmp / data_name)
+            else:
+                _load_external_tensors(model)
+                ir.save(model, tmp_model)
+            _fsync(tmp_model)
+            if external_data:
+                os.replace(tmp / data_name, folder / data_name)
+            os.replace(tmp_model, path)
+            _fsync_dir(folder)
+    except PermissionError as e:
+        raise ModelSaveError(f"{path}: cannot write ({e.strerror})") from None
+    except ValueError as e:
+        # NOTE: protobuf refuses to serialize > 2 GB; tell the user what to do.
+        if "2GB" in str(e) or "too large" in str(e).lower():
+            raise ModelSaveError(
+                f"{path}: model exceeds the 2 GB protobuf limit; save with external data"
+            ) from None
+        raise
+    return folder / data_name if external_data else path
+
+
+def tensor_bytes(model: ir.Model) -> int:
+    """Total bytes of all initializers (in every graph), without reading external data."""
+    total = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None:
+                total += tensor.nbytes
+    return total
+
+
+def _load_external_tensors(model: ir.Model) -> None:
+    # NOTE: an embedded save must not keep references to the input's data file.
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+
+
+@contextlib.contextmanager
+def _temp_folder(folder: Path) -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix=".onnxq-tmp-", dir=folder))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        _fsync(path)
+
+
+def _external_tensors(proto: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+    def walk(graph: onnx.GraphProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+        for t in graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                yield t, "initializer"
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                    yield attr.t, f"node '{node.name}' attribute"
+                for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    yield from walk(g)
+
+    yield from walk(proto.graph)
+    for function in proto.functions:
+        for node in function.node:
+            for attr in node.attribute:
+                if attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                    yield attr.t, f"function '{function.name}' node '{node.name}' attribute"
+
+
+def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    try:
+        dtype = ir.DataType(tensor.data_type)
+    except ValueError:
+        return None
+    if dtype == ir.DataType.STRING or dtype == ir.DataType.UNDEFINED:
+        return None
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return (count * dtype.bitwidth + 7) // 8
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

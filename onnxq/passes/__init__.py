@@ -1,0 +1,18 @@
+"""Built-in passes, grouped by intent (cleanup/ now; fusion/, quantization/, precision/ later)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onnxq.framework.registry import PassRegistry
+
+
+def register_builtins(registry: PassRegistry) -> None:
+    """Registers every built-in pass and preset into ``registry``."""
+    from onnxq.passes import cleanup
+
+    for pass_cls in cleanup.PASSES:
+        registry.register(pass_cls)
+    for preset in cleanup.PRESETS:
+        registry.register_preset(preset)
