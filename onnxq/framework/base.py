@@ -62,7 +62,9 @@ class Pass(ir.passes.InPlacePass, abc.ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    requires: ClassVar[tuple[type[Analysis[Any]], ...]] = ()
+    #: Analyses the pass reads (computed and cached by the context). NOTE: not `requires`,
+    #: which onnx_ir's PassBase uses for its pre-condition hook.
+    analyses: ClassVar[tuple[type[Analysis[Any]], ...]] = ()
     needs: ClassVar[tuple[type[Resource], ...]] = ()
 
     @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Two kinds of things: *analyses*, computed from the model on demand and cached
 until a pass reports a change, and *resources*, supplied by the caller
 (calibration data, a target profile, sample inputs). Passes declare both in
-``requires`` / ``needs`` so the pipeline can check them before running.
+``analyses`` / ``needs`` so the pipeline can check them before running.
 """
 
 from __future__ import annotations

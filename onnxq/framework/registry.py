@@ -132,7 +132,15 @@ class PassRegistry:
 
     # --- parsing ---------------------------------------------------------------
     def build(self, specs: Iterable[Spec]) -> list[Pass]:
-        return [self._build_one(spec) for spec in specs]
+        passes: list[Pass] = []
+        for spec in specs:
+            built = self._build_one(spec)
+            # NOTE: a plain nested pipeline means the same as its passes inline.
+            if isinstance(built, Pipeline) and built.label is None and not built.changed_options():
+                passes.extend(built.passes)
+            else:
+                passes.append(built)
+        return passes
 
     def _build_one(self, spec: Spec) -> Pass:
         if spec.name in NESTING_NAMES:

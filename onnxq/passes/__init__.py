@@ -10,7 +10,10 @@ if TYPE_CHECKING:
 
 def register_builtins(registry: PassRegistry) -> None:
     """Registers every built-in pass and preset into ``registry``."""
+    from onnxq.framework.graphsurgeon_pass import GraphSurgeonPass
     from onnxq.passes import cleanup
+
+    registry.register(GraphSurgeonPass)
 
     for pass_cls in cleanup.PASSES:
         registry.register(pass_cls)

@@ -18,6 +18,7 @@ from onnx_ir.passes.common import _c_api_utils
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
 from onnxq.framework.errors import OptionError, UserError
+from onnxq.ir.interop import replace_contents
 
 #: onnx's version converter does not support opsets older than this.
 MIN_OPSET = 7
@@ -64,7 +65,7 @@ class ConvertOpset(Pass):
             ) from None
         new = ir.serde.deserialize_model(converted)
         _reattach_initializers(new, big, original_inputs={v.name for v in model.graph.inputs})
-        _replace_contents(model, new)
+        replace_contents(model, new)
         return PassResult(True, {"from_opset": current, "to_opset": target})
 
 
@@ -81,14 +82,3 @@ def _reattach_initializers(new: ir.Model, originals: dict[str, ir.Value], origin
             kept_inputs.append(value)
     new.graph.inputs.clear()
     new.graph.inputs.extend(kept_inputs)
-
-
-def _replace_contents(model: ir.Model, new: ir.Model) -> None:
-    """Moves ``new``'s graph, opsets and functions into ``model`` (the pass works in place)."""
-    model.graph = new.graph
-    model.opset_imports.clear()
-    model.opset_imports.update(new.opset_imports)
-    model.functions.clear()
-    model.functions.update(new.functions)
-    if new.ir_version is not None:
-        model.ir_version = new.ir_version

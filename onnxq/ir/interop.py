@@ -1,0 +1,44 @@
+"""Interop between onnx_ir and protobuf / onnx-graphsurgeon, for passes that need another representation.
+
+In-place passes that build a new model (opset conversion, graphsurgeon scripts)
+move its contents into the caller's model with :func:`replace_contents`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import onnx_ir as ir
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+
+def replace_contents(model: ir.Model, new: ir.Model) -> None:
+    """Moves ``new``'s graph, opsets, functions and IR version into ``model``."""
+    # NOTE: opset imports belong to the graph in onnx_ir; they move with it.
+    model.graph = new.graph
+    model.functions.clear()
+    model.functions.update(new.functions)
+    if new.ir_version is not None:
+        model.ir_version = new.ir_version
+
+
+def to_graphsurgeon(model: ir.Model) -> gs.Graph:
+    """A gs.Graph of the model (reads all weights into memory: graphsurgeon has no lazy tensors)."""
+    import onnx_graphsurgeon as gs
+
+    return gs.import_onnx(ir.to_proto(model))
+
+
+def from_graphsurgeon(graph: gs.Graph, *, like: ir.Model) -> ir.Model:
+    """An onnx_ir model of a gs.Graph, keeping ``like``'s opsets where the graph has none."""
+    import onnx_graphsurgeon as gs
+
+    proto = gs.export_onnx(graph, do_type_check=False)
+    if like.ir_version is not None:
+        proto.ir_version = like.ir_version
+    new = ir.serde.deserialize_model(proto)
+    for domain, version in like.opset_imports.items():
+        new.opset_imports.setdefault(domain, version)
+    return new
