@@ -12,11 +12,11 @@ from rich.console import Console
 from onnxq.framework.errors import ModelSaveError
 
 #: Human output goes to stderr when --json owns stdout.
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def console(as_json: bool) -> Console:
-    return stderr if as_json else Console(highlight=False)
+    return stderr if as_json else Console(highlight=False, soft_wrap=True)
 
 
 def print_json(document: Any) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -61,7 +61,8 @@ def fingerprint(model: ir.Model) -> str:
         for value in graph.outputs:
             h.update(f"o{value.name}{value.type}{value.shape}".encode())
         if isinstance(graph, ir.Graph):
-            for name, value in graph.initializers.items():
+            # NOTE: initializer order carries no meaning (onnx's C API helpers reorder them).
+            for name, value in sorted(graph.initializers.items()):
                 tensor = value.const_value
                 h.update(f"w{name}{value.dtype}{value.shape}{id(tensor)}".encode())
         for node in graph:
@@ -159,6 +160,8 @@ class NumericCheckEach(Instrumentation):
 
         if self.inputs is None:
             self.inputs = runtime.random_inputs(model)
+        else:
+            self.inputs = runtime.select_inputs(model, self.inputs)
         self.reference = runtime.run(model, self.inputs)
 
     def after_pass(self, pass_: Pass, model: ir.Model, result: PassResult, ctx: PassContext) -> None:
@@ -196,7 +199,3 @@ class DumpAfterChange(Instrumentation):
         save_model(model, path)
         self.written.append(path)
         logger.info("dumped %s", path)
-
-
-def describe(instrumentations: list[Any]) -> list[str]:
-    return [type(i).__name__ for i in instrumentations]

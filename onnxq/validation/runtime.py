@@ -67,6 +67,18 @@ def random_inputs(model: ir.Model, *, seed: int = 0, dim_values: Mapping[str, in
     return feeds
 
 
+def select_inputs(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> Feeds:
+    """The feeds the model takes (extra arrays such as labels are dropped); errors name missing inputs."""
+    initializers = set(model.graph.initializers)
+    names = [v.name for v in model.graph.inputs if v.name not in initializers]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise OptionError(
+            f"sample inputs lack {', '.join(repr(m) for m in missing)} (have: {', '.join(sorted(feeds))})"
+        )
+    return {n: np.asarray(feeds[n]) for n in names if n is not None}
+
+
 def load_inputs(path: str | os.PathLike[str]) -> Feeds:
     """Sample inputs from an .npz file (keys = input names) or a folder of <input>.npy files."""
     path = Path(path)
