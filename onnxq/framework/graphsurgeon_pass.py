@@ -76,7 +76,7 @@ def resolve(spec: str) -> GraphFunction:
             module = importlib.import_module(target)
     except ImportError as e:
         raise OptionError(f"pass 'graphsurgeon': cannot import '{target}': {e}") from None
-    fn = module
+    fn: Any = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

@@ -47,7 +47,7 @@ def random_inputs(model: ir.Model, *, seed: int = 0, dim_values: Mapping[str, in
     initializers = set(model.graph.initializers)
     feeds: Feeds = {}
     for value in model.graph.inputs:
-        if value.name in initializers:
+        if value.name in initializers or value.name is None:
             continue
         if value.dtype is None or value.shape is None:
             raise OptionError(f"input '{value.name}' has no static type/shape; supply sample inputs")
