@@ -32,13 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="onnxq", description="ONNX graph transformation and quantization.")
     parser.add_argument("--version", action="version", version=f"onnxq {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    _add_global_flags(parser, argparse.SUPPRESS)
+    parser.set_defaults(debug=False, quiet=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"onnxq.cli.{name}").add_parser(sub)
+    # NOTE: global flags work before or after the command (`onnxq -q run ...`, `onnxq run ... -q`).
+    for command_parser in sub.choices.values():
+        _add_global_flags(command_parser, argparse.SUPPRESS)
     return parser
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only print errors")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

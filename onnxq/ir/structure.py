@@ -8,6 +8,8 @@ Written by hand because no library reports these with the culprit's name.
 
 from __future__ import annotations
 
+import functools
+
 import onnx
 import onnx_ir as ir
 
@@ -28,6 +30,7 @@ KNOWN_EXTRA_DOMAINS = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=1)
 def known_domains() -> frozenset[str]:
     """onnx's registered domains plus :data:`KNOWN_EXTRA_DOMAINS`."""
     onnx_domains = {s.domain for s in onnx.defs.get_all_schemas_with_history()}

@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import onnxq.cli
-
-onnxq.cli.COMMANDS = tuple(c for c in onnxq.cli.COMMANDS if c != "convert")  # TEMP until convert lands
-main = onnxq.cli.main
+from onnxq.cli import main
 from onnxq.ir.io import load_model
 from onnxq.validation import runtime
 
