@@ -57,46 +57,7 @@ PIPELINES: tuple[str, ...] = (
 #: Key: a case name (all pipelines) or "pipeline:case" (one pipeline).
 EXCLUDED: dict[str, str] = {}
 
-# Library bugs found by this check (details in the comments; one short line each for pytest).
-# onnx_ir ShapeInferencePass merges only .dtype/.shape of inferred values, so an untyped
-# intermediate seq(tensor(float)) value becomes TensorType(float); ORT refuses the model.
-_SEQ_TYPES = "infer-shapes makes sequence/optional values tensors (onnx_ir shape merge)"
-# onnxscript's cast_like rule rewrites CastLike{saturate=0} to Cast{to} and drops 'saturate'.
-_CASTLIKE = "fold-constants drops CastLike saturate=0 (onnxscript cast_like rule)"
-# onnxscript's split_to_sequence rule reads split_value.ndim when the scalar split is not constant.
-_SPLIT_SEQ = "fold-constants crashes on SplitToSequence with a scalar non-constant split"
-# onnx_ir CSE puts the attribute value, an unhashable TypeAndShape, into a dict key.
-_CSE_TYPE_ATTR = "eliminate-common-subexpressions crashes on TYPE_PROTO attributes (Optional)"
-
-#: Library bugs the conformance run found, ``"pipeline:case" -> bug``. The per-pass tests
-#: skip them and ``test_known_bug`` runs each one as a strict xfail: when a bug is fixed
-#: that test XPASSes and fails, asking for the entry to be removed.
-KNOWN_BUGS: dict[str, str] = {
-    **{
-        f"{pipeline}:{case}": _SEQ_TYPES
-        for pipeline in ("infer-shapes", "cleanup")
-        for case in (
-            "test_loop16_seq_none",
-            "test_sequence_map_add_1_sequence_1_tensor_expanded",
-            "test_sequence_map_add_2_sequences_expanded",
-            "test_sequence_map_extract_shapes_expanded",
-            "test_sequence_map_identity_1_sequence_1_tensor_expanded",
-            "test_sequence_map_identity_1_sequence_expanded",
-            "test_sequence_map_identity_2_sequences_expanded",
-        )
-    },
-    "infer-shapes:test_if_opt": _SEQ_TYPES,
-    **{
-        f"{pipeline}:test_castlike_no_saturate_{src}_to_{dst}": _CASTLIKE
-        for pipeline in ("fold-constants", "cleanup")
-        for src in ("FLOAT", "FLOAT16")
-        for dst in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ")
-    },
-    "fold-constants:test_split_to_sequence_1": _SPLIT_SEQ,
-    "cleanup:test_split_to_sequence_1": _SPLIT_SEQ,
-    "eliminate-common-subexpressions:test_if_opt": _CSE_TYPE_ATTR,
-    "cleanup:test_if_opt": _CSE_TYPE_ATTR,
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @dataclasses.dataclass

@@ -10,10 +10,12 @@ keeps peak memory low on multi-GB models.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -56,10 +58,16 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
     if not proto.HasField("graph"):
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph; truncated or another format?)")
     check_external_data_proto(proto, path)
+    serde_log = logging.getLogger("onnx_ir.serde")
+    level = serde_log.level
+    # NOTE: onnx_ir warns about undefined names; check_structure reports them as one-line errors.
+    serde_log.setLevel(logging.ERROR)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # noqa: BLE001  # onnx_ir raises assorted types on malformed protos
         raise ModelLoadError(f"{path}: malformed model: {_first_line(e)}") from None
+    finally:
+        serde_log.setLevel(level)
     ir.external_data.set_base_dir(model.graph, os.fspath(path.parent))
     model.meta[SOURCE_PATH_KEY] = os.fspath(path.resolve())
     if check:
@@ -162,6 +170,20 @@ def save_model(
     if external_data is None:
         external_data = tensor_bytes(model) > PROTOBUF_LIMIT_BYTES
     data_name = path.name + ".data"
+    data_path = folder / data_name
+    referenced = _referenced_data_files(model)
+    if path.resolve() in referenced:
+        raise ModelSaveError(f"{path}: is an external-data file of the input model; choose another output")
+    if external_data and data_path.resolve() in referenced and not in_place:
+        raise ModelSaveError(
+            f"{path}: would replace '{data_path}', which the input model reads its weights from; "
+            "choose another output or pass --in-place"
+        )
+    if external_data and data_path.is_dir():
+        raise ModelSaveError(f"{path}: '{data_path}' is a folder; the external-data file cannot be written")
+    # NOTE: tensors in node attributes are never unloaded by ir.save; read them in so the
+    # output does not keep references into the input's data file.
+    _load_external_tensors(model, initializers=not external_data)
     try:
         with _temp_folder(folder) as tmp:
             tmp_model = tmp / path.name
@@ -169,15 +191,15 @@ def save_model(
                 ir.save(model, tmp_model, external_data=data_name)
                 _fsync(tmp / data_name)
             else:
-                _load_external_tensors(model)
                 ir.save(model, tmp_model)
             _fsync(tmp_model)
+            # NOTE: two renames; the window between them is the one non-atomic moment.
             if external_data:
-                os.replace(tmp / data_name, folder / data_name)
+                os.replace(tmp / data_name, data_path)
             os.replace(tmp_model, path)
             _fsync_dir(folder)
-    except PermissionError as e:
-        raise ModelSaveError(f"{path}: cannot write ({e.strerror})") from None
+    except OSError as e:
+        raise ModelSaveError(f"{path}: cannot write ({e.strerror or e})") from None
     except ValueError as e:
         # NOTE: protobuf refuses to serialize > 2 GB; tell the user what to do.
         if "2GB" in str(e) or "too large" in str(e).lower():
@@ -185,7 +207,7 @@ def save_model(
                 f"{path}: model exceeds the 2 GB protobuf limit; save with external data"
             ) from None
         raise
-    return folder / data_name if external_data else path
+    return data_path if external_data else path
 
 
 def tensor_bytes(model: ir.Model) -> int:
@@ -199,13 +221,38 @@ def tensor_bytes(model: ir.Model) -> int:
     return total
 
 
-def _load_external_tensors(model: ir.Model) -> None:
-    # NOTE: an embedded save must not keep references to the input's data file.
+def _all_tensor_slots(model: ir.Model) -> Iterator[tuple[ir.TensorProtocol, Callable[[ir.TensorProtocol], None], bool]]:
+    """(tensor, setter, is_initializer) for every tensor in initializers and node attributes."""
     for graph in model.graphs():
         for value in graph.initializers.values():
-            tensor = value.const_value
-            if isinstance(tensor, ir.ExternalTensor):
-                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+            if value.const_value is not None:
+                yield value.const_value, functools.partial(setattr, value, "const_value"), True
+    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
+    for function in model.functions.values():
+        nodes.extend(ir.traversal.RecursiveGraphIterator(function))
+    for node in nodes:
+        for name, attr in list(node.attributes.items()):
+            if attr.type == ir.AttributeType.TENSOR and attr.value is not None:
+
+                def set_attr(t: ir.TensorProtocol, node: ir.Node = node, name: str = name) -> None:
+                    node.attributes[name] = ir.AttrTensor(name, t)
+
+                yield attr.value, set_attr, False
+
+
+def _referenced_data_files(model: ir.Model) -> set[Path]:
+    return {
+        Path(tensor.path).resolve()
+        for tensor, _, _ in _all_tensor_slots(model)
+        if isinstance(tensor, ir.ExternalTensor)
+    }
+
+
+def _load_external_tensors(model: ir.Model, *, initializers: bool) -> None:
+    """Reads external tensors into memory: attribute tensors always, initializers on request."""
+    for tensor, set_tensor, is_initializer in list(_all_tensor_slots(model)):
+        if isinstance(tensor, ir.ExternalTensor) and (initializers or not is_initializer):
+            set_tensor(ir.Tensor(tensor.numpy(), name=tensor.name))
 
 
 @contextlib.contextmanager
@@ -231,23 +278,26 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _external_tensors(proto: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
-    def walk(graph: onnx.GraphProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+    def walk_nodes(nodes: Iterable[onnx.NodeProto], prefix: str) -> Iterator[tuple[onnx.TensorProto, str]]:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                    yield attr.t, f"{prefix}node '{node.name}' attribute"
+                for t in attr.tensors:
+                    if t.data_location == onnx.TensorProto.EXTERNAL:
+                        yield t, f"{prefix}node '{node.name}' attribute"
+                for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    yield from walk_graph(g, prefix)
+
+    def walk_graph(graph: onnx.GraphProto, prefix: str) -> Iterator[tuple[onnx.TensorProto, str]]:
         for t in graph.initializer:
             if t.data_location == onnx.TensorProto.EXTERNAL:
-                yield t, "initializer"
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
-                    yield attr.t, f"node '{node.name}' attribute"
-                for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                    yield from walk(g)
+                yield t, f"{prefix}initializer"
+        yield from walk_nodes(graph.node, prefix)
 
-    yield from walk(proto.graph)
+    yield from walk_graph(proto.graph, "")
     for function in proto.functions:
-        for node in function.node:
-            for attr in node.attribute:
-                if attr.HasField("t") and attr.t.data_location == onnx.TensorProto.EXTERNAL:
-                    yield attr.t, f"function '{function.name}' node '{node.name}' attribute"
+        yield from walk_nodes(function.node, f"function '{function.name}' ")
 
 
 def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:

@@ -64,6 +64,8 @@ def check_structure(model: ir.Model, *, where: str = "model") -> None:
             )
     for graph in model.graphs():
         _check_graph(graph, where)
+    for function in model.functions.values():
+        _check_graph(function, where)
 
 
 def _all_nodes(model: ir.Model) -> list[ir.Node]:
@@ -73,7 +75,7 @@ def _all_nodes(model: ir.Model) -> list[ir.Node]:
     return nodes
 
 
-def _check_graph(graph: ir.Graph, where: str) -> None:
+def _check_graph(graph: ir.Graph | ir.Function, where: str) -> None:
     nodes = list(graph)
     in_graph = {id(n) for n in nodes}
     # Kahn's algorithm over the edges between nodes of this graph.
@@ -111,7 +113,7 @@ def _check_graph(graph: ir.Graph, where: str) -> None:
     if done != len(nodes):
         stuck = next(n for n in nodes if pending[id(n)] > 0)
         raise ModelLoadError(
-            f"{where}: graph '{graph.name}' has a cycle through node '{stuck.name}' ({stuck.op_type})"
+            f"{where}: {'function' if isinstance(graph, ir.Function) else 'graph'} '{graph.name}' has a cycle through node '{stuck.name}' ({stuck.op_type})"
         )
 
 

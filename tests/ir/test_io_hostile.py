@@ -42,42 +42,11 @@ EXPECTED = np.maximum(FEEDS["X"] + WEIGHT, 0.0)
 
 
 # --- library bugs these tests found (strict xfails: they XPASS, and fail, once fixed) ------------
-BUG_FUNCTION_SUBGRAPHS = (
-    "bug: io._external_tensors walks subgraphs of main-graph nodes but not of function nodes, "
-    "so an external location in a function's If/Loop body is never checked (reads any file)"
-)
-BUG_DESERIALIZE_WARNING = (
-    "bug: load_model lets onnx_ir's 'cannot be found in any scope' WARNING through, "
-    "so the CLI prints two lines for an undefined tensor"
-)
-BUG_ATTRIBUTE_TENSORS = (
-    "bug: save_model only loads external *initializers*; external tensor attributes (Constant) "
-    "keep the input's location/offsets, dangling or pointing into the replaced data file"
-)
-BUG_DATA_FILE_COLLISION = (
-    "bug: save_model/check_output only compare the output with the input model file; an output "
-    "(or its '<output>.data') that is the input's external data file replaces it"
-)
 BUG_RENAME_ORDER = (
-    "bug: save_model moves the new .data over the old one before the model; a failure in "
+    "known limitation: save_model moves the new .data over the old one before the model; a failure in "
     "between leaves the old model reading the new data"
 )
-BUG_DATA_PATH_IS_FOLDER = (
-    "bug: save_model does not check '<output>.data'; a folder there is an internal error (exit 1)"
-)
-BUG_FUNCTION_STRUCTURE = (
-    "bug: structure.check_structure checks cycles/undefined values in model.graphs() only, "
-    "not in model.functions"
-)
-KNOWN_BUGS = {
-    ("load", "function-cycle"): BUG_FUNCTION_STRUCTURE,
-    ("cli", "function-cycle"): BUG_FUNCTION_STRUCTURE,
-    ("load", "function-undefined-tensor"): BUG_FUNCTION_STRUCTURE,
-    ("cli", "function-undefined-tensor"): BUG_FUNCTION_STRUCTURE,
-    ("load", "external-location-in-function-subgraph"): BUG_FUNCTION_SUBGRAPHS,
-    ("cli", "external-location-in-function-subgraph"): BUG_FUNCTION_SUBGRAPHS,
-    ("cli", "undefined-input-tensor"): BUG_DESERIALIZE_WARNING,
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def known_bug(reason: str) -> pytest.MarkDecorator:
@@ -577,7 +546,6 @@ def test_output_is_a_folder(root: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert snapshot(root) == before
 
 
-@known_bug(BUG_DATA_PATH_IS_FOLDER)
 def test_output_data_path_is_a_folder(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = save_external(root / "in")
     (root / "out" / "model.onnx.data").mkdir()
@@ -658,7 +626,6 @@ def _external_constant_model(folder: Path) -> Path:
     return path
 
 
-@known_bug(BUG_ATTRIBUTE_TENSORS)
 @pytest.mark.parametrize("external", [False, True])
 def test_save_from_another_folder_with_external_attribute_tensor(external: bool, root: Path) -> None:
     """A Constant's tensor stored externally must not keep pointing at the input's data file."""
@@ -670,7 +637,6 @@ def test_save_from_another_folder_with_external_attribute_tensor(external: bool,
     np.testing.assert_allclose(ort_outputs(target), EXPECTED, rtol=1e-6)
 
 
-@known_bug(BUG_ATTRIBUTE_TENSORS)
 def test_in_place_with_external_attribute_tensor_keeps_the_data(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -682,7 +648,6 @@ def test_in_place_with_external_attribute_tensor_keeps_the_data(
     np.testing.assert_allclose(ort_outputs(path), EXPECTED, rtol=1e-6)
 
 
-@known_bug(BUG_DATA_FILE_COLLISION)
 @pytest.mark.parametrize("variant", ["output-is-input-data", "output-data-is-input-data"])
 def test_output_must_not_replace_the_inputs_data(
     variant: str, root: Path, capsys: pytest.CaptureFixture[str]

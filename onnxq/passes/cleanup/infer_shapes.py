@@ -1,30 +1,24 @@
-"""infer-shapes: onnx shape/type inference merged into the IR (onnx_ir's ShapeInferencePass).
+"""infer-shapes: onnx shape/type inference merged into the IR.
 
-Large initializers are stripped before the call, so multi-GB models stay lazy.
+Runs ``onnx.shape_inference`` through onnx_ir's C-API helper, which strips large
+initializers first, so multi-GB models stay lazy. The merge is ours: onnx_ir's
+ShapeInferencePass copies only element types, which turns sequence and optional
+values into tensors (found by the conformance run); we copy the full type.
 Inference failure leaves the model unchanged and is reported as a diagnostic.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import ClassVar
 
+import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.messages.append(str(record.exc_info[1]).strip().splitlines()[0])
+from onnxq.framework.errors import PassFailedError
 
 
 class InferShapes(Pass):
@@ -37,19 +31,39 @@ class InferShapes(Pass):
         data_prop: bool = dataclasses.field(default=True, metadata={"help": "propagate shape values"})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        inner = ShapeInferencePass(
-            check_type=True, strict_mode=self.options.strict, data_prop=self.options.data_prop
-        )
-        capture = _Capture()
-        log = logging.getLogger("onnx_ir.passes.common.shape_inference")
-        log.addHandler(capture)
+        def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+            return onnx.shape_inference.infer_shapes(
+                proto, check_type=True, strict_mode=self.options.strict, data_prop=self.options.data_prop
+            )
+
         try:
-            modified = inner.call(model).modified
-        finally:
-            log.removeHandler(capture)
-        diagnostics = tuple(
-            Diagnostic(f"shape inference failed, model left unchanged: {m}", Severity.WARNING)
-            for m in capture.messages
-        )
-        inferred = sum(1 for g in model.graphs() for n in g for v in n.outputs if v.shape is not None)
-        return PassResult(modified, {"values_with_shape": inferred} if modified else {}, diagnostics)
+            inferred = _c_api_utils.call_onnx_api(infer, model)
+        except Exception as e:  # noqa: BLE001  # onnx raises InferenceError, RuntimeError, ...
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if self.options.strict:
+                raise PassFailedError(self.name, f"shape inference failed: {reason}") from e
+            return PassResult(
+                False, {}, (Diagnostic(f"shape inference failed, model unchanged: {reason}", Severity.WARNING),)
+            )
+        updated = _merge(model, ir.serde.deserialize_model(inferred))
+        return PassResult(updated > 0, {"values_updated": updated} if updated else {})
+
+
+def _merge(model: ir.Model, inferred: ir.Model) -> int:
+    """Copies inferred types and shapes onto same-named values; returns how many changed."""
+    updated = 0
+    for graph, new_graph in zip(model.graphs(), inferred.graphs(), strict=False):
+        new_values = ir.convenience.create_value_mapping(new_graph)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            new = new_values.get(name)
+            if new is None:
+                continue
+            changed = False
+            if new.type is not None and new.type != value.type:
+                value.type = new.type
+                changed = True
+            if new.shape is not None and new.shape != value.shape:
+                value.shape = new.shape
+                changed = True
+            updated += changed
+    return updated
