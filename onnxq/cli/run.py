@@ -13,6 +13,7 @@ from onnxq.cli._common import check_output, console, print_json, stderr
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
 from onnxq.framework.instrumentation import (
+    CrashReproducer,
     DumpAfterChange,
     Instrumentation,
     NumericCheckEach,
@@ -42,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--timing", action="store_true", help="report wall time per pass")
     p.add_argument("--dump-after-change", type=Path, metavar="DIR",
                    help="write the model to DIR after every pass that changed it")
+    p.add_argument("--reproducer", type=Path, metavar="DIR",
+                   help="on a pass failure, write the input model and pipeline text to DIR")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run)
 
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         hooks.append(numeric)
     if args.dump_after_change:
         hooks.append(DumpAfterChange(args.dump_after_change))
+    if args.reproducer:
+        hooks.append(CrashReproducer(args.reproducer))
     out = console(args.json)
     with stderr.status(f"loading {args.model}") as status:
         model = load_model(args.model)

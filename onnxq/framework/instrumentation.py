@@ -199,3 +199,35 @@ class DumpAfterChange(Instrumentation):
         save_model(model, path)
         self.written.append(path)
         logger.info("dumped %s", path)
+
+
+class CrashReproducer(Instrumentation):
+    """On a pass failure, writes the pipeline's input model and text to ``folder`` to replay it.
+
+    The input is taken from the file the model was loaded from (the in-memory model is
+    already half-transformed), so nothing is kept in memory while the pipeline runs.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._pipeline = ""
+        self.written: Path | None = None
+
+    def before_pipeline(self, pipeline: Pass, model: ir.Model, ctx: PassContext) -> None:
+        self._pipeline = str(pipeline)
+
+    def on_failure(self, pass_: Pass, model: ir.Model, error: BaseException, ctx: PassContext) -> None:
+        from onnxq.ir.io import SOURCE_PATH_KEY, load_model, save_model
+
+        source = model.meta.get(SOURCE_PATH_KEY)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if source:
+            save_model(load_model(source, check=False), self.folder / "input.onnx")
+        command = f"onnxq run {self.folder / 'input.onnx'} -p '{self._pipeline}' -o out.onnx --debug"
+        (self.folder / "reproducer.txt").write_text(
+            f"pipeline: {self._pipeline}\nfailed pass: {pass_}\nerror: {type(error).__name__}: {error}\n"
+            f"replay: {command}\n",
+            encoding="utf-8",
+        )
+        self.written = self.folder
+        logger.warning("crash reproducer written to %s", self.folder)

@@ -130,3 +130,16 @@ def test_graphsurgeon_pass_from_text_imports_the_function(small_model: ir.Model)
     assert apply(small_model, pipeline).modified
     with pytest.raises(Exception, match="cannot import 'no_such_mod'"):
         apply(small_model, PassRegistry.default().parse("graphsurgeon{fn=no_such_mod:f}"))
+
+
+def test_crash_reproducer_writes_input_and_pipeline(small_path, tmp_path) -> None:
+    from onnxq.framework.instrumentation import CrashReproducer
+
+    model = load_model(small_path)
+    hook = CrashReproducer(tmp_path / "repro")
+    with pytest.raises(PassFailedError, match="pass 'crash'"):
+        apply(model, Pipeline([_cleanup(), _Crash()]), PassContext(instrumentations=[hook]))
+    text = (tmp_path / "repro" / "reproducer.txt").read_text()
+    assert "failed pass: crash" in text and "pipeline: cleanup,crash" in text
+    replayed = load_model(tmp_path / "repro" / "input.onnx")
+    assert "Identity" in [n.op_type for n in replayed.graph]  # the untouched input, not the half-done model

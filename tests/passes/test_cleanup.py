@@ -209,3 +209,22 @@ def test_convert_opset_refuses_cleanly() -> None:
     with pytest.raises(OpsetConversionError, match="cannot convert opset 20 -> 13"):
         _run("convert-opset{opset=13}", model)
     assert fingerprint(model) == before
+
+
+def test_golden_cleanup() -> None:
+    """Golden test: before graph, pipeline, expected after graph (ONNX text)."""
+    from tests.conftest import SMALL
+
+    model = parse(SMALL)
+    REGISTRY.parse("cleanup").run(model, PassContext())
+    got = onnx.printer.to_text(ir.to_proto(model).graph)
+    expected = """
+g (float[N,8] x) => (float[N,8] y)
+   <float three =  {3}, float three, float[N,8] a>
+{
+   [node_2] a = Mul (x, three)
+   [node_5] y = Add (a, a)
+}"""
+    assert [line.strip() for line in got.strip().splitlines()] == [
+        line.strip() for line in expected.strip().splitlines()
+    ]
