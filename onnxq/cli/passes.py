@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from onnxq.cli._common import console, print_json
@@ -49,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     for p in info["passes"]:
         opts = ", ".join(f"{o['name']}={format_option(o['default'])}" for o in p["options"])
         origin = f" [plugin: {p['plugin']}]" if p["plugin"] else ""
-        table.add_row(p["name"], p["summary"] + origin, opts)
+        table.add_row(escape(p["name"]), escape(p["summary"] + origin), escape(opts))
     out.print(table)
     for preset in info["presets"]:
-        out.print(f"[bold]{preset['name']}[/bold] (preset): {preset['summary']}\n  = "
-                  + ("fixpoint(" if preset["fixpoint"] else "(") + ",".join(preset["passes"]) + ")")
+        body = ("fixpoint(" if preset["fixpoint"] else "(") + ",".join(preset["passes"]) + ")"
+        out.print(f"[bold]{escape(preset['name'])}[/bold] (preset): {escape(preset['summary'])}\n  = {escape(body)}")
     return 0
