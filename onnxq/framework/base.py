@@ -160,7 +160,10 @@ def format_option(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return ":".join(format_option(v) for v in value)
     text = str(value)
-    return f'"{text}"' if any(c in text for c in ',{}()"') else text
+    if not text or text != text.strip() or any(c in text for c in ',{}()"\\'):
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    return text
 
 
 def _coerce(pass_name: str, key: str, typ: Any, value: Any) -> Any:
@@ -187,7 +190,7 @@ def _coerce(pass_name: str, key: str, typ: Any, value: Any) -> Any:
                 return False
             raise ValueError(value)
         if typ is int:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if typ is float:
@@ -196,6 +199,6 @@ def _coerce(pass_name: str, key: str, typ: Any, value: Any) -> Any:
             return str(value)
         if isinstance(typ, type) and issubclass(typ, enum.Enum):
             return typ(value)
-    except ValueError:
+    except (ValueError, TypeError):
         raise OptionError(f"{where}: '{value}' is not a valid {getattr(typ, '__name__', typ)}") from None
     raise OptionError(f"{where}: unsupported option type {typ}")

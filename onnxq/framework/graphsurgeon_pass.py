@@ -20,7 +20,6 @@ import onnx_ir as ir
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
 from onnxq.framework.errors import OptionError
-from onnxq.framework.instrumentation import fingerprint
 from onnxq.ir.interop import from_graphsurgeon, replace_contents, to_graphsurgeon
 
 GraphFunction = Callable[[Any], Any]
@@ -48,14 +47,21 @@ class GraphSurgeonPass(Pass):
         return resolve(self.options.fn)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        import onnx_graphsurgeon as gs
+
         fn = self.function()
-        before = fingerprint(model)
         graph = to_graphsurgeon(model)
+        # NOTE: compare graphsurgeon's own export before and after: the round trip through
+        # graphsurgeon makes new tensor objects even when the function changes nothing.
+        before = gs.export_onnx(graph.copy(), do_type_check=False).SerializeToString(deterministic=True)
         result = fn(graph)
         graph = graph if result is None else result
         new = from_graphsurgeon(graph, like=model)
+        after = gs.export_onnx(graph, do_type_check=False).SerializeToString(deterministic=True)
+        if after == before:
+            return PassResult(False)
         replace_contents(model, new)
-        return PassResult(fingerprint(model) != before)
+        return PassResult(True)
 
 
 def resolve(spec: str) -> GraphFunction:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import shlex
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -223,7 +224,9 @@ class CrashReproducer(Instrumentation):
         self.folder.mkdir(parents=True, exist_ok=True)
         if source:
             save_model(load_model(source, check=False), self.folder / "input.onnx")
-        command = f"onnxq run {self.folder / 'input.onnx'} -p '{self._pipeline}' -o out.onnx --debug"
+        command = shlex.join(
+            ["onnxq", "run", str(self.folder / "input.onnx"), "-p", self._pipeline, "-o", "out.onnx", "--debug"]
+        )
         (self.folder / "reproducer.txt").write_text(
             f"pipeline: {self._pipeline}\nfailed pass: {pass_}\nerror: {type(error).__name__}: {error}\n"
             f"replay: {command}\n",

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import onnx_ir as ir
 
-from onnxq.framework.base import Diagnostic, Pass, PassResult
+from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity, format_option
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import OnnxqError, PassFailedError
+from onnxq.framework.errors import OnnxqError, OptionError, PassFailedError
+
+logger = logging.getLogger(__name__)
 
 #: metadata_props key where the pipeline text that produced a model is recorded.
 PIPELINE_METADATA_KEY = "onnxq.pipeline"
@@ -37,6 +40,10 @@ class Pipeline(Pass):
         max_iterations: int = dataclasses.field(
             default=10, metadata={"help": "upper bound on repetitions with fixpoint"}
         )
+
+        def __post_init__(self) -> None:
+            if self.max_iterations < 1:
+                raise OptionError(f"pipeline option max_iterations={self.max_iterations} must be >= 1")
 
     def __init__(
         self,
@@ -76,14 +83,15 @@ class Pipeline(Pass):
             modified_any |= modified_round
             if not modified_round:
                 break
+        else:
+            if self.options.fixpoint and rounds > 1:
+                diagnostics.append(
+                    Diagnostic(
+                        f"{self} still changed the model after max_iterations={rounds}",
+                        Severity.WARNING,
+                    )
+                )
         return PassResult(modified_any, dict(stats), tuple(dict.fromkeys(diagnostics)))
-
-    def leaves(self) -> list[Pass]:
-        """Every non-pipeline pass, depth first."""
-        out: list[Pass] = []
-        for child in self.passes:
-            out.extend(child.leaves() if isinstance(child, Pipeline) else [child])
-        return out
 
     def __str__(self) -> str:
         opts = self.options_text()
@@ -93,7 +101,7 @@ class Pipeline(Pass):
         body = ",".join(str(p) for p in self.passes)
         if self.options.fixpoint:
             extra = {k: v for k, v in self.changed_options().items() if k != "fixpoint"}
-            args = ",".join(f"{k}={v}" for k, v in extra.items())
+            args = ",".join(f"{k}={format_option(v)}" for k, v in extra.items())
             return f"fixpoint{{{args}}}({body})" if args else f"fixpoint({body})"
         return f"pipeline{opts}({body})" if opts else body
 
@@ -115,23 +123,28 @@ def run_one(pass_: Pass, model: ir.Model, ctx: PassContext) -> PassResult:
         return pass_.run(model, ctx)
     for needed in pass_.needs:
         ctx.resource(needed)
-    for hook in ctx.instrumentations:
-        hook.before_pass(pass_, model, ctx)
     try:
+        for hook in ctx.instrumentations:
+            hook.before_pass(pass_, model, ctx)
         result = pass_.run(model, ctx)
-    except OnnxqError as e:
+        if result.modified:
+            ctx.invalidate()
         for hook in ctx.instrumentations:
-            hook.on_failure(pass_, model, e, ctx)
-        raise
+            hook.after_pass(pass_, model, result, ctx)
     except Exception as e:
-        for hook in ctx.instrumentations:
-            hook.on_failure(pass_, model, e, ctx)
+        _notify_failure(pass_, model, e, ctx)
+        if isinstance(e, OnnxqError):
+            raise
         raise PassFailedError(pass_.name, f"{type(e).__name__}: {e}") from e
-    if result.modified:
-        ctx.invalidate()
-    for hook in ctx.instrumentations:
-        hook.after_pass(pass_, model, result, ctx)
     return result
+
+
+def _notify_failure(pass_: Pass, model: ir.Model, error: Exception, ctx: PassContext) -> None:
+    for hook in ctx.instrumentations:
+        try:
+            hook.on_failure(pass_, model, error, ctx)
+        except Exception:  # noqa: BLE001  # a failing hook must not hide the pass's error
+            logger.warning("instrumentation %s failed while handling an error", type(hook).__name__, exc_info=True)
 
 
 def apply(
@@ -150,8 +163,3 @@ def apply(
         text = str(pipeline)
         model.metadata_props[PIPELINE_METADATA_KEY] = f"{history};{text}" if history else text
     return result
-
-
-def flatten(passes: Sequence[Pass]) -> list[Pass]:
-    """Leaf passes of a list of passes and pipelines."""
-    return Pipeline(passes).leaves()

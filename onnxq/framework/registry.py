@@ -174,6 +174,8 @@ class PassRegistry:
 
 def to_toml(pipeline: Pipeline) -> str:
     """TOML text for a pipeline; :meth:`PassRegistry.load` reads it back to an equal pipeline."""
+    if pipeline.label is not None:
+        pipeline = Pipeline([pipeline])
     table = _pass_table(pipeline)
     table.pop("name")
     table.update(table.pop("options", {}))

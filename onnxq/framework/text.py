@@ -5,7 +5,8 @@ Grammar of pipeline text (MLIR-style)::
     pipeline := item ("," item)*
     item     := NAME ["{" key=value ("," key=value)* "}"] ["(" pipeline ")"]
 
-``value`` runs to the next ``,`` or ``}``; quote it ("...") to include them.
+``value`` runs to the next ``,`` or ``}``; quote it ("...", with ``\"`` and ``\\``
+escapes) to include them or keep surrounding spaces.
 ``fixpoint(...)`` and ``pipeline(...)`` nest a sub-pipeline. A TOML pipeline file
 holds ``passes = [...]`` whose items are pipeline text or tables
 ``{name = "...", options = {...}, passes = [...]}``, plus optional top-level
@@ -55,11 +56,12 @@ def parse_toml(path: Path) -> Spec:
         raise OptionError(f"{path}: pipeline file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise OptionError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise OptionError(f"{path}: cannot read the pipeline file ({e.strerror})") from None
     data = data.get("pipeline", data)
-    try:
-        return _spec_from_table({"name": "pipeline", **data}, f"{path}")
-    except OptionError as e:
-        raise OptionError(f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise OptionError(f"{path}: 'pipeline' must be a table with a 'passes' list")
+    return _spec_from_table({"name": "pipeline", **data}, f"{path}")
 
 
 def _spec_from_table(table: Any, where: str) -> Spec:
@@ -74,6 +76,8 @@ def _spec_from_table(table: Any, where: str) -> Spec:
     name = table.get("name")
     if not isinstance(name, str):
         raise OptionError(f"{where}: every pass table needs a 'name'")
+    if not isinstance(table.get("options", {}), dict):
+        raise OptionError(f"{where}: 'options' of '{name}' must be a table")
     options = dict(table.get("options", {}))
     for key in ("fixpoint", "max_iterations"):
         if key in table:
@@ -94,9 +98,7 @@ class _Parser:
         self.pos = 0
 
     def fail(self, what: str) -> None:
-        raise OptionError(
-            f"pipeline text '{self.text}': {what} at column {self.pos + 1}"
-        )
+        raise OptionError(f"pipeline text {self.text!r}: {what} at column {self.pos + 1}")
 
     def skip_space(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -159,12 +161,17 @@ class _Parser:
     def value(self) -> str:
         self.skip_space()
         if self.pos < len(self.text) and self.text[self.pos] == '"':
-            end = self.text.find('"', self.pos + 1)
-            if end < 0:
+            chars = []
+            self.pos += 1
+            while self.pos < len(self.text) and self.text[self.pos] != '"':
+                if self.text[self.pos] == "\\" and self.pos + 1 < len(self.text):
+                    self.pos += 1
+                chars.append(self.text[self.pos])
+                self.pos += 1
+            if self.pos >= len(self.text):
                 self.fail("unterminated quote")
-            value = self.text[self.pos + 1 : end]
-            self.pos = end + 1
-            return value
+            self.pos += 1
+            return "".join(chars)
         start = self.pos
         while self.pos < len(self.text) and self.text[self.pos] not in ",}":
             self.pos += 1

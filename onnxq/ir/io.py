@@ -68,7 +68,12 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
         raise ModelLoadError(f"{path}: malformed model: {_first_line(e)}") from None
     finally:
         serde_log.setLevel(level)
-    ir.external_data.set_base_dir(model.graph, os.fspath(path.parent))
+    # NOTE: the folder the checks used (symlinks resolved), and every tensor: onnx_ir's
+    # set_base_dir does not reach model-local functions.
+    base_dir = os.fspath(path.resolve().parent)
+    for tensor, _, _ in _all_tensor_slots(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor.base_dir = base_dir
     model.meta[SOURCE_PATH_KEY] = os.fspath(path.resolve())
     if check:
         structure.check_structure(model, where=os.fspath(path))

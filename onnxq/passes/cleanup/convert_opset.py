@@ -48,6 +48,13 @@ class ConvertOpset(Pass):
             raise OpsetConversionError("convert-opset: the model does not import the ai.onnx opset")
         if current == target:
             return PassResult(False)
+        if model.functions:
+            # NOTE: onnx's converter drops model-local functions without a word.
+            names = ", ".join(sorted(f.name for f in model.functions.values()))
+            raise OpsetConversionError(
+                f"convert-opset: the model has local functions ({names}) that onnx's converter "
+                "would drop; inline them first; model left unchanged"
+            )
         big = {name: v for name, v in model.graph.initializers.items()}
 
         def convert(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,10 +1,13 @@
 """eliminate-common-subexpressions: merge nodes with the same op, inputs and attributes.
 
-onnx_ir's CommonSubexpressionEliminationPass handles only the main graph and
-crashes on TYPE_PROTO attributes (e.g. ``Optional<type=...>``; found by the
-conformance run), so the node key is ours; the rewiring reuses onnx_ir's helper.
-Applied to every graph, subgraph and function. Random ops, control-flow nodes
-and nodes with large tensor attributes are never merged.
+Written here rather than wrapping onnx_ir's CommonSubexpressionEliminationPass,
+which handles only the main graph, crashes on TYPE_PROTO attributes, compares
+floats by value (0.0 == -0.0), misses Bernoulli/Dropout as random, and trades a
+node for an Identity when both values are graph outputs (so cleanup never
+settles). Applied to every graph, subgraph and function. Never merged: random
+ops, ops outside the onnx domains (custom ops and local functions may have
+state), control flow, large tensor attributes, and a node whose merge would
+need an Identity to keep graph input/output names.
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ import dataclasses
 from collections.abc import Hashable
 from typing import ClassVar
 
+import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import common_subexpression_elimination as _cse
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
 from onnxq.passes.cleanup._graphs import all_graphs
+
+_RANDOM_OPS = frozenset(
+    {"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial", "Bernoulli", "Dropout"}
+)
+_ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
 _UNCOMPARABLE = frozenset(
     {
@@ -54,19 +62,13 @@ class EliminateCommonSubexpressions(Pass):
                 existing = seen.get(key)
                 if existing is None:
                     seen[key] = node
-                    continue
-                _cse._remove_node_and_replace_values(
-                    graph,  # type: ignore[arg-type]
-                    remove_node=node,
-                    remove_values=node.outputs,
-                    new_values=existing.outputs,
-                )
-                merged += 1
+                elif _merge(graph, node, existing):
+                    merged += 1
         return PassResult(merged > 0, {"nodes_merged": merged} if merged else {})
 
     def _key(self, node: ir.Node) -> Hashable | None:
         """What makes two nodes interchangeable, or None when the node must not be merged."""
-        if _cse._is_non_deterministic_op(node):
+        if node.domain not in _ONNX_DOMAINS or node.op_type in _RANDOM_OPS:
             return None
         attributes = []
         for name, attr in sorted(node.attributes.items()):
@@ -78,6 +80,9 @@ class EliminateCommonSubexpressions(Pass):
                     return None
                 array = value.numpy()
                 value = (array.shape, str(array.dtype), array.tobytes())
+            elif attr.type in (ir.AttributeType.FLOAT, ir.AttributeType.FLOATS):
+                # NOTE: by bits, so that 0.0 and -0.0 (and NaN payloads) stay apart.
+                value = np.asarray(value, dtype=np.float32).tobytes()
             elif isinstance(value, list | tuple):
                 value = tuple(value)
             attributes.append((name, attr.type, value))
@@ -87,3 +92,23 @@ class EliminateCommonSubexpressions(Pass):
             tuple(id(v) if v is not None else None for v in node.inputs),
             tuple(attributes),
         )
+
+
+def _merge(graph: ir.Graph | ir.Function, node: ir.Node, existing: ir.Node) -> bool:
+    """Rewires ``node``'s uses to ``existing`` and removes it; False when that would rename an I/O."""
+    outputs = list(graph.outputs)
+    for old, new in zip(node.outputs, existing.outputs, strict=True):
+        if old in outputs and (new in outputs or new.is_graph_input() or new.is_initializer()):
+            return False
+    for old, new in zip(node.outputs, existing.outputs, strict=True):
+        if old in outputs:
+            # NOTE: the surviving value takes the graph output's name, type and shape.
+            new.name = old.name
+            new.type = new.type or old.type
+            new.shape = new.shape or old.shape
+            for i, value in enumerate(outputs):
+                if value is old:
+                    graph.outputs[i] = new
+        ir.convenience.replace_all_uses_with(old, new)
+    graph.remove(node, safe=True)
+    return True

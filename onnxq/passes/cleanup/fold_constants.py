@@ -50,6 +50,7 @@ class FoldConstants(Pass):
             output_size_limit=self.options.output_size_limit,
         )
         # NOTE: the folder logs each skipped large tensor at INFO/WARNING; keep the CLI quiet.
+        output_slots = [[v for v in g.outputs] for g in all_graphs(model)]
         log = logging.getLogger(_constant_folding.__name__)
         level = log.level
         log.setLevel(max(level, logging.ERROR))
@@ -57,6 +58,7 @@ class FoldConstants(Pass):
             folder.call(model)
         finally:
             log.setLevel(level)
+        _restore_shared_outputs(model, output_slots)
         modified = fingerprint(model) != before
         diagnostics = tuple(
             Diagnostic(f"not folded: {reason}", Severity.INFO, node=name) for name, reason in folder.skipped
@@ -80,3 +82,17 @@ class _GuardedFolder(_constant_folding.FoldConstantsPass):
         except Exception as e:  # noqa: BLE001  # an onnxscript rule bug must not fail the pass
             self.skipped.append((node.name, f"{node.op_type}: {type(e).__name__}: {e}"))
             return None
+
+
+def _restore_shared_outputs(model: ir.Model, before: list[list[ir.Value]]) -> None:
+    """Where one value filled several output slots, make them share one value again.
+
+    onnxscript's folder replaces one slot of a duplicated graph output and renames
+    it (``y`` -> ``y_1``), which changes the signature.
+    """
+    for graph, slots in zip(all_graphs(model), before, strict=True):
+        first: dict[int, int] = {}
+        for i, value in enumerate(slots):
+            j = first.setdefault(id(value), i)
+            if j != i and graph.outputs[i] is not graph.outputs[j]:
+                graph.outputs[i] = graph.outputs[j]

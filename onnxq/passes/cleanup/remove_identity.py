@@ -41,7 +41,7 @@ def _safe(node: ir.Node, graph: ir.Graph | ir.Function) -> bool:
     producer = source.producer()
     return (
         producer is not None
-        and producer.graph is graph
+        and producer.graph is node.graph
         and not source.is_graph_output()
         and not source.is_graph_input()
         and not source.is_initializer()
