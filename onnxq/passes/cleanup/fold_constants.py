@@ -50,7 +50,7 @@ class FoldConstants(Pass):
             output_size_limit=self.options.output_size_limit,
         )
         # NOTE: the folder logs each skipped large tensor at INFO/WARNING; keep the CLI quiet.
-        output_slots = [[v for v in g.outputs] for g in all_graphs(model)]
+        output_slots = [(g, list(g.outputs)) for g in all_graphs(model)]
         log = logging.getLogger(_constant_folding.__name__)
         level = log.level
         log.setLevel(max(level, logging.ERROR))
@@ -84,13 +84,17 @@ class _GuardedFolder(_constant_folding.FoldConstantsPass):
             return None
 
 
-def _restore_shared_outputs(model: ir.Model, before: list[list[ir.Value]]) -> None:
+def _restore_shared_outputs(model: ir.Model, before: list[tuple[ir.Graph | ir.Function, list[ir.Value]]]) -> None:
     """Where one value filled several output slots, make them share one value again.
 
     onnxscript's folder replaces one slot of a duplicated graph output and renames
     it (``y`` -> ``y_1``), which changes the signature.
     """
-    for graph, slots in zip(all_graphs(model), before, strict=True):
+    # NOTE: folding may drop subgraphs (an If with a constant condition); those are skipped.
+    live = {id(g) for g in all_graphs(model)}
+    for graph, slots in before:
+        if id(graph) not in live or len(graph.outputs) != len(slots):
+            continue
         first: dict[int, int] = {}
         for i, value in enumerate(slots):
             j = first.setdefault(id(value), i)

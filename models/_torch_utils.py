@@ -1,0 +1,139 @@
+"""PyTorch helpers for the zoo: deterministic setup, a small training loop, inference.
+
+Training is deliberately short (seconds on 2 CPU cores): the zoo exists to measure
+what graph transformations do to accuracy, not to reach state of the art.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import _common
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def setup(seed: int = _common.SEED, threads: int = 1) -> torch.Generator:
+    """Seeds everything, pins the thread count and deterministic kernels; returns a generator.
+
+    One thread by default: on these tiny networks OpenMP synchronisation costs more than it
+    saves (measured on 2 cores: 5 s with 1 thread vs 40 s with 2 under load), and a fixed
+    count keeps float reductions, hence the trained weights, the same on every machine.
+    """
+    _common.seed_python_and_numpy(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    return torch.Generator().manual_seed(seed)
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters (buffers such as BatchNorm statistics are not counted)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def train(
+    net: nn.Module,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    epochs: int,
+    generator: torch.Generator,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    weight_decay: float = 1e-4,
+    loss_fn: LossFn | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+) -> float:
+    """Trains ``net`` for ``epochs`` shuffled passes over (inputs, targets); see :func:`train_steps`."""
+    x_all = torch.from_numpy(np.array(inputs))
+    y_all = torch.from_numpy(np.array(targets))
+    steps_per_epoch = (len(x_all) + batch_size - 1) // batch_size
+
+    def batches() -> Iterator[Batch]:
+        for _ in range(epochs):
+            order = torch.randperm(len(x_all), generator=generator)
+            for begin in range(0, len(order), batch_size):
+                index = order[begin : begin + batch_size]
+                x = x_all[index]
+                yield (augment(x, generator) if augment is not None else x), y_all[index]
+
+    return train_steps(
+        net, batches(), steps=epochs * steps_per_epoch, lr=lr, weight_decay=weight_decay, loss_fn=loss_fn
+    )
+
+
+def train_steps(
+    net: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    steps: int,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    loss_fn: LossFn | None = None,
+) -> float:
+    """Trains ``net`` with AdamW and a one-cycle schedule for ``steps`` batches.
+
+    Returns:
+        The mean loss over the last 10% of the steps (logged, to spot a run that did not learn).
+    """
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.2)
+    net.train()
+    began = time.perf_counter()
+    tail: list[float] = []
+    for step, (x, y) in enumerate(itertools.islice(batches, steps)):
+        optimizer.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step >= steps - max(1, steps // 10):
+            tail.append(loss.item())
+    net.eval()
+    final = float(np.mean(tail)) if tail else float("nan")
+    logger.info(
+        "trained %s: %d steps in %.1f s, final loss %.4f",
+        type(net).__name__, steps, time.perf_counter() - began, final,
+    )  # fmt: skip
+    return final
+
+
+@torch.no_grad()
+def predict(net: nn.Module, *inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Runs ``net`` in eval mode on numpy inputs (batched along axis 0); returns output 0."""
+    net.eval()
+    outputs = []
+    for start in range(0, len(inputs[0]), batch_size):
+        batch = [torch.from_numpy(np.array(x[start : start + batch_size])) for x in inputs]
+        out = net(*batch)
+        outputs.append((out[0] if isinstance(out, tuple) else out).numpy())
+    return np.concatenate(outputs)
+
+
+def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """Augmentation: rolls each batch by up to ``max_shift`` pixels in H and W (zero-filled)."""
+
+    def shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,), generator=generator))
+        out = torch.zeros_like(x)
+        h, w = x.shape[-2], x.shape[-1]
+        out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+            ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+        ]
+        return out
+
+    return shift
