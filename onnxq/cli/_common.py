@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from onnxq.framework.errors import ModelSaveError
+from onnxq.ir.io import check_output_path
 
 #: Human output goes to stderr when --json owns stdout.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -25,11 +25,5 @@ def print_json(document: Any) -> None:
 
 
 def check_output(source: Path, output: Path, *, in_place: bool = False) -> None:
-    """Refuses an output that is the input (unless in_place) before any work is done."""
-    if output.exists() and source.exists() and output.resolve() == source.resolve() and not in_place:
-        raise ModelSaveError(f"{output}: refusing to overwrite the input; choose another -o or pass --in-place")
-    if output.is_dir():
-        raise ModelSaveError(f"{output}: is a folder; give a file name for -o")
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise ModelSaveError(f"{output}: output folder '{parent}' does not exist")
+    """Refuses a bad output (the input itself, a folder, a missing folder) before any work is done."""
+    check_output_path(output, source=source if source.exists() else None, in_place=in_place)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,20 +21,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxq.framework.errors import ConversionError
+from onnxq.framework.errors import ConversionError, first_line
 from onnxq.ir import io as ir_io
 from onnxq.validation import runtime
 
 logger = logging.getLogger(__name__)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message, without terminal colours."""
-    for line in _ANSI.sub("", str(e)).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(e).__name__
 
 
 def check_model(model: ir.Model, *, where: str, stage: str) -> None:

@@ -8,6 +8,18 @@ else is an internal failure or a failed check (exit code 1).
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, without terminal colours."""
+    for line in _ANSI.sub("", str(e)).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
+
 
 class OnnxqError(Exception):
     """Base class of every error raised by onnxq on purpose."""

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxq.framework.errors import NumericMismatchError, PassFailedError, VerificationError
+from onnxq.framework.errors import NumericMismatchError, PassFailedError, VerificationError, first_line
 
 if TYPE_CHECKING:
     from onnxq.framework.base import Pass, PassResult
@@ -109,7 +109,7 @@ def verify(model: ir.Model, *, pass_name: str = "verify", full_check: bool = Tru
     try:
         _c_api_utils.call_onnx_api(check, model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise VerificationError(pass_name, f"model fails verification: {first}") from e
 
 

@@ -22,7 +22,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxq.framework.errors import ExternalDataError, ModelLoadError, ModelSaveError
+from onnxq.framework.errors import ExternalDataError, ModelLoadError, ModelSaveError, first_line
 from onnxq.ir import structure
 
 #: Models whose tensors add up to more than this are saved with external data.
@@ -53,7 +53,7 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
         proto = onnx.load(os.fspath(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
         raise ModelLoadError(
-            f"{path}: not a valid ONNX model (cannot parse protobuf: {_first_line(e)})"
+            f"{path}: not a valid ONNX model (cannot parse protobuf: {first_line(e)})"
         ) from None
     if not proto.HasField("graph"):
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph; truncated or another format?)")
@@ -65,7 +65,7 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # noqa: BLE001  # onnx_ir raises assorted types on malformed protos
-        raise ModelLoadError(f"{path}: malformed model: {_first_line(e)}") from None
+        raise ModelLoadError(f"{path}: malformed model: {first_line(e)}") from None
     finally:
         serde_log.setLevel(level)
     # NOTE: the folder the checks used (symlinks resolved), and every tensor: onnx_ir's
@@ -161,17 +161,7 @@ def save_model(
         ModelSaveError: ``path`` is the input (without ``in_place``), a folder, or not writable.
     """
     path = Path(path)
-    source = model.meta.get(SOURCE_PATH_KEY)
-    if source and not in_place and path.resolve() == Path(source):
-        raise ModelSaveError(
-            f"{path}: refusing to overwrite the input model; choose another output "
-            "or pass --in-place"
-        )
-    if path.is_dir():
-        raise ModelSaveError(f"{path}: is a folder; give a file name such as {path / 'model.onnx'}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ModelSaveError(f"{path}: output folder '{folder}' does not exist")
+    folder = check_output_path(path, source=model.meta.get(SOURCE_PATH_KEY), in_place=in_place)
     if external_data is None:
         external_data = tensor_bytes(model) > PROTOBUF_LIMIT_BYTES
     data_name = path.name + ".data"
@@ -213,6 +203,27 @@ def save_model(
             ) from None
         raise
     return data_path if external_data else path
+
+
+def check_output_path(
+    path: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None, in_place: bool = False
+) -> Path:
+    """Checks an output path before any work is done; returns its folder.
+
+    Raises:
+        ModelSaveError: ``path`` is ``source`` (without ``in_place``), a folder, or its folder is missing.
+    """
+    path = Path(path)
+    if source is not None and not in_place and path.resolve() == Path(source).resolve():
+        raise ModelSaveError(
+            f"{path}: refusing to overwrite the input model; choose another output or pass --in-place"
+        )
+    if path.is_dir():
+        raise ModelSaveError(f"{path}: is a folder; give a file name such as {path / 'model.onnx'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelSaveError(f"{path}: output folder '{folder}' does not exist")
+    return folder
 
 
 def tensor_bytes(model: ir.Model) -> int:
@@ -316,8 +327,3 @@ def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     for d in tensor.dims:
         count *= d
     return (count * dtype.bitwidth + 7) // 8
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

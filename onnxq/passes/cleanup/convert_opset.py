@@ -17,7 +17,7 @@ from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import OptionError, UserError
+from onnxq.framework.errors import OptionError, UserError, first_line
 from onnxq.ir.interop import replace_contents
 
 #: onnx's version converter does not support opsets older than this.
@@ -66,7 +66,7 @@ class ConvertOpset(Pass):
         try:
             converted = _c_api_utils.call_onnx_api(convert, model)
         except Exception as e:  # noqa: BLE001  # the converter raises RuntimeError, ValidationError, ...
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             raise OpsetConversionError(
                 f"convert-opset: cannot convert opset {current} -> {target}: {reason}; model left unchanged"
             ) from None

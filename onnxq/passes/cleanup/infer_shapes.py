@@ -3,7 +3,8 @@
 Runs ``onnx.shape_inference`` through onnx_ir's C-API helper, which strips large
 initializers first, so multi-GB models stay lazy. The merge is ours: onnx_ir's
 ShapeInferencePass copies only element types, which turns sequence and optional
-values into tensors (found by the conformance run); we copy the full type.
+values into tensors (found by the conformance run); we copy the full type, and
+leave dims onnx could not name (``unk__N``) anonymous instead of inventing names.
 Inference failure leaves the model unchanged and is reported as a diagnostic.
 """
 
@@ -18,7 +19,7 @@ from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import PassFailedError
+from onnxq.framework.errors import PassFailedError, first_line
 
 
 class InferShapes(Pass):
@@ -39,7 +40,7 @@ class InferShapes(Pass):
         try:
             inferred = _c_api_utils.call_onnx_api(infer, model)
         except Exception as e:  # noqa: BLE001  # onnx raises InferenceError, RuntimeError, ...
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             if self.options.strict:
                 raise PassFailedError(self.name, f"shape inference failed: {reason}") from e
             return PassResult(
@@ -62,8 +63,21 @@ def _merge(model: ir.Model, inferred: ir.Model) -> int:
             if new.type is not None and new.type != value.type:
                 value.type = new.type
                 changed = True
-            if new.shape is not None and new.shape != value.shape:
-                value.shape = new.shape
+            shape = _without_invented_names(new.shape)
+            if shape is not None and shape != value.shape:
+                value.shape = shape
                 changed = True
             updated += changed
     return updated
+
+
+def _without_invented_names(shape: ir.Shape | None) -> ir.Shape | None:
+    """onnx names unknown dims ``unk__N``; they carry no meaning, so leave them anonymous."""
+    if shape is None or not any(
+        isinstance(d, ir.SymbolicDim) and str(d.value).startswith("unk__") for d in shape
+    ):
+        return shape
+    return ir.Shape(
+        [ir.SymbolicDim(None) if isinstance(d, ir.SymbolicDim) and str(d.value).startswith("unk__") else d
+         for d in shape]
+    )
