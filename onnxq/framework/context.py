@@ -3,7 +3,8 @@
 Two kinds of things: *analyses*, computed from the model on demand and cached
 until a pass reports a change, and *resources*, supplied by the caller
 (calibration data, a target profile, sample inputs). Passes declare both in
-``analyses`` / ``needs`` so the pipeline can check them before running.
+``analyses`` / ``needs``; the pipeline checks ``needs`` before a pass runs, and
+analyses are computed on first use.
 """
 
 from __future__ import annotations

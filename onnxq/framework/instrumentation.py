@@ -50,13 +50,14 @@ class Instrumentation:
 def fingerprint(model: ir.Model) -> str:
     """A digest of the model's structure without reading tensor data (external data stays lazy)."""
     h = hashlib.sha256()
+    h.update(repr((model.ir_version, model.doc_string, model.producer_name, model.producer_version)).encode())
     h.update(repr(sorted(model.opset_imports.items())).encode())
     h.update(repr(sorted(model.metadata_props.items())).encode())
     graphs: list[ir.Graph | ir.Function] = list(model.graphs())
     for function in model.functions.values():
         graphs.append(function)
     for graph in graphs:
-        h.update(b"G")
+        h.update(f"G{graph.name}|{graph.doc_string}|{sorted(graph.opset_imports.items())}".encode())
         for value in graph.inputs:
             h.update(f"i{value.name}{value.type}{value.shape}".encode())
         for value in graph.outputs:
@@ -67,7 +68,7 @@ def fingerprint(model: ir.Model) -> str:
                 tensor = value.const_value
                 h.update(f"w{name}{value.dtype}{value.shape}{id(tensor)}".encode())
         for node in graph:
-            h.update(f"n{node.name}|{node.domain}|{node.op_type}".encode())
+            h.update(f"n{node.name}|{node.domain}|{node.op_type}|{node.overload}|{node.doc_string}".encode())
             h.update(repr([(v.name, v.type, v.shape) if v is not None else None for v in node.inputs]).encode())
             h.update(repr([(v.name, v.type, v.shape) for v in node.outputs]).encode())
             for attr in node.attributes.values():
