@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -246,6 +247,7 @@ def _convert_function(
             f"{where}: tf2onnx cannot convert the model: {type(e).__name__}: {first_line(e)}"
         ) from e
     model = ir.serde.deserialize_model(proto)
+    renumber_generated_names(model)
     arrays = _check_inputs(specs, example_inputs, where)
     try:
         out = fn(*[tf.constant(a) for a in arrays])
@@ -315,3 +317,56 @@ def import_tf(purpose: str) -> tuple[ModuleType, ModuleType]:
 def _keras_output_names(model: Any) -> list[str]:
     names = getattr(model, "output_names", None)
     return [str(n) for n in names] if isinstance(names, (list, tuple)) else []
+
+
+_GENERATED = re.compile(r"^(.*?)__(\d+)(.*)$")
+
+
+def renumber_generated_names(model: ir.Model) -> int:
+    """Renumbers tf2onnx's counter-made names (``const_fold_opt__105``) in order of appearance.
+
+    tf2onnx numbers the names it makes from a process-wide counter, so the same model
+    converts to different bytes from run to run; renumbering makes the output deterministic.
+    Graph inputs and outputs keep their names. Returns how many names changed.
+    """
+    keep = {v.name for v in model.graph.inputs} | {v.name for v in model.graph.outputs}
+    if model.graph.doc_string:
+        # "converted from b'__inference_call_115'": the traced function's counter too.
+        model.graph.doc_string = re.sub(r"(__inference_\w*?)_\d+", r"\1", model.graph.doc_string)
+    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
+    # NOTE: tf2onnx also orders initializers differently from run to run: number (and
+    # store) them in order of first use, which follows the deterministic node order.
+    initializers = model.graph.initializers
+    ordered: dict[int, ir.Value] = {}
+    for node in nodes:
+        for value in node.inputs:
+            if value is not None and value.is_initializer() and value.name in initializers:
+                ordered.setdefault(id(value), value)
+    unused = sorted((v for v in initializers.values() if id(v) not in ordered), key=lambda v: v.name or "")
+    values: list[Any] = [*ordered.values(), *unused]
+    values += [v for n in nodes for v in n.outputs]
+    changed = _renumber([v for v in values if v.name not in keep]) + _renumber(nodes)
+    order = [*ordered.values(), *unused]
+    initializers.clear()
+    for value in order:
+        initializers[value.name] = value  # type: ignore[index]
+    return changed
+
+
+def _renumber(items: Sequence[Any]) -> int:
+    taken = {item.name for item in items}
+    counters: dict[tuple[str, str], int] = {}
+    changed = 0
+    for item in items:
+        match = _GENERATED.match(item.name or "")
+        if match is None:
+            continue
+        prefix, suffix = match.group(1), match.group(3)
+        index = counters.get((prefix, suffix), 0)
+        while (new := f"{prefix}__g{index}{suffix}") in taken:
+            index += 1
+        counters[(prefix, suffix)] = index + 1
+        taken.add(new)
+        changed += new != item.name
+        item.name = new
+    return changed

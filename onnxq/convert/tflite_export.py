@@ -38,6 +38,7 @@ from onnxq.convert.tf_export import (
     MIN_OPSET,
     OTHER_SIZE,
     import_tf,
+    renumber_generated_names,
 )
 from onnxq.framework.errors import ConversionError, ModelLoadError
 
@@ -95,6 +96,7 @@ def from_tflite(
         ) from e
     model = ir.serde.deserialize_model(proto)
     renamed = _rename_io(model, aliases)
+    renumber_generated_names(model)
     feeds = {renamed.get(k, k): v for k, v in arrays.items()}
     expected = {renamed.get(k, k): v for k, v in expected.items()}
     return finish(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 tf = pytest.importorskip("tensorflow")
@@ -166,3 +167,10 @@ def test_tflite_with_resource_variables_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match=r"counter.tflite: tf2onnx cannot convert the file: ") as info:
         convert(tmp_path / "counter.tflite")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["saved_model", "model.tflite"])
+def test_conversion_is_deterministic(tf_sources: dict[str, Any], name: str) -> None:
+    """tf2onnx numbers names from a process-wide counter; two conversions must still give equal bytes."""
+    first, second = (convert(tf_sources["folder"] / name).model for _ in range(2))
+    assert ir.to_proto(first).SerializeToString() == ir.to_proto(second).SerializeToString()
