@@ -71,6 +71,9 @@ def test_unknown_pass_suggests_the_closest_name(registry: PassRegistry) -> None:
         ("fold-constants{x", "expected '='"),
         ("remove-identity(topological-sort)", "does not take nested passes"),
         ("fixpoint", "needs its passes in parentheses"),
+        ("fold-constants{input_size_limit=-1}", "size limits must be >= 0"),
+        ("fixpoint{max_iterations=0}(cleanup)", "must be >= 1"),
+        ("fold-constants{output_size_limit=1.5}", "'1.5' is not a valid int"),
     ],
 )
 def test_bad_pipeline_text_is_a_user_error(registry: PassRegistry, text: str, message: str) -> None:

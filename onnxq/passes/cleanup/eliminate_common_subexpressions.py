@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
+from onnxq.framework.errors import OptionError
 from onnxq.passes.cleanup._graphs import all_graphs
 
 _RANDOM_OPS = frozenset(
@@ -50,6 +51,10 @@ class EliminateCommonSubexpressions(Pass):
         size_limit: int = dataclasses.field(
             default=10, metadata={"help": "largest tensor attribute (elements) compared"}
         )
+
+        def __post_init__(self) -> None:
+            if self.size_limit < 0:
+                raise OptionError("pass 'eliminate-common-subexpressions': size_limit must be >= 0")
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         merged = 0

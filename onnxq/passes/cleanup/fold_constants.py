@@ -22,6 +22,7 @@ from onnxscript.optimizer import _constant_folding
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
+from onnxq.framework.errors import OptionError
 from onnxq.framework.instrumentation import fingerprint
 from onnxq.passes.cleanup._graphs import all_graphs
 
@@ -40,6 +41,10 @@ class FoldConstants(Pass):
             default=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
             metadata={"help": "largest result (elements) folding may create"},
         )
+
+        def __post_init__(self) -> None:
+            if self.input_size_limit < 0 or self.output_size_limit < 0:
+                raise OptionError("pass 'fold-constants': size limits must be >= 0")
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         before = fingerprint(model)
