@@ -10,6 +10,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,3 +138,38 @@ def random_shift(max_shift: int) -> Callable[[torch.Tensor, torch.Generator], to
         return out
 
     return shift
+
+
+def classifier_entry(
+    net: nn.Module,
+    exported: Any,
+    *,
+    name: str,
+    architecture: str,
+    dataset: str,
+    input_name: str,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    route: str = "torch.onnx (dynamo)",
+) -> _common.BuiltModel:
+    """The zoo entry of a trained digits classifier whose one input has a dynamic batch axis.
+
+    ``x_train`` / ``x_test`` are already in the model's input layout; calibration samples
+    are taken from ``x_train``.
+    """
+    return _common.BuiltModel(
+        name=name,
+        model=exported.model,
+        architecture=architecture,
+        source_framework="pytorch",
+        route=route,
+        converter=exported.converter,
+        params=count_params(net),
+        dataset=dataset,
+        metric=_common.Metric("accuracy", "accuracy"),
+        held_out=_common.Evaluation({input_name: x_test}, y_test.copy()),
+        calib={input_name: x_train[_common.calib_indices(len(x_train))]},
+        reference=predict(net, x_test),
+        details={"dynamic_dims": {input_name: {"0": "batch"}}},
+    )

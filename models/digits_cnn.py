@@ -82,19 +82,15 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
     exported = export(net)
     x_test = images(split.x_test)
     return [
-        _common.BuiltModel(
+        _torch_utils.classifier_entry(
+            net,
+            exported,
             name="digits_cnn",
-            model=exported.model,
             architecture="CNN: 3x Conv3x3+ReLU (the first with BN), 2x MaxPool, Linear",
-            source_framework="pytorch",
-            route="torch.onnx (dynamo)",
-            converter=exported.converter,
-            params=_torch_utils.count_params(net),
             dataset=_common.DIGITS_DATASET,
-            metric=_common.Metric("accuracy", "accuracy"),
-            held_out=_common.Evaluation({"input": x_test}, split.y_test),
-            calib={"input": images(split.x_train[_common.calib_indices(len(split.x_train))])},
-            reference=_torch_utils.predict(net, x_test),
-            details={"dynamic_dims": {"input": {"0": "batch"}}},
+            input_name="input",
+            x_train=images(split.x_train),
+            x_test=x_test,
+            y_test=split.y_test,
         )
     ]

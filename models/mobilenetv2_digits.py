@@ -100,19 +100,15 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
         output_names=["logits"],
     )
     return [
-        _common.BuiltModel(
+        _torch_utils.classifier_entry(
+            net,
+            exported,
             name="mobilenetv2_digits",
-            model=exported.model,
             architecture="MobileNetV2-style: 5 inverted residuals (depthwise, ReLU6/HardSwish, SE), GAP, Linear",
-            source_framework="pytorch",
-            route="torch.onnx (dynamo)",
-            converter=exported.converter,
-            params=_torch_utils.count_params(net),
             dataset=_common.DIGITS_DATASET + f"; upsampled to {SIZE}x{SIZE}",
-            metric=_common.Metric("accuracy", "accuracy"),
-            held_out=_common.Evaluation({"input": x_test}, split.y_test.copy()),
-            calib={"input": x_train[_common.calib_indices(len(x_train))]},
-            reference=_torch_utils.predict(net, x_test),
-            details={"dynamic_dims": {"input": {"0": "batch"}}},
+            input_name="input",
+            x_train=x_train,
+            x_test=x_test,
+            y_test=split.y_test,
         )
     ]

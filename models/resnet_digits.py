@@ -76,19 +76,16 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
         keep_batchnorm=True,
     )
     return [
-        _common.BuiltModel(
+        _torch_utils.classifier_entry(
+            net,
+            exported,
             name="resnet_digits",
-            model=exported.model,
             architecture="ResNet: stem + 3 BasicBlocks (16/32/64 ch, BN, residual Add), GAP, Linear",
-            source_framework="pytorch",
-            route="torch.onnx (dynamo, BN kept)",
-            converter=exported.converter,
-            params=_torch_utils.count_params(net),
             dataset=_common.DIGITS_DATASET + f"; upsampled to {SIZE}x{SIZE}",
-            metric=_common.Metric("accuracy", "accuracy"),
-            held_out=_common.Evaluation({"input": x_test}, split.y_test.copy()),
-            calib={"input": x_train[_common.calib_indices(len(x_train))]},
-            reference=_torch_utils.predict(net, x_test),
-            details={"dynamic_dims": {"input": {"0": "batch"}}},
+            input_name="input",
+            x_train=x_train,
+            x_test=x_test,
+            y_test=split.y_test,
+            route="torch.onnx (dynamo, BN kept)",
         )
     ]

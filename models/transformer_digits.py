@@ -58,19 +58,15 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
     )
     x_test = split.x_test.copy()
     return [
-        _common.BuiltModel(
+        _torch_utils.classifier_entry(
+            net,
+            exported,
             name="transformer_digits",
-            model=exported.model,
             architecture="Transformer encoder: 2 layers, hidden 64, 4 heads, GELU FFN 128, 8 row tokens",
-            source_framework="pytorch",
-            route="torch.onnx (dynamo)",
-            converter=exported.converter,
-            params=_torch_utils.count_params(net),
             dataset=_common.DIGITS_DATASET + "; rows as tokens",
-            metric=_common.Metric("accuracy", "accuracy"),
-            held_out=_common.Evaluation({"rows": x_test}, split.y_test.copy()),
-            calib={"rows": split.x_train[_common.calib_indices(len(split.x_train))]},
-            reference=_torch_utils.predict(net, x_test),
-            details={"dynamic_dims": {"rows": {"0": "batch"}}},
+            input_name="rows",
+            x_train=split.x_train,
+            x_test=x_test,
+            y_test=split.y_test,
         )
     ]
