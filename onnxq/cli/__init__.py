@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from onnxq.framework.errors import OnnxqError
+from onnxq.errors import OnnxqError
 
 #: Modules under onnxq.cli, one per command; each has ``add_parser(subparsers)``.
 COMMANDS = ("run", "passes", "inspect", "convert")

@@ -21,7 +21,7 @@ from typing import Any
 
 from onnxq.cli._common import check_output, console, print_json, stderr
 from onnxq.convert import DEFAULT_ATOL, DEFAULT_RTOL, convert, parse_requests
-from onnxq.framework.errors import ConversionError, ModelSaveError
+from onnxq.errors import ConversionError, ModelSaveError
 from onnxq.ir.io import save_model
 
 _EPILOG = """\

@@ -23,7 +23,7 @@ from onnxq.framework.instrumentation import (
 from onnxq.framework.pipeline import apply
 from onnxq.framework.registry import PassRegistry
 from onnxq.ir.io import load_model, save_model
-from onnxq.validation.runtime import load_inputs
+from onnxq.runtime import load_inputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from onnxq.convert.common import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, ConversionResult
-from onnxq.framework.errors import ConversionError, ModelLoadError
+from onnxq.errors import ConversionError, ModelLoadError
 
 #: Source kinds :func:`convert` recognises, with what identifies them.
 SOURCE_KINDS = {

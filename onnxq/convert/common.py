@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from onnxq.convert import dims
 from onnxq.convert.verify import check_model, compare_with_source, first_line, infer_shapes
-from onnxq.framework.errors import ConversionError, MissingExtraError
+from onnxq.errors import ConversionError, MissingExtraError
 
 #: Opset used when the caller does not choose one.
 DEFAULT_OPSET = 18

@@ -22,7 +22,7 @@ from typing import Literal
 
 import onnx_ir as ir
 
-from onnxq.framework.errors import ConversionError
+from onnxq.errors import ConversionError
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from onnxq.convert.tf_export import (
     import_tf,
     renumber_generated_names,
 )
-from onnxq.framework.errors import ConversionError, ModelLoadError
+from onnxq.errors import ConversionError, ModelLoadError
 
 
 def from_tflite(

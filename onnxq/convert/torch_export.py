@@ -35,7 +35,7 @@ from onnxq.convert.common import (
     import_extra,
     random_array,
 )
-from onnxq.framework.errors import ConversionError, ModelLoadError
+from onnxq.errors import ConversionError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 

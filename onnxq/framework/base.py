@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx_ir as ir
 
-from onnxq.framework.errors import OptionError
+from onnxq.errors import OptionError
 
 if TYPE_CHECKING:
     from onnxq.framework.context import Analysis, PassContext, Resource

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import onnx_ir as ir
 
-from onnxq.framework.errors import OptionError
+from onnxq.errors import OptionError
 
 if TYPE_CHECKING:
     from onnxq.framework.instrumentation import Instrumentation

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import OptionError
+from onnxq.errors import OptionError
 from onnxq.ir.interop import from_graphsurgeon, replace_contents, to_graphsurgeon
 
 GraphFunction = Callable[[Any], Any]

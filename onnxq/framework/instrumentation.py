@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxq.framework.errors import NumericMismatchError, PassFailedError, VerificationError, first_line
+from onnxq.errors import NumericMismatchError, PassFailedError, VerificationError, first_line
 
 if TYPE_CHECKING:
     from onnxq.framework.base import Pass, PassResult
@@ -158,7 +158,7 @@ class NumericCheckEach(Instrumentation):
         self.checked: list[str] = []
 
     def before_pipeline(self, pipeline: Pass, model: ir.Model, ctx: PassContext) -> None:
-        from onnxq.validation import runtime
+        from onnxq import runtime
 
         if self.inputs is None:
             self.inputs = runtime.random_inputs(model)
@@ -167,7 +167,7 @@ class NumericCheckEach(Instrumentation):
         self.reference = runtime.run(model, self.inputs)
 
     def after_pass(self, pass_: Pass, model: ir.Model, result: PassResult, ctx: PassContext) -> None:
-        from onnxq.validation import runtime
+        from onnxq import runtime
 
         if not result.modified:
             return

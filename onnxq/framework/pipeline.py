@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity, format_option
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import OnnxqError, OptionError, PassFailedError
+from onnxq.errors import OnnxqError, OptionError, PassFailedError
 
 logger = logging.getLogger(__name__)
 

@@ -21,14 +21,19 @@ from typing import Any
 import tomli_w
 
 from onnxq.framework.base import Pass, parse_options
-from onnxq.framework.errors import OptionError, UnknownPassError
+from onnxq.errors import OnnxqError, OptionError, UnknownPassError
 from onnxq.framework.pipeline import Pipeline
 from onnxq.framework.text import Spec, parse_text, parse_toml
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "onnxq.passes"
+#: Functions ``(registry) -> None`` that register a package's passes and presets. onnxq's
+#: built-ins come in this way too (``onnxq.passes:register_builtins``), so the framework
+#: never imports the passes built on it.
+REGISTRAR_GROUP = "onnxq.registrars"
 NESTING_NAMES = ("pipeline", "fixpoint")
+BUILTINS = "onnxq.passes:register_builtins"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +62,12 @@ class PassRegistry:
     @classmethod
     def default(cls) -> PassRegistry:
         """Built-in passes and presets plus the ``onnxq.passes`` entry points."""
-        from onnxq.passes import register_builtins
-
         registry = cls()
-        register_builtins(registry)
+        registrars = sorted(metadata.entry_points(group=REGISTRAR_GROUP), key=lambda e: (e.value != BUILTINS, e.name))
+        if not any(ep.value == BUILTINS for ep in registrars):
+            raise OnnxqError("onnxq's built-in passes are not registered; install onnxq with pip (pip install -e .)")
+        for ep in registrars:
+            ep.load()(registry)
         registry.load_entry_points()
         return registry
 

@@ -25,7 +25,7 @@ except ImportError:  # Python 3.10
 from pathlib import Path
 from typing import Any
 
-from onnxq.framework.errors import OptionError
+from onnxq.errors import OptionError
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 

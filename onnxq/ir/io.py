@@ -22,7 +22,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxq.framework.errors import ExternalDataError, ModelLoadError, ModelSaveError, first_line
+from onnxq.errors import ExternalDataError, ModelLoadError, ModelSaveError, first_line
 from onnxq.ir import structure
 
 #: Models whose tensors add up to more than this are saved with external data.

@@ -13,7 +13,7 @@ import functools
 import onnx
 import onnx_ir as ir
 
-from onnxq.framework.errors import ModelLoadError
+from onnxq.errors import ModelLoadError
 
 #: Domains that runtimes know besides onnx's own (onnxruntime contrib ops, extensions).
 KNOWN_EXTRA_DOMAINS = frozenset(

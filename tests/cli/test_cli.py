@@ -14,7 +14,7 @@ import pytest
 
 from onnxq.cli import main
 from onnxq.ir.io import load_model
-from onnxq.validation import runtime
+from onnxq import runtime
 
 
 def _digest(path: Path) -> str:

@@ -17,7 +17,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("tf2onnx")
 
 from onnxq.ir.io import load_model  # noqa: E402
-from onnxq.validation import runtime  # noqa: E402
+from onnxq import runtime  # noqa: E402
 
 Main = Callable[[Sequence[str]], int]
 

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 
 from onnxq.convert.dims import default_name, name_dynamic_dims, parse_requests
-from onnxq.framework.errors import ConversionError
+from onnxq.errors import ConversionError
 
 TORCH_LIKE = """
 <ir_version: 10, opset_import: ["" : 18]>

@@ -16,7 +16,7 @@ import pytest
 import onnxq.cli.convert
 from onnxq.convert import convert, detect_source_kind, from_keras, from_pt2, from_tflite, from_torch
 from onnxq.convert.common import compare_with_source, finish, import_extra
-from onnxq.framework.errors import ConversionError, MissingExtraError, ModelLoadError, UserError
+from onnxq.errors import ConversionError, MissingExtraError, ModelLoadError, UserError
 
 ADD_ONE = """
 <ir_version: 10, opset_import: ["" : 18]>

@@ -16,8 +16,8 @@ tf2onnx_convert = pytest.importorskip("tf2onnx.convert")
 keras = pytest.importorskip("keras")
 
 from onnxq.convert import convert, from_keras, from_saved_model, from_tflite  # noqa: E402
-from onnxq.framework.errors import ConversionError, ModelLoadError  # noqa: E402
-from onnxq.validation import runtime  # noqa: E402
+from onnxq.errors import ConversionError, ModelLoadError  # noqa: E402
+from onnxq import runtime  # noqa: E402
 
 
 def _mlp() -> Any:

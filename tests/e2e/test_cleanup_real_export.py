@@ -10,7 +10,7 @@ import pytest
 from onnxq.cli import main
 from onnxq.ir.io import load_model
 from onnxq.ir.summary import summarize
-from onnxq.validation import runtime
+from onnxq import runtime
 
 torch = pytest.importorskip("torch")
 

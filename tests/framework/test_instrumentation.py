@@ -10,13 +10,13 @@ import pytest
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import NumericMismatchError, PassFailedError, VerificationError
+from onnxq.errors import NumericMismatchError, PassFailedError, VerificationError
 from onnxq.framework.graphsurgeon_pass import GraphSurgeonPass
 from onnxq.framework.instrumentation import DumpAfterChange, NumericCheckEach, Timing, VerifyEach
 from onnxq.framework.pipeline import Pipeline, apply
 from onnxq.framework.registry import PassRegistry
 from onnxq.ir.io import load_model
-from onnxq.validation import runtime
+from onnxq import runtime
 
 
 class _AddToSub(Pass):

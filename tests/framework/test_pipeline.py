@@ -11,10 +11,10 @@ import pytest
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import Analysis, PassContext, Resource
-from onnxq.framework.errors import OptionError, UnknownPassError
+from onnxq.errors import OptionError, UnknownPassError
 from onnxq.framework.pipeline import PIPELINE_METADATA_KEY, Pipeline, apply
 from onnxq.framework.registry import PassRegistry, to_toml
-from onnxq.validation import runtime
+from onnxq import runtime
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 
 from onnxq.ir.io import load_model, save_model
-from onnxq.validation import runtime
+from onnxq import runtime
 
 WEIGHT = np.arange(4, dtype=np.float32)
 

@@ -30,7 +30,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq import cli
-from onnxq.framework.errors import ExternalDataError, ModelLoadError, ModelSaveError
+from onnxq.errors import ExternalDataError, ModelLoadError, ModelSaveError
 from onnxq.ir.io import load_model, save_model
 
 #: 16x16 float32 = 1 KiB: above onnx_ir's 256-byte threshold, so it really goes external.

@@ -12,7 +12,7 @@ from onnxq.framework.context import PassContext
 from onnxq.framework.instrumentation import verify
 from onnxq.framework.registry import PassRegistry
 from onnxq.passes.cleanup.convert_opset import OpsetConversionError
-from onnxq.validation import runtime
+from onnxq import runtime
 from tests.conftest import parse
 
 REGISTRY = PassRegistry.default()
@@ -116,7 +116,7 @@ def test_numeric_compare_treats_equal_infinities_as_equal_and_sees_imaginary_par
 
 
 def test_fixpoint_needs_at_least_one_iteration() -> None:
-    from onnxq.framework.errors import OptionError
+    from onnxq.errors import OptionError
 
     with pytest.raises(OptionError, match="max_iterations=0 must be >= 1"):
         REGISTRY.parse("fixpoint{max_iterations=0}(cleanup)")

@@ -17,7 +17,7 @@ from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import OptionError, UserError, first_line
+from onnxq.errors import OptionError, UserError, first_line
 from onnxq.ir.interop import replace_contents
 
 #: onnx's version converter does not support opsets older than this.

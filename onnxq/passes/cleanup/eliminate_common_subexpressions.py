@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import OptionError
+from onnxq.errors import OptionError
 from onnxq.passes.cleanup._graphs import all_graphs
 
 _RANDOM_OPS = frozenset(

@@ -22,7 +22,7 @@ from onnxscript.optimizer import _constant_folding
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import OptionError
+from onnxq.errors import OptionError
 from onnxq.framework.instrumentation import fingerprint
 from onnxq.passes.cleanup._graphs import all_graphs
 

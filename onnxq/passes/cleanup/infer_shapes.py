@@ -19,7 +19,7 @@ from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
-from onnxq.framework.errors import PassFailedError, first_line
+from onnxq.errors import PassFailedError, first_line
 
 
 class InferShapes(Pass):

@@ -1,6 +1,7 @@
 """Running models on onnxruntime CPU: sessions from onnx_ir models, sample inputs, comparison.
 
-Used by the numeric-check instrumentation, conversion checks and tests.
+Ground floor (imports only onnxq.errors): used by the framework's numeric checks, the converters,
+validation and tests.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxq.framework.errors import OptionError
+from onnxq.errors import OptionError
 
 Feeds = dict[str, np.ndarray]
 
