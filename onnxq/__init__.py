@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from onnxq.errors import OnnxqError, UserError
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import Analysis, PassContext, Resource
-from onnxq.errors import OnnxqError, UserError
 from onnxq.framework.pipeline import Pipeline, apply
 from onnxq.framework.registry import PassRegistry
 from onnxq.ir.io import load_model, save_model

@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxq import runtime
 from onnxq.errors import ConversionError, first_line
 from onnxq.ir import io as ir_io
-from onnxq import runtime
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
+from onnxq.errors import OptionError
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.errors import OptionError
 from onnxq.ir.interop import from_graphsurgeon, replace_contents, to_graphsurgeon
 
 GraphFunction = Callable[[Any], Any]

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
+from onnxq.errors import OnnxqError, OptionError, PassFailedError
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity, format_option
 from onnxq.framework.context import PassContext
-from onnxq.errors import OnnxqError, OptionError, PassFailedError
 
 logger = logging.getLogger(__name__)
 

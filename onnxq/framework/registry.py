@@ -20,8 +20,8 @@ from typing import Any
 
 import tomli_w
 
-from onnxq.framework.base import Pass, parse_options
 from onnxq.errors import OnnxqError, OptionError, UnknownPassError
+from onnxq.framework.base import Pass, parse_options
 from onnxq.framework.pipeline import Pipeline
 from onnxq.framework.text import Spec, parse_text, parse_toml
 

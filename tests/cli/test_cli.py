@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxq import runtime
 from onnxq.cli import main
 from onnxq.ir.io import load_model
-from onnxq import runtime
 
 
 def _digest(path: Path) -> str:

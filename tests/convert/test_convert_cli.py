@@ -16,8 +16,8 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 pytest.importorskip("tf2onnx")
 
-from onnxq.ir.io import load_model  # noqa: E402
 from onnxq import runtime  # noqa: E402
+from onnxq.ir.io import load_model  # noqa: E402
 
 Main = Callable[[Sequence[str]], int]
 

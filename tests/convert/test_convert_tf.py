@@ -15,9 +15,9 @@ tf = pytest.importorskip("tensorflow")
 tf2onnx_convert = pytest.importorskip("tf2onnx.convert")
 keras = pytest.importorskip("keras")
 
+from onnxq import runtime  # noqa: E402
 from onnxq.convert import convert, from_keras, from_saved_model, from_tflite  # noqa: E402
 from onnxq.errors import ConversionError, ModelLoadError  # noqa: E402
-from onnxq import runtime  # noqa: E402
 
 
 def _mlp() -> Any:

@@ -14,10 +14,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from onnxq import runtime  # noqa: E402
 from onnxq.convert import from_pt2, from_torch  # noqa: E402
 from onnxq.errors import ConversionError, ModelLoadError  # noqa: E402
 from onnxq.ir.io import load_model, save_model  # noqa: E402
-from onnxq import runtime  # noqa: E402
 
 
 class TwoHeads(torch.nn.Module):

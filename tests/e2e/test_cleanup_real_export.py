@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxq import runtime
 from onnxq.cli import main
 from onnxq.ir.io import load_model
 from onnxq.ir.summary import summarize
-from onnxq import runtime
 
 torch = pytest.importorskip("torch")
 

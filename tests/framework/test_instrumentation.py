@@ -8,15 +8,15 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+from onnxq import runtime
+from onnxq.errors import NumericMismatchError, PassFailedError, VerificationError
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.errors import NumericMismatchError, PassFailedError, VerificationError
 from onnxq.framework.graphsurgeon_pass import GraphSurgeonPass
 from onnxq.framework.instrumentation import DumpAfterChange, NumericCheckEach, Timing, VerifyEach
 from onnxq.framework.pipeline import Pipeline, apply
 from onnxq.framework.registry import PassRegistry
 from onnxq.ir.io import load_model
-from onnxq import runtime
 
 
 class _AddToSub(Pass):

@@ -9,12 +9,12 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+from onnxq import runtime
+from onnxq.errors import OptionError, UnknownPassError
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import Analysis, PassContext, Resource
-from onnxq.errors import OptionError, UnknownPassError
 from onnxq.framework.pipeline import PIPELINE_METADATA_KEY, Pipeline, apply
 from onnxq.framework.registry import PassRegistry, to_toml
-from onnxq import runtime
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as onh
 
-from onnxq.ir.io import load_model, save_model
 from onnxq import runtime
+from onnxq.ir.io import load_model, save_model
 
 WEIGHT = np.arange(4, dtype=np.float32)
 

@@ -7,12 +7,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from onnxq.framework.context import PassContext
+from onnxq import runtime
 from onnxq.errors import OptionError
+from onnxq.framework.context import PassContext
 from onnxq.framework.instrumentation import fingerprint, verify
 from onnxq.framework.registry import PassRegistry
 from onnxq.passes.cleanup.convert_opset import OpsetConversionError
-from onnxq import runtime
 from tests.conftest import parse
 
 REGISTRY = PassRegistry.default()

@@ -8,11 +8,11 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
+from onnxq import runtime
 from onnxq.framework.context import PassContext
 from onnxq.framework.instrumentation import verify
 from onnxq.framework.registry import PassRegistry
 from onnxq.passes.cleanup.convert_opset import OpsetConversionError
-from onnxq import runtime
 from tests.conftest import parse
 
 REGISTRY = PassRegistry.default()

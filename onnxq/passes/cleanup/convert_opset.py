@@ -15,9 +15,9 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
+from onnxq.errors import OptionError, UserError, first_line
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.errors import OptionError, UserError, first_line
 from onnxq.ir.interop import replace_contents
 
 #: onnx's version converter does not support opsets older than this.

@@ -19,9 +19,9 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.errors import OptionError
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.errors import OptionError
 from onnxq.passes.cleanup._graphs import all_graphs
 
 _RANDOM_OPS = frozenset(

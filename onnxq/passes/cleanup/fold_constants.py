@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
+from onnxq.errors import OptionError
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
-from onnxq.errors import OptionError
 from onnxq.framework.instrumentation import fingerprint
 from onnxq.passes.cleanup._graphs import all_graphs
 

@@ -17,9 +17,9 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
+from onnxq.errors import PassFailedError, first_line
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
-from onnxq.errors import PassFailedError, first_line
 
 
 class InferShapes(Pass):
