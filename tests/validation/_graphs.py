@@ -1,0 +1,122 @@
+"""Tiny hand-built QDQ graphs shared by the validation tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from tests.conftest import parse
+
+
+def _ints(n: int, mod: int = 7) -> str:
+    return ",".join(str((i % mod) - mod // 2) for i in range(n))
+
+
+#: Conv -> Relu -> Q(zp 0) -> MaxPool -> Reshape -> MatMul -> Q: every group fuses.
+FUSES = f"""
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[1,3,8,8] x) => (float[1,10] y) <
+  float s = {{0.02}}, uint8 zp = {{0}}, float so = {{0.1}}, uint8 zpo = {{128}},
+  int8[4,3,3,3] w = {{{_ints(108)}}}, float ws = {{0.01}}, int8 wzp = {{0}},
+  int8[64,10] wm = {{{_ints(640, 5)}}}, int64[2] shp = {{1, 64}}> {{
+  xq = QuantizeLinear(x, s, zp)
+  xd = DequantizeLinear(xq, s, zp)
+  wd = DequantizeLinear(w, ws, wzp)
+  c = Conv <pads=[1,1,1,1]> (xd, wd)
+  r = Relu(c)
+  rq = QuantizeLinear(r, s, zp)
+  rd = DequantizeLinear(rq, s, zp)
+  p = MaxPool <kernel_shape=[2,2], strides=[2,2]> (rd)
+  pq = QuantizeLinear(p, s, zp)
+  pd = DequantizeLinear(pq, s, zp)
+  f = Reshape(pd, shp)
+  fq = QuantizeLinear(f, s, zp)
+  fd = DequantizeLinear(fq, s, zp)
+  wmd = DequantizeLinear(wm, ws, wzp)
+  mm = MatMul(fd, wmd)
+  mq = QuantizeLinear(mm, so, zpo)
+  y = DequantizeLinear(mq, so, zpo)
+}}
+"""
+
+#: The same Conv -> Relu, but the Q after the Relu has zero point 128: the Conv stays float.
+RELU_ZP128 = f"""
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[1,3,8,8] x) => (float[1,4,8,8] y) <
+  float s = {{0.02}}, uint8 zp = {{0}}, uint8 zp128 = {{128}},
+  int8[4,3,3,3] w = {{{_ints(108)}}}, float ws = {{0.01}}, int8 wzp = {{0}}> {{
+  xq = QuantizeLinear(x, s, zp)
+  xd = DequantizeLinear(xq, s, zp)
+  wd = DequantizeLinear(w, ws, wzp)
+  conv = Conv <pads=[1,1,1,1]> (xd, wd)
+  r = Relu(conv)
+  rq = QuantizeLinear(r, s, zp128)
+  y = DequantizeLinear(rq, s, zp128)
+}}
+"""
+
+#: A lone Q/DQ pair on each side of a LayerNormalization, which has no integer kernel.
+LAYERNORM = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[2,16] x) => (float[2,16] y) <float s = {0.05}, uint8 zp = {128}, float[16] gamma = {1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1}> {
+  xq = QuantizeLinear(x, s, zp)
+  xd = DequantizeLinear(xq, s, zp)
+  ln = LayerNormalization <axis=-1> (xd, gamma)
+  lq = QuantizeLinear(ln, s, zp)
+  y = DequantizeLinear(lq, s, zp)
+}
+"""
+
+#: An Add whose second input is float, and a MatMul with per-channel weights on axis 0 (K).
+MIXED = f"""
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[2,8] x, float[2,8] b) => (float[2,4] y) <
+  float s = {{0.05}}, uint8 zp = {{128}}, int8[8,4] w = {{{_ints(32)}}},
+  float[8] ws = {{0.01,0.01,0.01,0.01,0.02,0.02,0.02,0.02}}, int8[8] wzp = {{0,0,0,0,0,0,0,0}}> {{
+  xq = QuantizeLinear(x, s, zp)
+  xd = DequantizeLinear(xq, s, zp)
+  a = Add(xd, b)
+  aq = QuantizeLinear(a, s, zp)
+  ad = DequantizeLinear(aq, s, zp)
+  wd = DequantizeLinear <axis=0> (w, ws, wzp)
+  mm = MatMul(ad, wd)
+  mq = QuantizeLinear(mm, s, zp)
+  y = DequantizeLinear(mq, s, zp)
+}}
+"""
+
+
+def model(text: str) -> ir.Model:
+    """The graph as an onnx_ir model, each node named ``<op>_<index>``."""
+    m = parse(text)
+    for i, node in enumerate(m.graph):
+        node.name = f"{node.op_type}_{i}"
+    return m
+
+
+def feeds(m: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for v in m.graph.inputs:
+        assert v.shape is not None and v.name is not None
+        out[v.name] = rng.uniform(-1, 1, [int(d) for d in v.shape]).astype(np.float32)
+    return out
+
+
+#: One quantized input read by a MatMul (fuses) and a LayerNormalization (stays float).
+SHARED = f"""
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[2,8] x) => (float[2,4] y, float[2,8] z) <
+  float s = {{0.05}}, uint8 zp = {{128}}, int8[8,4] w = {{{_ints(32)}}}, float ws = {{0.01}}, int8 wzp = {{0}},
+  float[8] gamma = {{1,1,1,1,1,1,1,1}}> {{
+  xq = QuantizeLinear(x, s, zp)
+  xd = DequantizeLinear(xq, s, zp)
+  wd = DequantizeLinear(w, ws, wzp)
+  mm = MatMul(xd, wd)
+  mq = QuantizeLinear(mm, s, zp)
+  y = DequantizeLinear(mq, s, zp)
+  ln = LayerNormalization <axis=-1> (xd, gamma)
+  lq = QuantizeLinear(ln, s, zp)
+  z = DequantizeLinear(lq, s, zp)
+}}
+"""

@@ -1,0 +1,129 @@
+"""Fusion report: which QDQ groups onnxruntime CPU turned into integer kernels, and why not."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onnxq import runtime
+from onnxq.validation.fusion import FusionCheckError, fusion_report, remove_unfused_qdq, unfused_groups
+from tests.validation._graphs import FUSES, LAYERNORM, MIXED, RELU_ZP128, SHARED, feeds, model
+
+
+def test_fully_fused_graph() -> None:
+    report = fusion_report(model(FUSES))
+    assert report.unfused == []
+    assert report.kernels == {"NhwcMaxPool": 1, "QLinearConv": 1, "QLinearMatMul": 1}
+    kernels = {g.node: g.kernel for g in report.groups}
+    assert kernels["Conv_3"] == "QLinearConv"
+    assert kernels["MatMul_14"] == "QLinearMatMul"
+    assert kernels["MaxPool_7"] == "NhwcMaxPool"
+    assert kernels["Reshape_10"].endswith("(int8)")
+    # The only Q/DQ left are at the model's edges.
+    assert (report.quantize_linear, report.dequantize_linear) == (1, 1)
+    assert report.lines()[0].startswith("fusion: 4/4 QDQ groups fused")
+
+
+def test_relu_with_zero_point_128_stays_float() -> None:
+    report = fusion_report(model(RELU_ZP128))
+    [group] = report.unfused
+    assert group.node == "Conv_3"
+    assert group.kernel == "FusedConv"
+    assert "zero point 128 after Relu" in group.reason
+    assert str(group).startswith("Conv_3: stayed float (FusedConv): output Q has zero point 128 after Relu")
+    assert report.kernels == {}
+
+
+def test_lone_qdq_around_layernorm() -> None:
+    [group] = unfused_groups(model(LAYERNORM))
+    assert (group.node, group.kernel) == ("LayerNormalization_2", "LayerNormalization")
+    assert "no integer kernel for LayerNormalization" in group.reason
+
+
+def test_unquantized_input_and_wrong_per_channel_axis() -> None:
+    report = fusion_report(model(MIXED))
+    reasons = {g.node: g.reason for g in report.unfused}
+    assert set(reasons) == {"Add_2", "MatMul_6"}
+    assert "input 1 'b' is not quantized" in reasons["Add_2"]
+    assert "per-channel weight on axis 0" in reasons["MatMul_6"]
+
+
+def test_unnamed_nodes_get_index_names(tmp_path) -> None:
+    proto = ir.to_proto(model(RELU_ZP128))
+    for node in proto.graph.node:
+        node.name = ""
+    path = tmp_path / "unnamed.onnx"
+    onnx.save(proto, path)
+    [group] = fusion_report(path).unfused
+    assert group.node == "Conv_3"
+
+
+def test_remove_unfused_qdq_around_layernorm_matches_float() -> None:
+    m = model(LAYERNORM)
+    x = feeds(m)
+    reference = runtime.run(parse_float_layernorm(), x)
+    removed = remove_unfused_qdq(m, fusion_report(m))
+    assert removed == 4
+    assert [n.op_type for n in m.graph] == ["LayerNormalization"]
+    assert [v.name for v in m.graph.outputs] == ["y"]
+    onnx.checker.check_model(ir.to_proto(m), full_check=True)
+    got = runtime.run(m, x)
+    np.testing.assert_allclose(got["y"], reference["y"], rtol=1e-6, atol=1e-6)
+    # Idempotent: nothing more to remove, and the LayerNormalization is no longer a QDQ group.
+    assert remove_unfused_qdq(m, fusion_report(m)) == 0
+    assert fusion_report(m).groups == []
+
+
+def parse_float_layernorm() -> ir.Model:
+    from tests.conftest import parse
+
+    return parse("""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[2,16] x) => (float[2,16] y) <float[16] gamma = {1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1}> {
+      y = LayerNormalization <axis=-1> (x, gamma)
+    }
+    """)
+
+
+def test_remove_unfused_qdq_keeps_fused_groups() -> None:
+    m = model(FUSES)
+    before = runtime.run(m, feeds(m))
+    assert remove_unfused_qdq(m, fusion_report(m)) == 0
+    np.testing.assert_array_equal(runtime.run(m, feeds(m))["y"], before["y"])
+
+
+def test_remove_between_float_groups_stays_close_to_the_qdq_result() -> None:
+    # Add (one input float) and MatMul (axis 0) both stay float: all three activation pairs go.
+    m = model(MIXED)
+    x = feeds(m)
+    before = runtime.run(m, x)
+    removed = remove_unfused_qdq(m, fusion_report(m))
+    assert removed == 6
+    assert [n.op_type for n in m.graph] == ["Add", "DequantizeLinear", "MatMul"]
+    onnx.checker.check_model(ir.to_proto(m), full_check=True)
+    # Without the fake quantization the result moves towards float: within a few output steps.
+    np.testing.assert_allclose(runtime.run(m, x)["y"], before["y"], atol=3 * 0.05)
+
+
+def test_remove_keeps_qdq_that_a_fused_neighbour_needs() -> None:
+    m = model(SHARED)
+    x = feeds(m)
+    before = runtime.run(m, x)
+    report = fusion_report(m)
+    assert [g.node for g in report.unfused] == ["LayerNormalization_6"]
+    assert remove_unfused_qdq(m, report) == 2  # only the LayerNormalization's output pair
+    after = fusion_report(m)
+    assert after.kernels == {"QLinearMatMul": 1}
+    np.testing.assert_array_equal(runtime.run(m, x)["y"], before["y"])
+    np.testing.assert_allclose(runtime.run(m, x)["z"], before["z"], atol=0.05 / 2 + 1e-6)
+
+
+def test_model_onnxruntime_refuses_is_reported(tmp_path) -> None:
+    proto = ir.to_proto(model(LAYERNORM))
+    proto.graph.node[0].op_type = "NoSuchOp"
+    path = tmp_path / "bad.onnx"
+    onnx.save(proto, path)
+    with pytest.raises(FusionCheckError, match="onnxruntime cannot load"):
+        fusion_report(path)
