@@ -1,0 +1,324 @@
+"""The collector: one onnxruntime session over an augmented copy, observers fed per sample.
+
+The user's model is serialized to a copy whose graph outputs also name every observed tensor;
+onnxruntime runs it with graph optimizations off (so intermediate names survive) and, per sample,
+each observer updates its small state from the returned activation, which is then dropped.
+Memory is O(one sample's activations + tensors x bins), whatever the number of samples.
+
+What is observed: float tensors (float32/16, bfloat16, float64) of the *main* graph: by default
+every float tensor a main-graph node produces plus the float graph inputs. Tensors inside If/Loop/
+Scan bodies cannot be outputs of the main graph, so they are not observed: the defaults skip
+them, and names given in ``tensors`` that live in a subgraph are skipped with a warning and listed
+in ``Ranges.details["not_observed"]`` (quantization leaves such tensors in float). A tensor whose
+type is unknown before running is observed if onnxruntime returns it as a float array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxq.calibration.data import CalibrationData
+from onnxq.calibration.observers import (
+    HISTOGRAM_METHODS,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    Observer,
+)
+from onnxq.calibration.ranges import Ranges, TensorRange, model_fingerprint
+from onnxq.errors import OptionError, UserError
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("minmax", "moving_average", *HISTOGRAM_METHODS)
+_FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+#: Above this many bytes the augmented copy goes to a temporary file with external data.
+_INLINE_LIMIT = 1_500_000_000
+
+
+class CalibrationError(UserError):
+    """Calibration cannot run: unknown tensor names or method, or onnxruntime rejects a sample."""
+
+
+@dataclasses.dataclass
+class Collection:
+    """The observers after a pass over the data, by tensor name, and what was left out."""
+
+    observers: dict[str, Observer]
+    samples: int
+    not_observed: dict[str, str] = dataclasses.field(default_factory=dict)
+    fingerprint: str = ""
+
+    def ranges(self, method: str | None = None, **options: Any) -> Ranges:
+        """Ranges from the observers (``method`` picks a histogram method; default: the observers')."""
+        tensors: dict[str, TensorRange] = {}
+        empty = []
+        for name in sorted(self.observers):
+            observer = self.observers[name]
+            if observer.empty:
+                empty.append(name)
+                continue
+            if isinstance(observer, HistogramObserver):
+                tensors[name] = observer.range(method, **options)
+            else:
+                tensors[name] = observer.range()
+        first = next(iter(self.observers.values()), None)
+        used = method or _method_of(first)
+        details: dict[str, Any] = {**_details_of(first), **options}
+        if empty:
+            details["empty"] = empty  # only NaN/Inf or zero-size values: left in float
+        if self.not_observed:
+            details["not_observed"] = dict(sorted(self.not_observed.items()))
+        return Ranges(tensors=tensors, method=used, fingerprint=self.fingerprint, samples=self.samples, details=details)
+
+
+def _method_of(observer: Observer | None) -> str:
+    if isinstance(observer, HistogramObserver):
+        return observer.method
+    return observer.kind if observer is not None else "minmax"
+
+
+def _details_of(observer: Observer | None) -> dict[str, Any]:
+    if isinstance(observer, HistogramObserver):
+        return {
+            "bins": observer.bins,
+            "percentile": observer.percentile,
+            "num_quantized_bins": observer.num_quantized_bins,
+            "candidates": observer.candidates,
+        }
+    if isinstance(observer, MovingAverageMinMaxObserver):
+        return {"momentum": observer.momentum}
+    return {}
+
+
+def observer_factory(method: str, **options: Any) -> Callable[[], Observer]:
+    """A function making a fresh observer for ``method`` with its options (checked now)."""
+    method = method.replace("-", "_")
+    try:
+        if method == "minmax":
+            if options:
+                raise TypeError(f"unexpected options {sorted(options)}")
+            make: Callable[[], Observer] = MinMaxObserver
+        elif method == "moving_average":
+            momentum = options.pop("momentum", 0.01)
+            if options:
+                raise TypeError(f"unexpected options {sorted(options)}")
+            make = lambda: MovingAverageMinMaxObserver(momentum)  # noqa: E731
+        elif method in HISTOGRAM_METHODS:
+            make = lambda: HistogramObserver(method=method, **options)  # noqa: E731
+        else:
+            raise OptionError(f"unknown calibration method '{method}' (choose {', '.join(METHODS)})")
+        make()  # options are validated here, not after the first sample
+    except (TypeError, ValueError) as e:
+        raise OptionError(f"calibration method '{method}': {e}") from None
+    return make
+
+
+# --- which tensors -----------------------------------------------------------------------------
+def _subgraph_owners(model: ir.Model) -> dict[str, str]:
+    """Names of values defined inside subgraphs -> the name of the main-graph node that owns them."""
+    owners: dict[str, str] = {}
+    for node in model.graph:
+        for attr in node.attributes.values():
+            if attr.is_ref() or attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                continue
+            graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else list(attr.value)
+            for graph in graphs:
+                for inner in ir.traversal.RecursiveGraphIterator(graph):
+                    for value in inner.outputs:
+                        if value.name:
+                            owners.setdefault(value.name, node.name or node.op_type)
+                for value in graph.inputs:
+                    if value.name:
+                        owners.setdefault(value.name, node.name or node.op_type)
+    return owners
+
+
+def _candidates(model: ir.Model) -> dict[str, ir.DataType | None]:
+    """Main-graph tensors that may be observed, with their dtype when known, in graph order."""
+    graph = model.graph
+    found: dict[str, ir.DataType | None] = {}
+    initializers = set(graph.initializers)
+    for value in graph.inputs:
+        if value.name and value.name not in initializers:
+            found[value.name] = value.dtype
+    for node in graph:
+        for value in node.outputs:
+            if value.name:
+                found[value.name] = value.dtype
+    return found
+
+
+def select_tensors(model: ir.Model, tensors: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
+    """The main-graph tensors to observe and ``{name: reason}`` for requested ones skipped."""
+    candidates = _candidates(model)
+    skipped: dict[str, str] = {}
+    if tensors is None:
+        return [n for n, t in candidates.items() if t is None or t in _FLOAT_TYPES], skipped
+    owners = _subgraph_owners(model)
+    chosen = []
+    for name in dict.fromkeys(tensors):
+        if name in candidates:
+            dtype = candidates[name]
+            if dtype is not None and dtype not in _FLOAT_TYPES:
+                skipped[name] = f"dtype {dtype.name} is not float"
+            else:
+                chosen.append(name)
+        elif name in owners:
+            skipped[name] = f"inside a subgraph of node '{owners[name]}'; only main-graph tensors are observed"
+        elif name in model.graph.initializers:
+            skipped[name] = "an initializer (constant), not an activation"
+        else:
+            raise CalibrationError(f"tensor '{name}' is not in the model; cannot calibrate it")
+    for name, reason in skipped.items():
+        logger.warning("calibration: not observing '%s': %s", name, reason)
+    return chosen, skipped
+
+
+# --- session ---------------------------------------------------------------------------------
+def _augmented(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:
+    proto = ir.serde.serialize_model(model)
+    present = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in present:
+            # NOTE: no type given on purpose: onnxruntime infers it, and an unknown type would be
+            # guesswork here.
+            proto.graph.output.add().name = name
+    return proto
+
+
+def _session(proto: onnx.ModelProto, workdir: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    # Optimizations would fuse or rename the tensors we observe.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    try:
+        if proto.ByteSize() < _INLINE_LIMIT:
+            return ort.InferenceSession(proto.SerializeToString(), opts, providers=providers)
+        path = workdir / "augmented.onnx"
+        onnx.save_model(proto, path, save_as_external_data=True, location="augmented.onnx.data")
+        return ort.InferenceSession(os.fspath(path), opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CalibrationError(f"onnxruntime cannot load the model for calibration: {first}") from None
+
+
+def _progress(total: int | None, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )
+
+
+def collect(
+    model: ir.Model,
+    data: Any,
+    make_observer: Callable[[], Observer],
+    *,
+    tensors: Sequence[str] | None = None,
+    progress: bool = False,
+) -> Collection:
+    """Runs every sample of ``data`` through an augmented copy of ``model``, feeding one observer
+    per observed tensor. ``data`` is anything :meth:`CalibrationData.from_source` accepts."""
+    data = CalibrationData.from_source(data)
+    names, skipped = select_tensors(model, tensors)
+    observers: dict[str, Observer] = {}
+    samples = 0
+    not_float: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
+        sess = _session(_augmented(model, names), Path(tmp))
+        outputs = [o.name for o in sess.get_outputs() if o.name in set(names)]
+        bar = _progress(data.length, progress)
+        task = bar.add_task("calibrating", total=data.length) if bar is not None else None
+        try:
+            if bar is not None:
+                bar.start()
+            for label, feeds in data.feeds(model):
+                try:
+                    values = sess.run(outputs, feeds)
+                except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+                    text = str(e).strip().splitlines()
+                    raise CalibrationError(
+                        f"sample {label}: onnxruntime failed: {text[0] if text else type(e).__name__}"
+                    ) from None
+                for name, value in zip(outputs, values, strict=True):
+                    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                        not_float.add(name)
+                        continue
+                    observer = observers.get(name)
+                    if observer is None:
+                        observer = observers[name] = make_observer()
+                    observer.update(value)
+                del values  # the activations of this sample are not needed any more
+                samples += 1
+                if bar is not None:
+                    bar.advance(task)
+        finally:
+            if bar is not None:
+                bar.stop()
+    for name in not_float:
+        observers.pop(name, None)
+        if tensors is not None:
+            skipped[name] = "onnxruntime returned a non-float value"
+    # Graph order kept for readability; Ranges sorts names when it writes JSON.
+    ordered = {n: observers[n] for n in names if n in observers}
+    return Collection(ordered, samples, skipped, model_fingerprint(model))
+
+
+def calibrate(
+    model: ir.Model,
+    data: Any,
+    *,
+    method: str = "minmax",
+    tensors: Sequence[str] | None = None,
+    progress: bool = False,
+    **method_options: Any,
+) -> Ranges:
+    """Calibrated ranges of ``model``'s float tensors over ``data``.
+
+    Args:
+        model: The float model (not modified).
+        data: A :class:`CalibrationData` or anything its ``from_source`` takes: a folder of
+            ``.npz``, an ``.npz`` with a leading sample axis, a mapping of such arrays, an iterable
+            of feed dicts, an onnxruntime ``CalibrationDataReader``.
+        method: ``minmax``, ``moving_average`` (option ``momentum``, default 0.01; None = plain
+            mean), ``percentile`` (``percentile``, default 99.999), ``entropy``
+            (``num_quantized_bins``, default 128) or ``mse``; histogram methods also take
+            ``bins`` (default 4096) and ``candidates`` (default 256).
+        tensors: Names to observe; None = every float tensor produced by a main-graph node plus
+            the float graph inputs.
+        progress: Show a progress bar over samples (rich).
+
+    Returns:
+        Ranges with the method, its options, the sample count and the model's fingerprint.
+
+    Raises:
+        CalibrationDataError: bad or empty data (one line naming the input and sample).
+        CalibrationError: unknown tensor names, or onnxruntime rejects the model or a sample.
+        OptionError: unknown method or option.
+    """
+    make = observer_factory(method, **method_options)
+    collection = collect(model, data, make, tensors=tensors, progress=progress)
+    ranges = collection.ranges()
+    ranges.method = method.replace("-", "_")
+    ranges.details = {**ranges.details, **_public_options(method_options)}
+    return ranges
+
+
+def _public_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sorted(options.items()) if isinstance(v, (int, float, str, bool)) or v is None}
