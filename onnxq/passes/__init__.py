@@ -19,3 +19,10 @@ def register_builtins(registry: PassRegistry) -> None:
         registry.register(pass_cls)
     for preset in cleanup.PRESETS:
         registry.register_preset(preset)
+
+    from onnxq.passes import fusion
+
+    for pass_cls in fusion.PASSES:
+        registry.register(pass_cls)
+    for preset in fusion.PRESETS:
+        registry.register_preset(preset)

@@ -1,0 +1,103 @@
+"""Fusion passes on onnxscript's rewriter, and the ``optimize`` preset (cleanup + fusions to a fixpoint).
+
+Each pass is a set of pattern rules (shipped by onnxscript where they are right, ours
+where none exists or the shipped one is wrong; each module says which). Every node a
+rule creates carries the rule's name in ``metadata_props["pkg.onnxscript.rewriter.rule_name"]``,
+and :meth:`RewritePass.explain` lists each rule's nearest misses with the reason.
+"""
+
+from __future__ import annotations
+
+from onnxq.framework.base import Pass
+from onnxq.framework.pipeline import Pipeline
+from onnxq.framework.registry import Preset
+from onnxq.passes.cleanup import CLEANUP
+from onnxq.passes.fusion._rewrite import Miss, RewritePass
+from onnxq.passes.fusion.cancel_transposes import CancelTransposes
+from onnxq.passes.fusion.canonicalize_activations import CanonicalizeActivations
+from onnxq.passes.fusion.collapse_reshapes import CollapseReshapes
+from onnxq.passes.fusion.fold_batchnorm import FoldBatchNorm
+from onnxq.passes.fusion.fold_conv_add_bias import FoldConvAddBias
+from onnxq.passes.fusion.fold_mul_into_weights import FoldMulIntoWeights
+from onnxq.passes.fusion.fold_pad_into_conv import FoldPadIntoConv
+from onnxq.passes.fusion.fold_transpose_into_gemm import FoldTransposeIntoGemm
+from onnxq.passes.fusion.fuse_gelu import TARGETS, FuseGelu
+from onnxq.passes.fusion.fuse_layer_norm import FuseLayerNorm
+from onnxq.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
+
+PASSES: tuple[type[RewritePass], ...] = (
+    FoldBatchNorm,
+    FoldPadIntoConv,
+    FoldConvAddBias,
+    FoldMulIntoWeights,
+    CanonicalizeActivations,
+    FuseLayerNorm,
+    FuseGelu,
+    CancelTransposes,
+    CollapseReshapes,
+    FoldTransposeIntoGemm,
+    MatMulAddToGemm,
+)
+DEFAULT_TARGET = "ort-cpu"
+OPTIMIZE_MAX_ITERATIONS = 10
+
+
+def fusion_passes(target: str = DEFAULT_TARGET) -> list[Pass]:
+    """The fusion passes in the order the ``optimize`` preset runs them."""
+    return [FuseGelu(target=target) if cls is FuseGelu else cls() for cls in PASSES]
+
+
+def optimize_passes(target: str = DEFAULT_TARGET) -> list[Pass]:
+    """Cleanup then fusions: one round of the ``optimize`` preset."""
+    return [*CLEANUP.build(), *fusion_passes(target)]
+
+
+def optimize_pipeline(target: str = DEFAULT_TARGET) -> Pipeline:
+    """The ``optimize`` preset for ``target`` (``ort-cpu``, ``ort-cuda``, ``tensorrt``, ``onnx``).
+
+    For the default target it prints as ``optimize``; for another one as its full
+    pipeline text (``fixpoint(...,fuse-gelu{target=tensorrt},...)``), which parses back.
+    """
+    FuseGelu(target=target)  # NOTE: validates the target name (OptionError naming the known ones).
+    label = "optimize" if target == DEFAULT_TARGET else None
+    return Pipeline(
+        optimize_passes(target),
+        label=label,
+        defaults=OPTIMIZE.defaults() if label else None,
+        fixpoint=True,
+        max_iterations=OPTIMIZE_MAX_ITERATIONS,
+    )
+
+
+OPTIMIZE = Preset(
+    name="optimize",
+    summary="cleanup + all fusions (BatchNorm, Pad, bias, Mul, activations, LayerNorm, GELU, reshapes, "
+    "transposes, Gemm) to a fixpoint",
+    build=optimize_passes,
+    max_iterations=OPTIMIZE_MAX_ITERATIONS,
+)
+PRESETS = (OPTIMIZE,)
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "OPTIMIZE",
+    "PASSES",
+    "PRESETS",
+    "TARGETS",
+    "CancelTransposes",
+    "CanonicalizeActivations",
+    "CollapseReshapes",
+    "FoldBatchNorm",
+    "FoldConvAddBias",
+    "FoldMulIntoWeights",
+    "FoldPadIntoConv",
+    "FoldTransposeIntoGemm",
+    "FuseGelu",
+    "FuseLayerNorm",
+    "MatMulAddToGemm",
+    "Miss",
+    "RewritePass",
+    "fusion_passes",
+    "optimize_passes",
+    "optimize_pipeline",
+]

@@ -1,0 +1,82 @@
+"""collapse-reshapes: chains of Reshape / Flatten / Squeeze / Unsqueeze collapsed.
+
+- ``Reshape(R(x), shape)`` where R is any of Reshape, Flatten, Squeeze, Unsqueeze and
+  ``shape`` is a constant without 0 entries (or with ``allowzero=1``) -> ``Reshape(x, shape)``:
+  every op of the family keeps the row-major element order, so only the last shape counts.
+  onnxscript's ``reshape_reshape`` rule covers only Reshape after Reshape, so this rule
+  is written here;
+- ``Unsqueeze(Unsqueeze(x))`` -> one Unsqueeze: the shipped ``unsqueeze_unsqueeze`` rule
+  (it declines negative axes);
+- a Reshape to the shape its input already has (known static shapes) -> removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import onnx_ir as ir
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
+from onnxscript.rewriter.rules.common import _basic_rules
+
+from onnxq.passes.fusion._rewrite import RewritePass, Rule, constant
+
+_FAMILY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+class _ReshapeOfReshapeLike(RewriteRuleClassBase):
+    op_type: ClassVar[str] = "Reshape"
+
+    def pattern(self, op, x, shape):  # type: ignore[no-untyped-def]
+        inner = getattr(op, self.op_type)(x, _allow_other_inputs=True, _allow_other_attributes=True,
+                                          _outputs=["inner"])
+        return op.Reshape(inner, shape, _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, x, shape, inner, out):  # type: ignore[no-untyped-def]
+        result = MatchResult()
+        values = constant(shape)
+        if values is None:
+            return result.fail(f"Reshape shape '{shape.name}' is not constant")
+        allowzero = out.producer().attributes.get_int("allowzero", 0)
+        if not allowzero and (values == 0).any():
+            return result.fail("Reshape shape has 0 entries (copied from its input)")
+        return result
+
+    def rewrite(self, op, x, shape, inner, out):  # type: ignore[no-untyped-def]
+        return op.Reshape(x, shape, **out.producer().attributes)
+
+
+def _rule(op_type: str) -> Rule:
+    cls = type(f"ReshapeOf{op_type}", (_ReshapeOfReshapeLike,), {"op_type": op_type})
+    return Rule(cls.rule(name=f"collapse-reshapes:reshape-of-{op_type.lower()}"), "reshapes_collapsed")
+
+
+class _NoOpReshape(RewriteRuleClassBase):
+    def pattern(self, op, x, shape):  # type: ignore[no-untyped-def]
+        return op.Reshape(x, shape, _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, x, shape, out):  # type: ignore[no-untyped-def]
+        result = MatchResult()
+        if x.shape is None or not x.shape.is_static() or out.shape is None or not out.shape.is_static():
+            return result.fail("shapes are not static")
+        if list(x.shape) != list(out.shape):
+            return result.fail("Reshape changes the shape")
+        if out.is_graph_output() and x.is_graph_input():
+            return result.fail("Reshape joins a graph input to a graph output")
+        return result
+
+    def rewrite(self, op, x, shape, out):  # type: ignore[no-untyped-def]
+        return op.Identity(x)
+
+
+class CollapseReshapes(RewritePass):
+    name: ClassVar[str] = "collapse-reshapes"
+    summary: ClassVar[str] = "Collapse Reshape/Flatten/Squeeze/Unsqueeze chains"
+
+    def rules(self, model: ir.Model) -> Sequence[Rule]:
+        return (
+            *(_rule(op_type) for op_type in _FAMILY),
+            Rule(_basic_rules.UnsqueezeUnsqueeze.rule(name="collapse-reshapes:unsqueeze-unsqueeze"),
+                 "reshapes_collapsed", min_opset=13),
+            Rule(_NoOpReshape.rule(name="collapse-reshapes:no-op"), "reshapes_removed"),
+        )

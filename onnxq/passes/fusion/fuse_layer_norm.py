@@ -1,0 +1,62 @@
+"""fuse-layer-norm: decomposed LayerNormalization -> ``LayerNormalization`` (opset 17+).
+
+Uses onnxscript's shipped rules (``rules/fusion/_layer_norm``): ReduceMean / Sub /
+(Pow 2 | Mul) / ReduceMean / Add eps / Sqrt / (Div | Reciprocal + Mul) / Mul scale, then
+a following Add folded in as bias. Checks added because the shipped ones miss them: the
+opset (LayerNormalization exists from 17; the shipped rule emits it at any opset), and
+the shapes of scale and bias, which the shipped check never reads: the fused op needs
+them shaped like the normalized (last) axis, while the decomposed form also accepts a
+scale that broadcasts over other axes or raises the rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+from onnxscript.rewriter import MatchResult
+from onnxscript.rewriter.rules.fusion import _layer_norm as shipped
+
+from onnxq.passes.fusion._rewrite import RewritePass, Rule
+
+LAYER_NORM_OPSET = 17
+
+
+def _last_axis_vector(param: ir.Value, x: ir.Value) -> str | None:
+    """None when ``param`` is a rank-1 tensor as long as x's last axis, else why not."""
+    if param.shape is None or param.shape.rank() != 1:
+        return f"'{param.name}' is not known to be rank 1"
+    if x.shape is None or x.shape.rank() is None or x.shape.rank() < 1:
+        return "input rank is unknown"
+    if param.shape[0] != x.shape[-1]:
+        return f"'{param.name}' length {param.shape[0]} differs from the normalized axis {x.shape[-1]}"
+    return None
+
+
+class _LayerNorm(shipped.LayerNormFusion):
+    def check(self, context: Any, x: ir.Value, epsilon: ir.Value, scale: ir.Value, **kw: Any) -> MatchResult:
+        result = super().check(context, x, epsilon, scale=scale, **kw)
+        if not result:
+            return result  # type: ignore[no-any-return]
+        why = _last_axis_vector(scale, x)
+        return result.fail(f"scale {why}") if why else result  # type: ignore[no-any-return]
+
+
+class _LayerNormBias(shipped.LayerNormBiasFusion):
+    def check(self, context: Any, x: ir.Value, scale: ir.Value, bias: ir.Value, **kw: Any) -> MatchResult:
+        why = _last_axis_vector(bias, x)
+        return MatchResult().fail(f"bias {why}") if why else MatchResult()
+
+
+class FuseLayerNorm(RewritePass):
+    name: ClassVar[str] = "fuse-layer-norm"
+    summary: ClassVar[str] = "Decomposed LayerNorm (ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add) -> LayerNormalization"
+
+    def rules(self, model: ir.Model) -> Sequence[Rule]:
+        return (
+            Rule(_LayerNorm.rule(name="fuse-layer-norm"), "layernorms_fused", min_opset=LAYER_NORM_OPSET,
+                 commute=True),
+            Rule(_LayerNormBias.rule(name="fuse-layer-norm:bias"), "layernorm_biases_fused",
+                 min_opset=LAYER_NORM_OPSET, commute=True),
+        )
