@@ -80,7 +80,9 @@ class Collection:
             details["empty"] = empty  # only NaN/Inf or zero-size values: left in float
         if self.not_observed:
             details["not_observed"] = dict(sorted(self.not_observed.items()))
-        return Ranges(tensors=tensors, method=used, fingerprint=self.fingerprint, samples=self.samples, details=details)
+        return Ranges(
+            tensors=tensors, method=used, fingerprint=self.fingerprint, samples=self.samples, details=details
+        )
 
 
 def _method_of(observer: Observer | None) -> str:
@@ -176,7 +178,9 @@ def select_tensors(model: ir.Model, tensors: Sequence[str] | None) -> tuple[list
             else:
                 chosen.append(name)
         elif name in owners:
-            skipped[name] = f"inside a subgraph of node '{owners[name]}'; only main-graph tensors are observed"
+            skipped[name] = (
+                f"inside a subgraph of node '{owners[name]}'; only main-graph tensors are observed"
+            )
         elif name in model.graph.initializers:
             skipped[name] = "an initializer (constant), not an activation"
         else:

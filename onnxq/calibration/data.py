@@ -84,7 +84,8 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
         shape = None
         if value.shape is not None:
             shape = tuple(
-                d if isinstance(d, int) else (str(d.value) if d.value is not None else None) for d in value.shape
+                d if isinstance(d, int) else (str(d.value) if d.value is not None else None)
+                for d in value.shape
             )
         specs.append(InputSpec(value.name, dtype, shape))
     return specs
@@ -142,7 +143,9 @@ class _Folder(_Source):
 class _Stacked(_Source):
     """Arrays with a leading sample axis, from a mapping or one .npz file (indices into it)."""
 
-    def __init__(self, name: str, arrays: Mapping[str, np.ndarray] | Path, indices: range | None = None) -> None:
+    def __init__(
+        self, name: str, arrays: Mapping[str, np.ndarray] | Path, indices: range | None = None
+    ) -> None:
         self.name = name
         self.arrays = arrays
         count = self._count(self._load())
@@ -162,7 +165,9 @@ class _Stacked(_Source):
         for key, value in arrays.items():
             value = np.asarray(value)
             if value.ndim == 0:
-                raise CalibrationDataError(f"{self.name}: input '{key}' is a scalar; expected a leading sample axis")
+                raise CalibrationDataError(
+                    f"{self.name}: input '{key}' is a scalar; expected a leading sample axis"
+                )
             lengths[key] = value.shape[0]
         if len(set(lengths.values())) > 1:
             detail = ", ".join(f"'{k}': {n}" for k, n in sorted(lengths.items()))
@@ -173,7 +178,9 @@ class _Stacked(_Source):
         return len(self.indices)
 
     def _slice(self, arrays: Mapping[str, np.ndarray], i: int) -> Sample:
-        return Sample(f"'{self.name}'[{i}]", {k: np.asarray(v)[i : i + 1] for k, v in arrays.items()}, stacked=True)
+        return Sample(
+            f"'{self.name}'[{i}]", {k: np.asarray(v)[i : i + 1] for k, v in arrays.items()}, stacked=True
+        )
 
     def sample(self, index: int) -> Sample:
         return self._slice(self._load(), self.indices[index])
@@ -278,7 +285,9 @@ class CalibrationData(Resource):
             return cls(_Folder(path, files))
         if path.is_file():
             return cls(_Stacked(path.name, path))
-        raise CalibrationDataError(f"{path}: calibration data not found (expected a folder of .npz or an .npz file)")
+        raise CalibrationDataError(
+            f"{path}: calibration data not found (expected a folder of .npz or an .npz file)"
+        )
 
     @classmethod
     def from_feeds(cls, feeds: Iterable[Mapping[str, Any]]) -> CalibrationData:

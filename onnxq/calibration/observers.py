@@ -341,15 +341,21 @@ class HistogramObserver(Observer):
         return safe_range(max(lo, self.min), min(hi, self.max))
 
     def _magnitude(self) -> tuple[np.ndarray, float, bool]:
-        """Histogram of the values' magnitude from 0 (bin width ``self.width``) and whether the
-        tensor is non-negative. Folding is exact because the grid is anchored at 0."""
+        """Histogram of the values' magnitude from 0, its bin width, and whether the tensor is
+        non-negative. Folding the negative side is exact because the grid is anchored at 0; the
+        width is doubled (exactly, as in re-binning) until at most ``bins`` bins reach the
+        largest magnitude, so a tensor far from 0 does not need a huge array."""
         signed = self.min < 0
-        idx = np.arange(self.bins, dtype=np.int64) + self.first
+        used = np.flatnonzero(self.counts)
+        idx = used.astype(np.int64) + self.first
         mag = np.where(idx >= 0, idx, -idx - 1)
-        size = int(mag.max()) + 1
-        hist = np.zeros(size, dtype=np.float64)
-        np.add.at(hist, mag, self.counts.astype(np.float64))
-        return hist, self.width, not signed
+        factor = 1
+        while int(mag.max()) // factor >= self.bins:
+            factor *= 2
+        mag //= factor
+        hist = np.zeros(int(mag.max()) + 1, dtype=np.float64)
+        np.add.at(hist, mag, self.counts[used].astype(np.float64))
+        return hist, self.width * factor, not signed
 
     def _candidate_stops(self, nbins: int, minimum: int) -> np.ndarray:
         """Threshold bin counts to try: about ``candidates`` of them, always including all bins."""

@@ -134,7 +134,10 @@ def _attr_key(attr: ir.Attr) -> Any:
         # NOTE: attribute tensors (Constant values) are small and change activations, so their
         # bytes count; initializers below count by name, type and shape only (reading gigabytes
         # of weights to fingerprint a model would defeat lazy loading).
-        return [kind.name, [[t.dtype.name, list(t.shape), hashlib.sha256(t.tobytes()).hexdigest()] for t in tensors]]
+        return [
+            kind.name,
+            [[t.dtype.name, list(t.shape), hashlib.sha256(t.tobytes()).hexdigest()] for t in tensors],
+        ]
     value = attr.value
     if isinstance(value, (list, tuple)):
         return [kind.name, [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]]
@@ -188,8 +191,13 @@ def model_fingerprint(model: ir.Model) -> str:
                 [v.name for v in f.inputs],
                 [v.name for v in f.outputs],
                 [
-                    [n.domain, n.op_type, [v.name if v else "" for v in n.inputs], [v.name for v in n.outputs],
-                     sorted([k, _attr_key(a)] for k, a in n.attributes.items())]
+                    [
+                        n.domain,
+                        n.op_type,
+                        [v.name if v else "" for v in n.inputs],
+                        [v.name for v in n.outputs],
+                        sorted([k, _attr_key(a)] for k, a in n.attributes.items()),
+                    ]
                     for n in f
                 ],
             ]

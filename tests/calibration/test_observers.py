@@ -197,3 +197,12 @@ def test_safe_range_guards() -> None:
     assert safe_range(-3.0, -3.0).min < -3.0 and safe_range(-3.0, -3.0).max == -3.0
     with pytest.raises(ValueError):
         safe_range(0.0, float("inf"))
+
+
+def test_histogram_of_values_far_from_zero_stays_small() -> None:
+    obs = HistogramObserver()
+    obs.update(np.full(10, 1000.0, np.float32))
+    obs.update(np.array([1000.0, 1000.5], np.float32))
+    for method in ("percentile", "entropy", "mse"):
+        r = obs.range(method)
+        assert (r.min, r.max) == (1000.0, 1000.5), method
