@@ -26,3 +26,8 @@ def register_builtins(registry: PassRegistry) -> None:
         registry.register(pass_cls)
     for preset in fusion.PRESETS:
         registry.register_preset(preset)
+
+    from onnxq.passes import quantization
+
+    for pass_cls in quantization.PASSES:
+        registry.register(pass_cls)
