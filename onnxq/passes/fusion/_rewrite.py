@@ -30,6 +30,7 @@ from onnxscript.rewriter import RULE_NAME_TAG, MatchingTracer, MatchStatus, Rewr
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult
 from onnxq.framework.context import PassContext
+from onnxq.framework.instrumentation import fingerprint
 from onnxq.passes.cleanup._graphs import all_graphs
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ class Rule:
     stat: str
     min_opset: int = 1
     commute: bool = False
+
+    def __post_init__(self) -> None:
+        # NOTE: a rule that keeps its matched nodes makes onnxscript run remove_unused_nodes over
+        # the whole model (touching what no rule matched); removing them at match time instead
+        # also makes the matcher decline when a matched node has other consumers.
+        self.rule.remove_nodes = True
 
     @property
     def name(self) -> str:
@@ -78,6 +85,9 @@ class RewritePass(Pass):
         opset = model_opset(model)
         counts: dict[str, int] = {}
         diagnostics: list[Diagnostic] = []
+        # NOTE: measured, not guessed: a rule set with a rule that keeps matched nodes also runs
+        # onnxscript's remove_unused_nodes over the whole model, which drops unused initializers.
+        before = fingerprint(model)
         used_before = _used_initializers(model)
         for entry in self.rules(model):
             if opset < entry.min_opset:
@@ -91,7 +101,7 @@ class RewritePass(Pass):
         if counts:
             _remove_own_identities(model, self.name)
             _drop_dead_initializers(model, used_before)
-        return PassResult(bool(counts), counts, tuple(dict.fromkeys(diagnostics)))
+        return PassResult(fingerprint(model) != before, counts, tuple(dict.fromkeys(diagnostics)))
 
     def explain(self, model: ir.Model) -> list[Miss]:
         """Near misses of every rule on ``model`` (unchanged), best first per rule."""

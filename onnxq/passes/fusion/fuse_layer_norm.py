@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import onnx_ir as ir
-from onnxscript.rewriter import MatchResult
+from onnxscript.rewriter import MatchResult, pattern
 from onnxscript.rewriter.rules.fusion import _layer_norm as shipped
 
 from onnxq.passes.fusion._rewrite import RewritePass, Rule
@@ -35,8 +35,23 @@ def _last_axis_vector(param: ir.Value, x: ir.Value) -> str | None:
 
 
 class _LayerNorm(shipped.LayerNormFusion):
+    def pattern(self, op, x, scale, epsilon):  # type: ignore[no-untyped-def]
+        # NOTE: the shipped pattern spells keepdims=1, so it misses ReduceMeans that rely on the default.
+        mean = op.ReduceMean(x, [-1], _allow_other_attributes=True, _outputs=["mean"])
+        deviation = op.Sub(x, mean)
+        squared = pattern.OrValue([op.Mul(deviation, deviation), op.Pow(deviation, 2)])
+        variance = op.ReduceMean(squared, [-1], _allow_other_attributes=True, _outputs=["variance"])
+        std_dev = op.Sqrt(op.Add(variance, epsilon))
+        normalized = pattern.OrValue([op.Mul(deviation, op.Reciprocal(std_dev)), op.Div(deviation, std_dev)])
+        return op.Mul(normalized, scale)
+
     def check(self, context: Any, x: ir.Value, epsilon: ir.Value, scale: ir.Value, **kw: Any) -> MatchResult:
-        result = super().check(context, x, epsilon, scale=scale, **kw)
+        for reduced in (kw.get("mean"), kw.get("variance")):
+            node = reduced.producer() if reduced is not None else None
+            if node is None or node.attributes.get_int("keepdims", 1) != 1 or \
+                    node.attributes.get_int("noop_with_empty_axes", 0):
+                return MatchResult().fail("ReduceMean does not keep dims")
+        result = super().check(context, x, epsilon, scale=scale)
         if not result:
             return result  # type: ignore[no-any-return]
         why = _last_axis_vector(scale, x)
@@ -44,6 +59,10 @@ class _LayerNorm(shipped.LayerNormFusion):
 
 
 class _LayerNormBias(shipped.LayerNormBiasFusion):
+    def pattern(self, op, x, scale, bias):  # type: ignore[no-untyped-def]
+        # NOTE: LayerNormalization with 3 inputs (a bias already) must not match.
+        return op.LayerNormalization(x, scale, _allow_other_attributes=True, _outputs=["normalized"]) + bias
+
     def check(self, context: Any, x: ir.Value, scale: ir.Value, bias: ir.Value, **kw: Any) -> MatchResult:
         why = _last_axis_vector(bias, x)
         return MatchResult().fail(f"bias {why}") if why else MatchResult()

@@ -14,11 +14,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 from onnxscript.rewriter.rules.common import _matmul_add_to_gemm as shipped
 
-from onnxq.passes.fusion._rewrite import RewritePass, Rule
+from onnxq.passes.fusion._rewrite import RewritePass, Rule, fresh_name, local_constant
 
 _GEMM_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -57,7 +58,12 @@ class GemmToMatMulAdd(RewriteRuleClassBase):
     def rewrite(self, op, a, b, out):  # type: ignore[no-untyped-def]
         gemm = out.producer()
         if gemm.attributes.get_int("transB", 0):
-            b = op.Transpose(b, perm=[1, 0])
+            weight = local_constant(b, b.graph) if b.graph is not None else None
+            if weight is None:
+                b = op.Transpose(b, perm=[1, 0])
+            else:
+                # NOTE: a constant weight is stored transposed rather than transposed at run time.
+                b = op.initializer(ir.tensor(np.ascontiguousarray(weight.T)), name=fresh_name(b.graph, f"{b.name}_t"))
         product = op.MatMul(a, b)
         c = gemm.inputs[2] if len(gemm.inputs) > 2 else None
         return product if c is None else op.Add(product, c)
@@ -75,7 +81,7 @@ class MatMulAddToGemm(RewritePass):
 
     def rules(self, model: ir.Model) -> Sequence[Rule]:
         if self.options.reverse:
-            return (Rule(GemmToMatMulAdd.rule(name="gemm-to-matmul"), "gemms_split"),)
+            return (Rule(GemmToMatMulAdd.rule(name="matmul-add-to-gemm:reverse"), "gemms_split"),)
         stat = "matmuls_to_gemm"
         return tuple(
             Rule(_with_bias_check(cls).rule(name=f"matmul-add-to-gemm:{suffix}"), stat, commute=True)
