@@ -31,3 +31,7 @@ def register_builtins(registry: PassRegistry) -> None:
 
     for pass_cls in quantization.PASSES:
         registry.register(pass_cls)
+
+    from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic
+
+    registry.register(QuantizeDynamic)
