@@ -266,19 +266,19 @@ def _report(graph: ir.Graph, opt: onnx.GraphProto, *, cpu_flags: Iterable[str] |
     )
 
 
-def _is_q(node: ir.Node | None) -> bool:
+def is_q(node: ir.Node | None) -> bool:
     return node is not None and node.op_type in Q_OPS and node.domain in ("", "ai.onnx", "com.microsoft")
 
 
-def _is_dq(node: ir.Node | None) -> bool:
+def is_dq(node: ir.Node | None) -> bool:
     return node is not None and node.op_type in DQ_OPS and node.domain in ("", "ai.onnx", "com.microsoft")
 
 
 def _is_group(node: ir.Node) -> bool:
-    if _is_q(node) or _is_dq(node) or node.op_type in ("Constant", "Identity"):
+    if is_q(node) or is_dq(node) or node.op_type in ("Constant", "Identity"):
         return False
-    from_dq = any(v is not None and _is_dq(v.producer()) for v in node.inputs)
-    to_q = any(_is_q(use.node) for out in node.outputs for use in out.uses())
+    from_dq = any(v is not None and is_dq(v.producer()) for v in node.inputs)
+    to_q = any(is_q(use.node) for out in node.outputs for use in out.uses())
     if node.op_type in ABSORBED and not from_dq:
         # NOTE: a Relu/Clip after a compute op belongs to that op's group (fused with it or not).
         producer = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
@@ -327,7 +327,7 @@ def _what_it_became(node: ir.Node, name: str, by_name: dict[str, list[onnx.NodeP
     return True, "removed"
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
+def const_array(value: ir.Value | None) -> np.ndarray | None:
     if value is None:
         return None
     if value.const_value is not None:
@@ -357,15 +357,13 @@ class _QParams:
 
 def qparams(node: ir.Node) -> _QParams:
     """Scale, zero point, quantized type and axis of a QuantizeLinear/DequantizeLinear."""
-    scale = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    scale = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
     zp_value = node.inputs[2] if len(node.inputs) > 2 else None
-    zp = _const(zp_value)
-    if _is_q(node):
-        dtype = node.outputs[0].dtype or (zp_value.dtype if zp_value is not None else None)
-        if dtype is None:
-            dtype = ir.DataType.UINT8
-    else:
-        dtype = node.inputs[0].dtype if node.inputs[0] is not None else None
+    zp = const_array(zp_value)
+    quantized = node.outputs[0] if is_q(node) else node.inputs[0]
+    # NOTE: the zero point's type is the quantized type; without one, ONNX defaults to uint8.
+    dtype = zp_value.dtype if zp_value is not None and zp_value.dtype is not None else (
+        quantized.dtype if quantized is not None and quantized.dtype is not None else ir.DataType.UINT8)
     axis_attr = node.attributes.get("axis")
     axis = axis_attr.as_int() if axis_attr is not None and scale is not None and scale.size > 1 else None
     if axis is None and scale is not None and scale.size > 1:
@@ -399,7 +397,7 @@ def _why_float(node: ir.Node) -> str:
         if value is None:
             continue
         producer = value.producer()
-        if not _is_dq(producer):
+        if not is_dq(producer):
             which = {0: "activation input", 1: "weight input"}.get(i, f"input {i}") if op in _DATA_INPUTS else f"input {i}"
             return f"{which} '{value.name}' is not quantized (no DequantizeLinear before it)"
         assert producer is not None
@@ -436,7 +434,7 @@ def _why_output(node: ir.Node, in_params: _QParams | None) -> str | None:
     out = node.outputs[0]
     uses = out.uses()
     if op in INT8_MOVEMENT:
-        q_nodes = [u.node for u in uses if _is_q(u.node)]
+        q_nodes = [u.node for u in uses if is_q(u.node)]
         if in_params is not None and q_nodes and not qparams(q_nodes[0]).same(in_params):
             return "input DequantizeLinear and output QuantizeLinear have different scale/zero point"
         if not q_nodes:
@@ -449,7 +447,7 @@ def _why_output(node: ir.Node, in_params: _QParams | None) -> str | None:
     consumer = uses[0].node
     if consumer.op_type in ABSORBED:
         after = [u.node for u in consumer.outputs[0].uses()]
-        q = after[0] if len(after) == 1 and _is_q(after[0]) else None
+        q = after[0] if len(after) == 1 and is_q(after[0]) else None
         if q is None:
             return f"{consumer.op_type} '{consumer.name}' after it is not followed by a single QuantizeLinear"
         p = qparams(q)
@@ -460,7 +458,7 @@ def _why_output(node: ir.Node, in_params: _QParams | None) -> str | None:
         if consumer.op_type == "Clip":
             return f"Clip '{consumer.name}' range does not cover output Q's range, so it cannot be absorbed"
         return None
-    if not _is_q(consumer) and op not in FLOAT_OUTPUT_OK:
+    if not is_q(consumer) and op not in FLOAT_OUTPUT_OK:
         return f"output is not quantized ({consumer.op_type} '{consumer.name}' follows, not a QuantizeLinear)"
     return None
 
@@ -488,12 +486,12 @@ def _saturation_warnings(graph: ir.Graph, groups: Sequence[Group], flags: Iterab
         if name not in fused or len(node.inputs) < 2:
             continue
         a, w = (v.producer() if v is not None else None for v in node.inputs[:2])
-        if not (_is_dq(a) and _is_dq(w)):
+        if not (is_dq(a) and is_dq(w)):
             continue
         assert a is not None and w is not None
         if qparams(a).dtype not in (ir.DataType.UINT8, ir.DataType.INT8):
             continue
-        weights = _const(w.inputs[0])
+        weights = const_array(w.inputs[0])
         if weights is not None and weights.dtype == np.int8 and weights.size and int(np.abs(
                 weights.astype(np.int16)).max()) > 64:
             hit.append(name)
@@ -526,20 +524,20 @@ def remove_unfused_qdq(model: ir.Model, report: FusionReport) -> int:
     removed = 0
 
     def stays_float(node: ir.Node) -> bool:
-        return not _is_q(node) and not _is_dq(node) and names.get(node) not in fused
+        return not is_q(node) and not is_dq(node) and names.get(node) not in fused
 
     for q in list(graph):
-        if not _is_q(q) or q.op_type != "QuantizeLinear" or q.graph is not graph:
+        if not is_q(q) or q.op_type != "QuantizeLinear" or q.graph is not graph:
             continue
         source = q.inputs[0]
         if source is None:
             continue
         producer = source.producer()
-        if producer is not None and (names.get(producer) in fused or _is_dq(producer) or _is_q(producer)):
+        if producer is not None and (names.get(producer) in fused or is_dq(producer) or is_q(producer)):
             continue
         for use in list(q.outputs[0].uses()):
             dq = use.node
-            if not _is_dq(dq) or dq.graph is not graph:
+            if not is_dq(dq) or dq.graph is not graph:
                 continue
             out = dq.outputs[0]
             if not all(stays_float(u.node) for u in out.uses()):
@@ -555,11 +553,11 @@ def remove_unfused_qdq(model: ir.Model, report: FusionReport) -> int:
             graph.remove(q, safe=True)
             removed += 1
     for dq in list(graph):
-        if not _is_dq(dq) or dq.graph is not graph or dq.inputs[0] is None:
+        if not is_dq(dq) or dq.graph is not graph or dq.inputs[0] is None:
             continue
         for use in list(dq.outputs[0].uses()):
             q = use.node
-            if not _is_q(q) or q.op_type != "QuantizeLinear" or not qparams(q).same(qparams(dq)):
+            if not is_q(q) or q.op_type != "QuantizeLinear" or not qparams(q).same(qparams(dq)):
                 continue
             if q.outputs[0].is_graph_output():
                 continue

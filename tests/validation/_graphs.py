@@ -120,3 +120,32 @@ g (float[2,8] x) => (float[2,4] y, float[2,8] z) <
   z = DequantizeLinear(lq, s, zp)
 }}
 """
+
+
+def float_twin(text: str) -> ir.Model:
+    """The QDQ graph with weight DQs folded into float initializers and activation Q/DQ pairs dropped."""
+    m = model(text)
+    graph = m.graph
+    for node in list(graph):
+        if node.op_type == "DequantizeLinear" and node.inputs[0].const_value is not None:
+            q, s, z = (v.const_value.numpy() for v in node.inputs[:3])
+            weight = ir.Value(name=f"{node.outputs[0].name}_float",
+                              const_value=ir.tensor((q.astype(np.float32) - z.astype(np.float32)) * s))
+            graph.register_initializer(weight)
+            node.outputs[0].replace_all_uses_with(weight)
+            graph.remove(node, safe=True)
+    for node in list(graph):
+        if node.op_type != "QuantizeLinear":
+            continue
+        source = node.inputs[0]
+        for use in list(node.outputs[0].uses()):
+            out = use.node.outputs[0]
+            if out.is_graph_output():
+                index, name = list(graph.outputs).index(out), out.name
+                out.name = f"{name}_qdq"
+                graph.outputs[index] = source
+                source.name, source.type, source.shape = name, out.type, out.shape
+            out.replace_all_uses_with(source)
+            graph.remove(use.node, safe=True)
+        graph.remove(node, safe=True)
+    return m

@@ -1,0 +1,329 @@
+"""Self-check after quantizing: did it fuse, is it faster, is it still faithful, and if not, why.
+
+``self_check(float_model, quant_model, samples, target=...)`` runs both models in onnxruntime CPU
+(``ORT_ENABLE_ALL``, 1 thread, as deployed) and reports:
+
+- the fusion report (:mod:`onnxq.validation.fusion`): integer kernels, leftover Q/DQ and every QDQ
+  group that stayed float with its reason;
+- latency of the quantized model against the float one on one sample (interleaved runs, medians,
+  a few seconds at most);
+- fidelity on the held-back samples: SQNR (dB), cosine similarity and max abs error per output,
+  top-1 agreement for outputs that look like class scores (2-D ``[N, C]`` float, ``C > 1``);
+- per-layer SQNR of the tensors the quantized graph quantizes (matched by name to the float
+  graph's), worst first, to name the layer that hurts;
+- warnings naming the cause when the result is slower than float or below a fidelity floor.
+
+It never raises on a bad result: it reports. It raises only when a model cannot run at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxq.errors import first_line
+from onnxq.framework.base import Diagnostic, Severity
+from onnxq.runtime import Feeds, random_inputs, select_inputs
+from onnxq.validation.bench import interleaved_times, session
+from onnxq.validation.fusion import FusionReport, fusion_report
+
+#: Fidelity floors: below them the report warns.
+SQNR_FLOOR_DB = 20.0
+TOP1_FLOOR = 0.97
+#: Per-layer SQNR below this is named as a likely cause.
+LAYER_SQNR_FLOOR_DB = 15.0
+#: Layers are observed on at most this many samples.
+LAYER_SAMPLES = 4
+_CPU_FLAGS = {"avx2": ("avx2",), "vnni": ("avx2", "avx512_vnni"), "arm64": ()}
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFidelity:
+    """How close one output of the quantized model is to the float model's."""
+
+    name: str
+    sqnr_db: float
+    cosine: float
+    max_abs_error: float
+    #: Share of samples whose arg-max class agrees; ``None`` when the output is not class scores.
+    top1_agreement: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFidelity:
+    """SQNR of one quantized tensor against its float counterpart."""
+
+    tensor: str
+    node: str
+    sqnr_db: float
+    #: Position of the tensor in the float graph (inputs first), to find where the error starts.
+    position: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyCheck:
+    float_ms: float
+    quant_ms: float
+    runs: int
+
+    @property
+    def speedup(self) -> float:
+        return self.float_ms / self.quant_ms if self.quant_ms > 0 else math.inf
+
+
+@dataclasses.dataclass
+class SelfCheckReport:
+    """What :func:`self_check` found; ``warnings`` is empty only when everything is within bounds."""
+
+    target: str
+    samples: int
+    fusion: FusionReport | None
+    latency: LatencyCheck | None
+    outputs: list[OutputFidelity]
+    layers: list[LayerFidelity]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.warnings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "samples": self.samples,
+            "fusion": self.fusion.to_json() if self.fusion else None,
+            "latency": None if self.latency is None else {
+                "float_ms": self.latency.float_ms, "quant_ms": self.latency.quant_ms,
+                "speedup": self.latency.speedup, "runs": self.latency.runs},
+            "outputs": [_finite(dataclasses.asdict(o)) for o in self.outputs],
+            "layers": [_finite(dataclasses.asdict(layer)) for layer in self.layers],
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
+            "lines": self.lines(),
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"self-check ({self.target}): " + ("ok" if self.ok else f"{len(self.warnings)} warning(s)")]
+        if self.fusion is not None:
+            out.extend(self.fusion.lines())
+        if self.latency is not None:
+            out.append(f"latency (1 thread, median of {self.latency.runs}): float {self.latency.float_ms:.3f} ms, "
+                       f"quantized {self.latency.quant_ms:.3f} ms ({self.latency.speedup:.2f}x)")
+        for o in self.outputs:
+            top1 = f", top-1 agreement {o.top1_agreement:.1%}" if o.top1_agreement is not None else ""
+            out.append(f"output '{o.name}' on {self.samples} sample(s): SQNR {_db(o.sqnr_db)}, cosine {o.cosine:.5f}, "
+                       f"max abs error {o.max_abs_error:.4g}{top1}")
+        if self.layers:
+            worst = ", ".join(f"{layer.node} {_db(layer.sqnr_db)}" for layer in self.layers[:3])
+            out.append(f"worst layers: {worst}")
+        out.extend(f"note: {n}" for n in self.notes)
+        out.extend(f"warning: {w}" for w in self.warnings)
+        return out
+
+    def diagnostics(self) -> list[Diagnostic]:
+        """Warnings (and the groups left in float) as pass-style diagnostics."""
+        found = [Diagnostic(w, Severity.WARNING) for w in self.warnings]
+        if self.fusion is not None:
+            found.extend(Diagnostic(f"stayed float ({g.kernel}): {g.reason}", Severity.INFO, g.node)
+                         for g in self.fusion.unfused)
+        found.extend(Diagnostic(n) for n in self.notes)
+        return found
+
+
+def _db(value: float) -> str:
+    return "exact" if math.isinf(value) else f"{value:.1f} dB"
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    # NOTE: JSON has no infinity; an exact match is reported as null SQNR.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def self_check(
+    float_model: ir.Model,
+    quant_model: ir.Model,
+    samples: Iterable[Mapping[str, np.ndarray]] | None,
+    *,
+    target: Any = "ort-cpu",
+    latency_budget_s: float = 2.0,
+    sqnr_floor_db: float = SQNR_FLOOR_DB,
+    top1_floor: float = TOP1_FLOOR,
+) -> SelfCheckReport:
+    """Checks a quantized model against its float original.
+
+    Args:
+        float_model: The float model (not modified).
+        quant_model: The quantized model (not modified).
+        samples: Held-back feeds (extra arrays ignored); the first also times both models.
+            ``None`` or empty: one generated sample, and a note that fidelity is on random data.
+        target: A ``Target`` profile or its name; fusion and latency are onnxruntime CPU figures, so
+            other targets get fidelity only (and a note).
+        latency_budget_s: Time budget of the timed runs.
+        sqnr_floor_db: Output SQNR below this gets a warning.
+        top1_floor: Top-1 agreement below this gets a warning.
+    """
+    target_name = target if isinstance(target, str) else str(getattr(target, "name", target))
+    report = SelfCheckReport(target_name, 0, None, None, [], [])
+    feeds = [select_inputs(float_model, s) for s in (samples or [])]
+    if not feeds:
+        feeds = [random_inputs(float_model, seed=0)]
+        report.notes.append("no held-back samples: fidelity measured on one generated input")
+    report.samples = len(feeds)
+    float_bytes = ir.serde.serialize_model(float_model).SerializeToString()
+    quant_bytes = ir.serde.serialize_model(quant_model).SerializeToString()
+    float_sess, quant_sess = session(float_bytes), session(quant_bytes)
+
+    on_ort_cpu = target_name == "ort-cpu"
+    if on_ort_cpu:
+        cpu = getattr(target, "cpu", None)
+        report.fusion = fusion_report(quant_model, cpu_flags=_CPU_FLAGS.get(cpu) if cpu else None)
+        f_feed = feeds[0]
+        times = interleaved_times([lambda: float_sess.run(None, f_feed), lambda: quant_sess.run(None, f_feed)],
+                                  warmup=3, min_runs=10, max_runs=500, budget_s=latency_budget_s)
+        report.latency = LatencyCheck(float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3),
+                                      len(times[0]))
+    else:
+        report.notes.append(f"{target_name} cannot run here: fusion and latency are not measured, "
+                            "fidelity is measured on onnxruntime CPU")
+
+    names = [o.name for o in float_sess.get_outputs()]
+    refs = [float_sess.run(names, f) for f in feeds]
+    gots = [quant_sess.run(names, f) for f in feeds]
+    for i, name in enumerate(names):
+        report.outputs.append(_fidelity(name, [r[i] for r in refs], [g[i] for g in gots]))
+    report.layers, note = _layers(float_model, quant_model, feeds[:LAYER_SAMPLES])
+    if note:
+        report.notes.append(note)
+    _warn(report, sqnr_floor_db=sqnr_floor_db, top1_floor=top1_floor)
+    return report
+
+
+def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    """10 log10(signal power / noise power); ``inf`` when equal, ``-inf`` for a zero signal with noise."""
+    ref = np.asarray(reference, np.float64).ravel()
+    noise = float(np.sum((ref - np.asarray(actual, np.float64).ravel()) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10 * math.log10(signal / noise)
+
+
+def _fidelity(name: str, refs: Sequence[np.ndarray], gots: Sequence[np.ndarray]) -> OutputFidelity:
+    if not refs or np.asarray(refs[0]).dtype.kind != "f":
+        equal = all(np.array_equal(r, g) for r, g in zip(refs, gots, strict=True))
+        return OutputFidelity(name, math.inf if equal else -math.inf, 1.0 if equal else 0.0,
+                              0.0 if equal else math.inf)
+    ref = np.concatenate([np.asarray(r, np.float64).ravel() for r in refs])
+    got = np.concatenate([np.asarray(g, np.float64).ravel() for g in gots])
+    finite = np.isfinite(ref) & np.isfinite(got)
+    if not finite.all():
+        return OutputFidelity(name, -math.inf, 0.0, math.inf)
+    norm = float(np.linalg.norm(ref) * np.linalg.norm(got))
+    cosine = float(ref @ got / norm) if norm else (1.0 if not ref.any() and not got.any() else 0.0)
+    max_abs = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+    top1 = None
+    if all(np.ndim(r) == 2 and np.shape(r)[1] > 1 for r in refs):
+        agree = sum(int(np.sum(np.argmax(r, 1) == np.argmax(g, 1))) for r, g in zip(refs, gots, strict=True))
+        top1 = agree / sum(np.shape(r)[0] for r in refs)
+    return OutputFidelity(name, sqnr_db(ref, got), cosine, max_abs, top1)
+
+
+def _layers(float_model: ir.Model, quant_model: ir.Model,
+            feeds: Sequence[Feeds]) -> tuple[list[LayerFidelity], str | None]:
+    """SQNR of every float tensor the quantized graph quantizes that the float graph also has.
+
+    Returns the worst layers first, and a note when they could not be measured.
+    """
+    float_proto = ir.serde.serialize_model(float_model)
+    quant_proto = ir.serde.serialize_model(quant_model)
+    graph_inputs = {v.name for v in float_proto.graph.input}
+    produced = {name: f"input '{name}'" for name in graph_inputs}
+    produced.update({out: node.name or node.op_type for node in float_proto.graph.node for out in node.output})
+    position = {name: i for i, name in enumerate(produced)}
+    outputs = {o.name for o in float_proto.graph.output}
+    dq_of = {node.input[0]: node.output[0] for node in quant_proto.graph.node if node.op_type == "DequantizeLinear"}
+    # NOTE: compare the float tensor with what the quantized graph's consumers see, the DQ after its
+    # Q: a quantizer may drop a Relu into the Q's range and leave its name on the pre-Relu tensor.
+    tensors: dict[str, tuple[str, str]] = {}
+    for node in quant_proto.graph.node:
+        name = node.input[0] if node.op_type == "QuantizeLinear" else ""
+        if name in produced and name not in outputs and node.output[0] in dq_of:
+            tensors.setdefault(name, (dq_of[node.output[0]], produced[name]))
+    if not tensors:
+        return [], None
+    names = sorted(tensors)
+    inner = [n for n in names if n not in graph_inputs]
+    quant_names = [tensors[n][0] for n in names]
+    for proto, wanted in ((float_proto, inner), (quant_proto, quant_names)):
+        existing = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
+    try:
+        # NOTE: no graph optimization, so every named tensor survives to be read.
+        from onnxq.runtime import session as plain_session
+
+        f_sess = plain_session(ir.serde.deserialize_model(float_proto))
+        q_sess = plain_session(ir.serde.deserialize_model(quant_proto))
+        refs = []
+        for f in feeds:
+            values = dict(zip(inner, f_sess.run(inner, f), strict=True)) if inner else {}
+            refs.append([values[n] if n in values else f[n] for n in names])
+        gots = [q_sess.run(quant_names, f) for f in feeds]
+    except Exception as e:  # noqa: BLE001  # per-layer figures are best effort; outputs are already checked
+        return [], f"per-layer SQNR not measured: {first_line(e)}"
+    layers = []
+    for i, name in enumerate(names):
+        ref = np.concatenate([np.asarray(r[i], np.float64).ravel() for r in refs])
+        got = np.concatenate([np.asarray(g[i], np.float64).ravel() for g in gots])
+        if ref.shape != got.shape:
+            continue
+        layers.append(LayerFidelity(name, tensors[name][1], sqnr_db(ref, got), position[name]))
+    layers.sort(key=lambda layer: (layer.sqnr_db, layer.position))
+    return layers, None
+
+
+def _warn(report: SelfCheckReport, *, sqnr_floor_db: float, top1_floor: float) -> None:
+    fusion = report.fusion
+    causes: list[str] = []
+    if fusion is not None:
+        unfused = fusion.unfused
+        if unfused:
+            names = ", ".join(g.node for g in unfused[:3]) + (f" and {len(unfused) - 3} more" if len(unfused) > 3 else "")
+            causes.append(f"{len(unfused)} QDQ group(s) stayed float ({names}; first: {unfused[0].reason})")
+        causes.extend(w for w in fusion.warnings if w.startswith(("ConvInteger", "MatMulInteger")))
+    if report.latency is not None and report.latency.speedup < 1.0:
+        why = "; ".join(causes) if causes else (
+            "every QDQ group fused; the model may be too small for integer kernels to pay off "
+            "(or the machine was busy: rerun)")
+        report.warnings.append(f"quantized model is slower than float ({report.latency.speedup:.2f}x): {why}")
+    low_layers = [layer for layer in report.layers if layer.sqnr_db < LAYER_SQNR_FLOOR_DB]
+    saturation = [w for w in (fusion.warnings if fusion else []) if w.startswith("u8s8")]
+    for o in report.outputs:
+        problems = []
+        if o.sqnr_db < sqnr_floor_db:
+            problems.append(f"SQNR {_db(o.sqnr_db)} < {sqnr_floor_db:g} dB")
+        if o.top1_agreement is not None and o.top1_agreement < top1_floor:
+            problems.append(f"top-1 agreement {o.top1_agreement:.1%} < {top1_floor:.0%}")
+        if not problems:
+            continue
+        why = []
+        if low_layers:
+            first = min(low_layers, key=lambda layer: layer.position)
+            why.append(f"error starts at {first.node} ('{first.tensor}', {_db(first.sqnr_db)}, the first layer "
+                       f"below {LAYER_SQNR_FLOOR_DB:g} dB in graph order); worst: "
+                       + ", ".join(f"{layer.node} {_db(layer.sqnr_db)}" for layer in low_layers[:3]))
+        why.extend(saturation)
+        if not why:
+            why.append("no single layer stands out; try another calibration method or per-channel weights")
+        report.warnings.append(f"output '{o.name}' below the fidelity floor ({', '.join(problems)}): {'; '.join(why)}")
+    if saturation and not any("below the fidelity floor" in w for w in report.warnings):
+        report.notes.extend(saturation)
