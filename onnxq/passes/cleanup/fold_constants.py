@@ -5,6 +5,15 @@ run): ``CastLike{saturate=0}`` is left alone (its rule rewrites to a Cast withou
 ``saturate``, which changes float8 results), and a rule that raises on one node
 leaves that node unfolded instead of failing the pass.
 
+A third guard keeps every node the folder creates valid at the model's opset
+(onnxscript's rules are written for recent opsets: ``Shape`` becomes a
+``Constant{value_ints}``, an attribute that exists only from opset 12, and some
+rules emit ``Squeeze``/``Unsqueeze`` with an axes input or ``Split{num_outputs}``).
+Below opset 12 a ``Constant`` is rewritten to the ``value`` tensor attribute every
+opset knows; any other new node is checked with ``onnx.checker.check_node`` at the
+opsets of the graph or function it lands in, and a replacement holding a node the
+checker refuses is dropped (the original node stays, with an INFO diagnostic).
+
 Size limits keep folding from blowing a model up: a node is folded only when its
 inputs have at most ``input_size_limit`` elements and its result at most
 ``output_size_limit``. Folded nodes become initializers; the dead producers are
@@ -17,6 +26,8 @@ import dataclasses
 import logging
 from typing import Any, ClassVar
 
+import numpy as np
+import onnx
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
@@ -88,6 +99,20 @@ class _GuardedFolder(_constant_folding.FoldConstantsPass):
             self.skipped.append((node.name, f"{node.op_type}: {type(e).__name__}: {e}"))
             return None
 
+    def replace_node(
+        self, node: ir.Node, replacement: _constant_folding.Replacement, root: ir.Graph | ir.Function
+    ) -> None:
+        opsets = dict(root.opset_imports) if isinstance(root, ir.Function) else dict(self._opset_imports)
+        for new in replacement.new_nodes:
+            _legalize_constant(new, opsets)
+            reason = _invalid_at(new, opsets)
+            if reason is not None:
+                # NOTE: process_node only tagged values and registered no initializer for a
+                # replacement that carries new nodes, so dropping it leaves the graph as it was.
+                self.skipped.append((node.name, f"{node.op_type}: rewrite not valid at this opset: {reason}"))
+                return
+        super().replace_node(node, replacement, root)
+
 
 def _restore_shared_outputs(model: ir.Model, before: list[tuple[ir.Graph | ir.Function, list[ir.Value]]]) -> None:
     """Where one value filled several output slots, make them share one value again.
@@ -105,3 +130,52 @@ def _restore_shared_outputs(model: ir.Model, before: list[tuple[ir.Graph | ir.Fu
             j = first.setdefault(id(value), i)
             if j != i and graph.outputs[i] is not graph.outputs[j]:
                 graph.outputs[i] = graph.outputs[j]
+
+
+# Constant's list/scalar attributes exist only from opset 12; ``value`` exists in every opset.
+_CONSTANT_LIST_ATTRIBUTES_SINCE = 12
+
+
+def _legalize_constant(node: ir.Node, opsets: dict[str, int]) -> None:
+    """Rewrites ``Constant{value_int(s)|value_float(s)|value_string(s)}`` to ``value`` below opset 12."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attributes) != 1:
+        return
+    if _onnx_opset(opsets) >= _CONSTANT_LIST_ATTRIBUTES_SINCE:
+        return
+    name, attr = next(iter(node.attributes.items()))
+    if attr.is_ref() or name == "value":
+        return
+    tensor: ir.TensorProtocol
+    if name in ("value_int", "value_ints"):
+        tensor = ir.tensor(np.asarray(attr.value, dtype=np.int64))
+    elif name in ("value_float", "value_floats"):
+        tensor = ir.tensor(np.asarray(attr.value, dtype=np.float32))
+    elif name in ("value_string", "value_strings"):
+        tensor = ir.StringTensor(np.asarray(attr.value, dtype=np.bytes_))
+    else:
+        return
+    node.attributes.pop(name)
+    node.attributes["value"] = ir.AttrTensor("value", tensor)
+
+
+def _onnx_opset(opsets: dict[str, int]) -> int:
+    return opsets.get("", opsets.get("ai.onnx", 1))
+
+
+def _invalid_at(node: ir.Node, opsets: dict[str, int]) -> str | None:
+    """Why the onnx checker refuses ``node`` at ``opsets``, or None when it accepts it."""
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = onnx.IR_VERSION
+    context.opset_imports = opsets
+    proto = ir.serde.serialize_node(node)
+    # NOTE: values the folder just made are still unnamed, and an empty name reads as "omitted".
+    for field, values in (("input", node.inputs), ("output", node.outputs)):
+        del getattr(proto, field)[:]
+        getattr(proto, field).extend(
+            "" if value is None else (value.name or f"_{field}_{i}") for i, value in enumerate(values)
+        )
+    try:
+        onnx.checker.check_node(proto, context)
+    except onnx.checker.ValidationError as e:
+        return str(e).strip().splitlines()[0]
+    return None
