@@ -333,8 +333,12 @@ def _ort_cpu(model: ir.Model, report: CheckReport) -> Iterator[Finding]:
         return
     report.fusion = fusion
     for group in fusion.unfused:
-        yield Finding("ort-cpu-unfused", f"stays float on ORT CPU ({group.kernel}): {group.reason}; "
-                      "the Q/DQ around it only adds time", group.node, "warning")
+        if group.wasted:
+            yield Finding("ort-cpu-unfused", f"stays float on ORT CPU ({group.kernel}): {group.reason}; "
+                          "the Q/DQ around it only add time", group.node, "warning")
+        else:
+            yield Finding("ort-cpu-float-op", f"stays float on ORT CPU ({group.kernel}): {group.reason}; "
+                          "its Q/DQ serve fused neighbours", group.node, "info")
     for text in fusion.warnings:
         rule = "ort-cpu-saturation" if text.startswith("u8s8") else "ort-cpu-slow-kernel"
         yield Finding(rule, text, None, "warning")

@@ -86,11 +86,15 @@ class Group:
     fused: bool
     kernel: str
     reason: str | None = None
+    #: Stayed float and has a Q -> DQ pair no fused neighbour needs (``remove_unfused_qdq`` drops it);
+    #: when False, its Q/DQ belong to fused neighbours and cost nothing extra.
+    wasted: bool = False
 
     def __str__(self) -> str:
         if self.fused:
             return f"{self.node}: fused ({self.kernel})"
-        return f"{self.node}: stayed float ({self.kernel}): {self.reason}"
+        cost = "; its Q/DQ only add time" if self.wasted else "; its Q/DQ serve fused neighbours"
+        return f"{self.node}: stayed float ({self.kernel}): {self.reason}{cost}"
 
 
 @dataclasses.dataclass
@@ -116,6 +120,11 @@ class FusionReport:
     def unfused(self) -> list[Group]:
         return [g for g in self.groups if not g.fused]
 
+    @property
+    def wasted(self) -> list[Group]:
+        """Float groups with Q/DQ that only add time."""
+        return [g for g in self.groups if g.wasted]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kernels": dict(self.kernels),
@@ -124,6 +133,7 @@ class FusionReport:
             "dequantize_linear": self.dequantize_linear,
             "groups": len(self.groups),
             "fused_groups": len(self.fused),
+            "wasted_groups": len(self.wasted),
             "unfused": [dataclasses.asdict(g) for g in self.unfused],
             "optimized_ops": dict(self.optimized_ops),
             "warnings": list(self.warnings),
@@ -132,7 +142,8 @@ class FusionReport:
     def lines(self) -> list[str]:
         kernels = ", ".join(f"{k} {v}" for k, v in self.kernels.items()) or "none"
         out = [
-            f"fusion: {len(self.fused)}/{len(self.groups)} QDQ groups fused; integer kernels: {kernels}; "
+            f"fusion: {len(self.fused)}/{len(self.groups)} QDQ groups fused ({len(self.wasted)} float with "
+            f"Q/DQ that only add time); integer kernels: {kernels}; "
             f"left: {self.quantize_linear} QuantizeLinear, {self.dequantize_linear} DequantizeLinear"
         ]
         out.extend(f"  {g}" for g in self.unfused)
@@ -245,12 +256,21 @@ def _report(graph: ir.Graph, opt: onnx.GraphProto, *, cpu_flags: Iterable[str] |
     histogram = Counter(_key(n) for n in opt.node)
     kernels = Counter(n.op_type for n in opt.node if n.op_type in INTEGER_KERNELS)
     groups: list[Group] = []
-    for node, name in zip(graph, node_names(graph), strict=True):
+    names = dict(zip(graph, node_names(graph), strict=True))
+    for node, name in names.items():
         if not _is_group(node):
             continue
         fused, kernel = _what_it_became(node, name, by_name, by_output, int_values)
         reason = None if fused else _why_float(node)
         groups.append(Group(name, node.op_type, fused, kernel, reason))
+    # NOTE: a float group is wasteful when a Q -> DQ pair touching it could go.
+    touched: set[str] = set()
+    for q, dq in removable_pairs(graph, names, {g.node for g in groups if g.fused}):
+        producer = q.inputs[0].producer() if q.inputs[0] is not None else None
+        if producer is not None:
+            touched.add(names[producer])
+        touched.update(names[u.node] for u in dq.outputs[0].uses())
+    groups = [dataclasses.replace(g, wasted=True) if not g.fused and g.node in touched else g for g in groups]
     warnings = []
     for slow in sorted(SLOW_KERNELS & set(kernels)):
         warnings.append(f"{slow} present ({kernels[slow]} nodes): slow on x86, slower than float; "
@@ -275,7 +295,8 @@ def is_dq(node: ir.Node | None) -> bool:
 
 
 def _is_group(node: ir.Node) -> bool:
-    if is_q(node) or is_dq(node) or node.op_type in ("Constant", "Identity"):
+    # NOTE: Shape/Size read only the shape of a DQ's output: not a group, nothing to fuse.
+    if is_q(node) or is_dq(node) or node.op_type in ("Constant", "Identity", "Shape", "Size"):
         return False
     from_dq = any(v is not None and is_dq(v.producer()) for v in node.inputs)
     to_q = any(is_q(use.node) for out in node.outputs for use in out.uses())
@@ -379,9 +400,9 @@ def _why_float(node: ir.Node) -> str:
     """The selector condition the group breaks, from the input graph."""
     op = node.op_type
     if node.domain not in ("", "ai.onnx"):
-        return f"{node.domain}.{op} has no QDQ selector on ORT CPU; the Q/DQ around it only adds time"
+        return f"{node.domain}.{op} has no QDQ selector on ORT CPU"
     if op not in FUSABLE | INT8_MOVEMENT | ABSORBED:
-        return f"ORT CPU has no integer kernel for {op}; the Q/DQ around it only adds time"
+        return f"ORT CPU has no integer kernel for {op}" + _HINTS.get(op, "")
     if op == "Resize":
         mode = node.attributes.get("mode")
         if mode is not None and mode.as_string() != "nearest":
@@ -427,6 +448,12 @@ def _why_float(node: ir.Node) -> str:
         if reason:
             return reason
     return "no ORT CPU selector matched"
+
+
+_HINTS = {
+    "BatchNormalization": " (fold it into the preceding Conv before quantizing)",
+    "ReduceMean": " (a mean over H, W is GlobalAveragePool, which has one)",
+}
 
 
 def _why_output(node: ir.Node, in_params: _QParams | None) -> str | None:
@@ -522,33 +549,14 @@ def remove_unfused_qdq(model: ir.Model, report: FusionReport) -> int:
     names = dict(zip(graph, node_names(graph), strict=True))
     fused = {g.node for g in report.groups if g.fused}
     removed = 0
-
-    def stays_float(node: ir.Node) -> bool:
-        return not is_q(node) and not is_dq(node) and names.get(node) not in fused
-
-    for q in list(graph):
-        if not is_q(q) or q.op_type != "QuantizeLinear" or q.graph is not graph:
-            continue
-        source = q.inputs[0]
-        if source is None:
-            continue
-        producer = source.producer()
-        if producer is not None and (names.get(producer) in fused or is_dq(producer) or is_q(producer)):
-            continue
-        for use in list(q.outputs[0].uses()):
-            dq = use.node
-            if not is_dq(dq) or dq.graph is not graph:
-                continue
-            out = dq.outputs[0]
-            if not all(stays_float(u.node) for u in out.uses()):
-                continue
-            if out.is_graph_output():
-                if source.is_graph_input() or source.is_graph_output() or source.is_initializer():
-                    continue
-                _take_output_name(graph, out, source)
-            out.replace_all_uses_with(source)
-            graph.remove(dq, safe=True)
-            removed += 1
+    for q, dq in removable_pairs(graph, names, fused):
+        source, out = q.inputs[0], dq.outputs[0]
+        assert source is not None
+        if out.is_graph_output():
+            _take_output_name(graph, out, source)
+        out.replace_all_uses_with(source)
+        graph.remove(dq, safe=True)
+        removed += 1
         if not q.outputs[0].uses() and not q.outputs[0].is_graph_output():
             graph.remove(q, safe=True)
             removed += 1
@@ -568,6 +576,38 @@ def remove_unfused_qdq(model: ir.Model, report: FusionReport) -> int:
             graph.remove(dq, safe=True)
             removed += 1
     return removed
+
+
+def removable_pairs(graph: ir.Graph, names: dict[ir.Node, str], fused: set[str]) -> list[tuple[ir.Node, ir.Node]]:
+    """Activation Q -> DQ pairs that only add time: no fused group produces or reads them.
+
+    The Q's input must not come from a fused group (its Q is part of that kernel) and every consumer
+    of the DQ must stay float; a DQ that is a graph output is kept when the Q reads a graph input.
+    """
+    pairs = []
+
+    def stays_float(node: ir.Node) -> bool:
+        return not is_q(node) and not is_dq(node) and names.get(node) not in fused
+
+    for q in graph:
+        if q.op_type != "QuantizeLinear" or not is_q(q) or q.inputs[0] is None:
+            continue
+        source = q.inputs[0]
+        producer = source.producer()
+        if producer is not None and (names.get(producer) in fused or is_dq(producer) or is_q(producer)):
+            continue
+        for use in q.outputs[0].uses():
+            dq = use.node
+            if not is_dq(dq) or dq.graph is not graph:
+                continue
+            out = dq.outputs[0]
+            if not all(stays_float(u.node) for u in out.uses()):
+                continue
+            if out.is_graph_output() and (source.is_graph_input() or source.is_graph_output()
+                                          or source.is_initializer()):
+                continue
+            pairs.append((q, dq))
+    return pairs
 
 
 def _take_output_name(graph: ir.Graph, output: ir.Value, source: ir.Value) -> None:

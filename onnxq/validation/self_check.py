@@ -295,10 +295,12 @@ def _warn(report: SelfCheckReport, *, sqnr_floor_db: float, top1_floor: float) -
     fusion = report.fusion
     causes: list[str] = []
     if fusion is not None:
-        unfused = fusion.unfused
+        # NOTE: float groups whose Q/DQ only add time come first: they are the removable cost.
+        unfused = sorted(fusion.unfused, key=lambda g: not g.wasted)
         if unfused:
             names = ", ".join(g.node for g in unfused[:3]) + (f" and {len(unfused) - 3} more" if len(unfused) > 3 else "")
-            causes.append(f"{len(unfused)} QDQ group(s) stayed float ({names}; first: {unfused[0].reason})")
+            causes.append(f"{len(unfused)} QDQ group(s) stayed float, {len(fusion.wasted)} with Q/DQ that only add "
+                          f"time ({names}; first: {unfused[0].reason})")
         causes.extend(w for w in fusion.warnings if w.startswith(("ConvInteger", "MatMulInteger")))
     if report.latency is not None and report.latency.speedup < 1.0:
         why = "; ".join(causes) if causes else (

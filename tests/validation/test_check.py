@@ -106,7 +106,7 @@ def test_ort_cpu_rule_names_group_that_stays_float(tmp_path: Path) -> None:
     report = check(_save(tmp_path, RELU_ZP128))
     [finding] = report.violations
     assert (finding.rule, finding.node) == ("ort-cpu-unfused", "Conv_3")
-    assert "zero point 128 after Relu" in finding.message and "only adds time" in finding.message
+    assert "zero point 128 after Relu" in finding.message and "only add time" in finding.message
 
 
 def test_float_model_is_clean_and_in_memory_models_work() -> None:

@@ -32,6 +32,7 @@ def test_relu_with_zero_point_128_stays_float() -> None:
     assert group.node == "Conv_3"
     assert group.kernel == "FusedConv"
     assert "zero point 128 after Relu" in group.reason
+    assert group.wasted  # the input pair on x serves nothing but the float Conv
     assert str(group).startswith("Conv_3: stayed float (FusedConv): output Q has zero point 128 after Relu")
     assert report.kernels == {}
 
@@ -113,9 +114,13 @@ def test_remove_keeps_qdq_that_a_fused_neighbour_needs() -> None:
     before = runtime.run(m, x)
     report = fusion_report(m)
     assert [g.node for g in report.unfused] == ["LayerNormalization_6"]
+    assert report.wasted == report.unfused
     assert remove_unfused_qdq(m, report) == 2  # only the LayerNormalization's output pair
     after = fusion_report(m)
     assert after.kernels == {"QLinearMatMul": 1}
+    # Still float, but the DQ it reads is the MatMul's: nothing left to gain.
+    [group] = after.unfused
+    assert not group.wasted and str(group).endswith("its Q/DQ serve fused neighbours")
     np.testing.assert_array_equal(runtime.run(m, x)["y"], before["y"])
     np.testing.assert_allclose(runtime.run(m, x)["z"], before["z"], atol=0.05 / 2 + 1e-6)
 
