@@ -18,6 +18,11 @@ Usage::
     python tools/conformance.py                 # table of pass/total per pass
     python tools/conformance.py -p cleanup -v   # one pipeline, list every failure
     python tools/conformance.py -k gather       # only cases whose name contains 'gather'
+    python tools/conformance.py --legacy        # also old-opset exports (torch 10-13, tf2onnx 11/13)
+
+``--legacy`` adds real old-opset exports built on the fly by ``tests/_legacy_models.py``
+(PyTorch's legacy exporter at opsets 10-13, tf2onnx at 11 and 13); their expected
+outputs are the source framework's, so the baseline checks the export as well.
 
 Also imported by ``tests/conformance/test_node_cases.py``.
 """
@@ -28,11 +33,13 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import importlib.util
 import io
 import sys
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +137,28 @@ def collect_cases(name_filter: str | None = None) -> list[Case]:
         assert c.model is not None and c.data_sets is not None, c.name
         data = [([_normalize(x) for x in ins], [_normalize(x) for x in outs]) for ins, outs in c.data_sets]
         cases.append(Case(c.name, c.model, data, float(c.rtol), float(c.atol)))
+    return cases
+
+
+LEGACY_BUILDER = Path(__file__).resolve().parents[1] / "tests" / "_legacy_models.py"
+
+
+def legacy_cases(name_filter: str | None = None) -> list[Case]:
+    """Old-opset exports (needs torch and tensorflow), as cases with the framework's outputs."""
+    name = "onnxq_legacy_models"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, LEGACY_BUILDER)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    cases = []
+    for m in module.build_all():
+        if name_filter and name_filter not in m.name:
+            continue
+        inputs = [m.feeds[n] for n in _feed_names(m.model)]
+        cases.append(Case(f"legacy_{m.name}", m.model, [(inputs, list(m.expected))], m.rtol, m.atol))
     return cases
 
 
@@ -419,13 +448,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-k", dest="name_filter", help="only cases whose name contains this text")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every failure")
     parser.add_argument("--baseline", action="store_true", help="list the baseline failures too")
+    parser.add_argument("--legacy", action="store_true", help="also old-opset torch/tf2onnx exports")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     cases = collect_cases(args.name_filter)
+    if args.legacy:
+        cases += legacy_cases(args.name_filter)
     runnable, base_failed = runnable_cases(cases)
     print(
-        f"{len(cases)} onnx node test cases; {len(runnable)} pass untouched on onnxruntime, "
+        f"{len(cases)} cases; {len(runnable)} pass untouched on onnxruntime, "
         f"{len(base_failed)} baseline failures ({time.perf_counter() - start:.1f} s)"
     )
     if args.baseline:

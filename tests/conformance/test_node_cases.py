@@ -109,3 +109,29 @@ def test_known_bugs_still_fail(all_cases: list, registry: PassRegistry) -> None:
         if conformance.check_pipeline(case, pipeline, registry) is None:
             fixed.append(key)
     assert not fixed, f"fixed, remove from KNOWN_BUGS: {fixed}"
+
+
+# --- old-opset exports (PyTorch legacy exporter at 10-13, tf2onnx at 11 and 13) ----------
+
+
+@pytest.fixture(scope="module")
+def legacy() -> list:
+    return conformance.legacy_cases()
+
+
+@pytest.mark.slow
+def test_legacy_exports_pass_untouched(legacy: list) -> None:
+    # The baseline compares onnxruntime with PyTorch / TensorFlow: every export must pass it.
+    assert len(legacy) == 10
+    ok, failed = conformance.runnable_cases(legacy)
+    assert not failed, failed
+    assert {case.model.opset_import[0].version for case in ok} >= {10, 11, 12, 13}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", conformance.PIPELINES)
+def test_legacy_exports_keep_semantics(pipeline: str, legacy: list, registry: PassRegistry) -> None:
+    report = conformance.run_pipeline(pipeline, legacy, registry)
+    assert report.total == len(legacy)
+    message = "\n".join(f"  {f.case}: {f.error}" for f in report.failures)
+    assert not report.failures, f"{pipeline}: old-opset exports fail:\n{message}"
