@@ -42,6 +42,10 @@ from onnxq.framework.context import Resource
 Feeds = dict[str, np.ndarray]
 
 
+#: Arrays ignored when they are not model inputs: the labels that data sets keep beside the inputs.
+LABEL_KEYS = frozenset({"labels", "label"})
+
+
 class CalibrationDataError(UserError):
     """Calibration samples are missing, unreadable, or do not match the model's inputs."""
 
@@ -429,7 +433,9 @@ def check_sample(sample: Sample, specs: Sequence[InputSpec]) -> Feeds:
         )
     by_name = {spec.name: spec for spec in specs}
     for name in sample.feeds:
-        if name not in by_name:
+        # NOTE: data sets often carry their labels beside the inputs (the bundled example does);
+        # they are not feeds, and a model input of that name still takes precedence.
+        if name not in by_name and name not in LABEL_KEYS:
             raise CalibrationDataError(
                 f"sample {label}: unknown input '{name}' (the model's inputs: {', '.join(by_name) or 'none'})"
             )

@@ -1,0 +1,289 @@
+"""``quantize()``: the INT8 driver behind ``onnxq quantize``.
+
+It strings the building blocks together in the order the practice asks for and
+reports every decision: optimize (fusions before quantizing) -> opset >= 13 for
+per-channel weights -> calibrate (or reuse a ranges file) -> the target's static
+QDQ pipeline (or dynamic quantization) -> self-check in onnxruntime (which QDQ
+groups really fused, latency against the float model, fidelity on held-back
+samples), removing QDQ groups that did not fuse because they only add time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxq.calibration import CalibrationData, calibrate
+from onnxq.calibration.ranges import Ranges, model_fingerprint
+from onnxq.errors import OptionError, UserError
+from onnxq.framework.base import Diagnostic, Severity
+from onnxq.framework.context import PassContext
+from onnxq.framework.pipeline import Pipeline, apply
+from onnxq.framework.registry import PassRegistry
+from onnxq.targets import Target, get_target
+
+logger = logging.getLogger(__name__)
+
+MODES = ("static", "dynamic")
+METHODS = ("minmax", "moving-average", "percentile", "entropy", "mse")
+#: CLI spelling -> calibration's method name.
+_METHOD_NAMES = {"moving-average": "moving_average"}
+#: Lowest opset at which DequantizeLinear takes a per-channel ``axis`` (ORT_CPU_QDQ.md).
+PER_CHANNEL_OPSET = 13
+#: Held-back samples the self-check compares on (never used for calibration).
+HOLDOUT = 8
+
+
+@dataclasses.dataclass
+class QuantizeReport:
+    """What ``quantize`` did and measured; printed by the CLI, written as JSON with ``--json``."""
+
+    target: str
+    mode: str
+    method: str | None
+    per_channel: bool
+    cpu: str | None = None
+    cpu_note: str | None = None
+    opset: tuple[int, int] | None = None
+    calibration_samples: int = 0
+    holdout_samples: int = 0
+    ranges_from: str | None = None
+    stats: dict[str, int] = dataclasses.field(default_factory=dict)
+    ops_before: dict[str, int] = dataclasses.field(default_factory=dict)
+    ops_after: dict[str, int] = dataclasses.field(default_factory=dict)
+    diagnostics: list[Diagnostic] = dataclasses.field(default_factory=list)
+    self_check: Any = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        """Warnings of the passes and of the self-check."""
+        found = [*self.diagnostics, *(self.self_check.diagnostics() if self.self_check is not None else [])]
+        return [d for d in found if d.severity is not Severity.INFO]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "mode": self.mode,
+            "method": self.method,
+            "per_channel": self.per_channel,
+            "cpu": self.cpu,
+            "cpu_note": self.cpu_note,
+            "opset": list(self.opset) if self.opset else None,
+            "calibration_samples": self.calibration_samples,
+            "holdout_samples": self.holdout_samples,
+            "ranges_from": self.ranges_from,
+            "stats": dict(self.stats),
+            "ops_before": dict(self.ops_before),
+            "ops_after": dict(self.ops_after),
+            "diagnostics": [str(d) for d in self.diagnostics],
+            "self_check": None if self.self_check is None else self.self_check.to_json(),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+def quantize(
+    model: ir.Model,
+    calibration: Any = None,
+    *,
+    target: str | Target = "ort-cpu",
+    mode: str = "static",
+    method: str = "minmax",
+    per_channel: bool = True,
+    cpu: str | None = None,
+    exclude: Sequence[str] = (),
+    include: Sequence[str] = (),
+    ranges: Ranges | str | None = None,
+    save_ranges: str | None = None,
+    optimize: bool = True,
+    self_check: bool = True,
+    reference: ir.Model | str | None = None,
+    method_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[ir.Model, QuantizeReport]:
+    """Quantizes ``model`` in place to INT8 for ``target`` and returns it with a report.
+
+    Args:
+        model: The float model (changed in place).
+        calibration: Calibration samples (static mode): a path (folder of .npz, or one .npz
+            with a leading sample axis), an iterable of feed dicts, or an onnxruntime
+            ``CalibrationDataReader``. Dynamic mode uses them only for the self-check.
+        target: ``"ort-cpu"`` (default), ``"tensorrt"``, or a ``Target``.
+        mode: ``"static"`` (QDQ activations from calibration) or ``"dynamic"``.
+        method: Calibration method: minmax, moving-average, percentile, entropy, mse.
+        per_channel: Per-channel weights on the kernel's output-channel axis.
+        cpu: ``"avx2"``, ``"vnni"`` or ``"arm64"``; default: read from this machine.
+        exclude / include: Node names, op types or regular expressions to leave in float / to
+            restrict quantization to.
+        ranges: Ranges (or a ranges JSON file) to reuse instead of calibrating.
+        save_ranges: Write the calibrated ranges to this JSON file.
+        optimize: Run the ``optimize`` preset (cleanup + fusions) first.
+        self_check: Run the quantized model in onnxruntime and report fusion, latency and
+            fidelity; remove QDQ groups that did not fuse.
+        reference: The float model the self-check compares against (default: a copy of
+            ``model`` taken before any change).
+        method_options: Extra options of the calibration method (``percentile=99.99``...).
+        progress: Show progress bars (calibration samples).
+    """
+    if mode not in MODES:
+        raise OptionError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
+    method = method.replace("_", "-")
+    if method not in METHODS:
+        raise OptionError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    profile = target if isinstance(target, Target) else get_target(target, cpu=cpu)
+    report = QuantizeReport(
+        target=profile.name,
+        mode=mode,
+        method=method if mode == "static" else None,
+        per_channel=per_channel,
+        cpu=getattr(profile, "cpu", None),
+        cpu_note=getattr(profile, "cpu_note", None),
+    )
+    report.ops_before = _op_histogram(model)
+    if self_check and reference is None:
+        reference = ir.from_proto(ir.to_proto(model))
+    clock = _Clock(report.seconds)
+
+    with clock("optimize"):
+        _prepare(model, report, optimize=optimize, per_channel=per_channel, target=profile)
+
+    data = held = None
+    if calibration is not None:
+        data = CalibrationData.from_source(calibration)
+        total = data.length
+        holdout = min(HOLDOUT, (total or 0) // 4) if mode == "static" else min(HOLDOUT, total or HOLDOUT)
+        if self_check and holdout > 0:
+            data, held = data.split(holdout=holdout) if mode == "static" else (data, data)
+            report.holdout_samples = holdout if mode == "static" else 0
+    if mode == "static":
+        with clock("calibrate"):
+            found = _ranges(model, profile, data, ranges=ranges, method=method,
+                            options=method_options or {}, progress=progress, report=report,
+                            exclude=exclude, include=include, per_channel=report.per_channel)
+        if save_ranges:
+            found.save(save_ranges)
+        with clock("quantize"):
+            from onnxq.passes.quantization import static_pipeline
+
+            pipeline = static_pipeline(profile, per_channel=report.per_channel, exclude=tuple(exclude),
+                                       include=tuple(include))
+            _run(model, pipeline, [profile, found], report)
+    else:
+        with clock("quantize"):
+            registry = PassRegistry.default()
+            options: dict[str, Any] = {"per_channel": report.per_channel}
+            if exclude:
+                options["exclude"] = ",".join(exclude)
+            if include:
+                options["include"] = ",".join(include)
+            pipeline = Pipeline([registry.create("quantize-dynamic", options),
+                                 registry.create("eliminate-dead-code")])
+            _run(model, pipeline, [profile], report)
+
+    if self_check:
+        with clock("self-check"):
+            _self_check(model, reference, held, profile, report, keep_unfused=bool(include))
+    report.ops_after = _op_histogram(model)
+    return model, report
+
+
+# --- steps -----------------------------------------------------------------------------
+def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_channel: bool,
+             target: Target) -> None:
+    """Optimizes the float graph and lifts the opset for per-channel weights."""
+    from onnxq.passes.fusion import optimize_pipeline
+
+    registry = PassRegistry.default()
+    # NOTE: the fusions use the target's name only to pick its GELU form; other profiles get the
+    # portable ONNX one.
+    fusion_target = target.name if target.name in ("ort-cpu", "tensorrt") else "onnx"
+    prepare = optimize_pipeline(fusion_target) if optimize else Pipeline([registry.create("infer-shapes")])
+    _run(model, prepare, [target], report)
+    opset = model.opset_imports.get("", 0)
+    if per_channel and opset < PER_CHANNEL_OPSET:
+        try:
+            _run(model, Pipeline([registry.create("convert-opset", {"opset": str(PER_CHANNEL_OPSET)})]),
+                 [target], report)
+            report.diagnostics.append(Diagnostic(
+                f"opset {opset} -> {PER_CHANNEL_OPSET} so weights can be per-channel"))
+        except UserError as e:
+            report.per_channel = False
+            report.diagnostics.append(Diagnostic(
+                f"opset {opset} cannot be converted to {PER_CHANNEL_OPSET} ({e}); weights per-tensor",
+                Severity.WARNING))
+    report.opset = (opset, model.opset_imports.get("", 0))
+
+
+def _ranges(model: ir.Model, target: Target, data: CalibrationData | None, *, ranges: Ranges | str | None,
+            method: str, options: Mapping[str, Any], progress: bool, report: QuantizeReport,
+            exclude: Sequence[str], include: Sequence[str], per_channel: bool) -> Ranges:
+    from onnxq.passes.quantization import tensors_to_calibrate
+
+    fingerprint = model_fingerprint(model)
+    if ranges is not None:
+        found = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges, fingerprint=fingerprint)
+        report.ranges_from = "given" if isinstance(ranges, Ranges) else str(ranges)
+        report.method = found.method
+        return found
+    if data is None:
+        raise OptionError("static quantization needs calibration data (--calib PATH) or --ranges FILE")
+    tensors = tensors_to_calibrate(model, target, exclude=tuple(exclude), include=tuple(include))
+    found = calibrate(model, data, method=_METHOD_NAMES.get(method, method), tensors=tensors, progress=progress,
+                      **dict(options))
+    report.calibration_samples = found.samples
+    return found
+
+
+def _run(model: ir.Model, pipeline: Pipeline, resources: Iterable[Any], report: QuantizeReport) -> None:
+    result = apply(model, pipeline, PassContext.with_resources(resources))
+    for key, value in result.stats.items():
+        report.stats[key] = report.stats.get(key, 0) + int(value)
+    report.diagnostics.extend(result.diagnostics)
+
+
+def _self_check(model: ir.Model, reference: Any, held: CalibrationData | None, target: Target,
+                report: QuantizeReport, *, keep_unfused: bool) -> None:
+    """Measures the result in onnxruntime; drops QDQ groups that did not fuse, then measures again."""
+    from onnxq.validation.fusion import remove_unfused_qdq
+    from onnxq.validation.self_check import self_check
+
+    samples = [f for _, f in itertools.islice(held.feeds(model), HOLDOUT)] if held is not None else None
+    check = self_check(reference, model, samples, target=target)
+    fusion = check.fusion
+    if fusion is not None and fusion.unfused and not keep_unfused:
+        removed = remove_unfused_qdq(model, fusion)
+        if removed:
+            report.stats["self-check.unfused_qdq_removed"] = removed
+            for group in fusion.unfused:
+                report.diagnostics.append(Diagnostic(f"did not fuse, Q/DQ removed: {group}", Severity.INFO))
+            check = self_check(reference, model, samples, target=target)
+    report.self_check = check
+
+
+def _op_histogram(model: ir.Model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+class _Clock:
+    def __init__(self, sink: dict[str, float]) -> None:
+        self.sink = sink
+
+    def __call__(self, name: str) -> _Clock:
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - self.start

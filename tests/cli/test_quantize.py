@@ -1,0 +1,132 @@
+"""``onnxq quantize``: valid, fused, accurate INT8 from default options; safe files; clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxq.cli import main
+from onnxq.examples import example_inputs_path, example_model_path
+
+#: Largest accepted drop in held-out accuracy of the example digits CNN (32 samples: one image).
+MAX_DROP = 1 / 32
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _accuracy(path: Path) -> float:
+    with np.load(example_inputs_path()) as data:
+        x, labels = data["input"], data["labels"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return float(np.mean(sess.run(None, {"input": x})[0].argmax(1) == labels))
+
+
+def _optimized_ops(path: Path, tmp: Path) -> dict[str, int]:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    counts: dict[str, int] = {}
+    for node in onnx.load(tmp / "optimized.onnx").graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_default_quantize_is_valid_fused_and_accurate(tmp_path: Path, capsys) -> None:
+    model = example_model_path()
+    before = _digest(model)
+    out = tmp_path / "int8.onnx"
+    assert main(["quantize", str(model), "-o", str(out), "--calib", str(example_inputs_path()), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert _digest(model) == before, "the input must never change"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"], "nothing besides the output"
+    onnx.checker.check_model(str(out), full_check=True)
+    assert _accuracy(model) - _accuracy(out) <= MAX_DROP
+    ops = _optimized_ops(out, tmp_path)
+    # Every Conv and the Gemm run on integer kernels; no Q/DQ is left between them.
+    assert ops.get("QLinearConv", 0) == 3, ops
+    assert ops.get("QGemm", 0) + ops.get("QLinearMatMul", 0) == 1, ops
+    assert "Conv" not in ops and "FusedConv" not in ops, ops
+    assert report["target"] == "ort-cpu" and report["mode"] == "static"
+    assert report["self_check"] is not None
+    assert report["size_bytes"]["output"] < report["size_bytes"]["input"]
+
+
+def test_deterministic_and_ranges_round_trip(tmp_path: Path) -> None:
+    args = [str(example_model_path()), "--calib", str(example_inputs_path()), "-q"]
+    assert main(["quantize", *args, "-o", str(tmp_path / "a.onnx"), "--save-ranges", str(tmp_path / "r.json")]) == 0
+    assert main(["quantize", *args, "-o", str(tmp_path / "b.onnx")]) == 0
+    assert _digest(tmp_path / "a.onnx") == _digest(tmp_path / "b.onnx")
+    ranges = json.loads((tmp_path / "r.json").read_text())
+    assert ranges["tensors"] and ranges["fingerprint"]
+    # Reusing the ranges skips calibration and gives the same model.
+    assert main(["quantize", str(example_model_path()), "--ranges", str(tmp_path / "r.json"), "-q",
+                 "--no-self-check", "-o", str(tmp_path / "c.onnx")]) == 0
+    assert _digest(tmp_path / "c.onnx") == _digest(tmp_path / "a.onnx")
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse", "moving-average"])
+def test_every_method_stays_accurate(method: str, tmp_path: Path) -> None:
+    out = tmp_path / f"{method}.onnx"
+    assert main(["quantize", str(example_model_path()), "-o", str(out), "--calib", str(example_inputs_path()),
+                 "--method", method, "-q", "--no-self-check"]) == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    assert _accuracy(example_model_path()) - _accuracy(out) <= 2 * MAX_DROP
+
+
+def test_dynamic_mode_needs_no_calibration(tmp_path: Path) -> None:
+    out = tmp_path / "dyn.onnx"
+    assert main(["quantize", str(example_model_path()), "-o", str(out), "--mode", "dynamic", "-q"]) == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    assert _accuracy(example_model_path()) - _accuracy(out) <= MAX_DROP
+
+
+def test_tensorrt_target_gives_symmetric_int8(tmp_path: Path) -> None:
+    out = tmp_path / "trt.onnx"
+    assert main(["quantize", str(example_model_path()), "-o", str(out), "--calib", str(example_inputs_path()),
+                 "--target", "tensorrt", "-q", "--no-self-check"]) == 0
+    model = onnx.load(out)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in zero_points), zero_points
+    from onnxq.ir.io import load_model
+    from onnxq.targets.tensorrt_rules import check_tensorrt
+
+    assert check_tensorrt(load_model(out)) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "needs --calib"),
+        (["--calib", "{tmp}/missing"], "no such file"),
+        (["--calib", "{tmp}/bad.npz"], "'nope'"),
+        (["--calib", "{tmp}/nan.npz"], "NaN"),
+        (["--calib", "{example}", "--method", "kl"], "invalid choice"),
+        (["--ranges", "{tmp}/other.json"], "another model"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
+    np.savez(tmp_path / "bad.npz", nope=np.zeros((2, 1, 8, 8), np.float32))
+    np.savez(tmp_path / "nan.npz", input=np.full((2, 1, 8, 8), np.nan, np.float32))
+    (tmp_path / "other.json").write_text(json.dumps(
+        {"format": "onnxq.ranges/1", "fingerprint": "0" * 16, "tensors": {"input": [0, 1]}}))
+    extra = [e.format(tmp=tmp_path, example=example_inputs_path()) for e in extra]
+    out = tmp_path / "o.onnx"
+    try:
+        code = main(["quantize", str(example_model_path()), "-o", str(out), *extra])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
