@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("run", help="apply a pipeline of passes to a model")
     p.add_argument("model", type=Path, help="input .onnx file (never modified)")
     p.add_argument("-p", "--pipeline", required=True, help="pipeline text ('a,b{x=1}') or a .toml file")
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The flags of ``onnxq run`` besides MODEL and -p; presets of run (``onnxq optimize``) share them."""
     p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
     p.add_argument("--in-place", action="store_true", help="allow -o to be the input file")
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
@@ -46,7 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--reproducer", type=Path, metavar="DIR",
                    help="on a pass failure, write the input model and pipeline text to DIR")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=run)
 
 
 class _Progress(Instrumentation):
@@ -60,9 +66,20 @@ class _Progress(Instrumentation):
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_pipeline(args, PassRegistry.default().load(args.pipeline))
+
+
+#: Called with the transformed model before it is saved; returns extra report entries and text lines.
+AfterRun = Callable[[ir.Model], tuple[dict[str, Any], list[str]]]
+
+
+def run_pipeline(args: argparse.Namespace, pipeline: Pass, *, after: AfterRun | None = None) -> int:
+    """Loads ``args.model``, applies ``pipeline`` with the instrumentation the flags ask for, saves, reports.
+
+    Shared by ``onnxq run`` and its presets (``onnxq optimize``); ``args`` carries the flags of
+    :func:`add_run_options`. ``after`` adds entries to the report (e.g. ``--explain``).
+    """
     check_output(args.model, args.output, in_place=args.in_place)
-    registry = PassRegistry.default()
-    pipeline = registry.load(args.pipeline)
     timing = Timing()
     hooks: list[Instrumentation] = [timing]
     if args.verify_each:
@@ -76,27 +93,35 @@ def run(args: argparse.Namespace) -> int:
     if args.reproducer:
         hooks.append(CrashReproducer(args.reproducer))
     out = console(args.json)
+    extra: dict[str, Any] = {}
+    lines: list[str] = []
     with stderr.status(f"loading {args.model}") as status:
         model = load_model(args.model)
         hooks.append(_Progress(status))
         result = apply(model, pipeline, PassContext(instrumentations=hooks))
+        if after is not None:
+            status.update("explaining")
+            extra, lines = after(model)
         status.update(f"saving {args.output}")
         external = {"auto": None, "yes": True, "no": False}[args.external_data]
         save_model(model, args.output, external_data=external, in_place=args.in_place)
-    report = _report(args, pipeline, result, timing, numeric)
+    report = {**_report(args, pipeline, result, timing, numeric), **extra}
     if args.json:
         print_json(report)
     elif not args.quiet:
-        out.print(f"{args.model} -> {args.output}: {'changed' if result.modified else 'unchanged'} by {pipeline}")
+        out.print(f"{args.model} -> {args.output}: {'changed' if result.modified else 'unchanged'} by {pipeline}",
+                  markup=False)
         for key, value in result.stats.items():
             out.print(f"  {key}: {value}")
         for diagnostic in result.diagnostics:
-            out.print(f"  {diagnostic}")
+            out.print(f"  {diagnostic}", markup=False)
         if numeric is not None:
             out.print(f"  numeric check: outputs unchanged after {len(numeric.checked)} changing passes")
         if args.timing:
             for name, row in timing.summary().items():
                 out.print(f"  {name:36s} {row['seconds'] * 1000:9.1f} ms  runs={row['runs']} changed={row['changed']}")
+        for line in lines:
+            out.print(line, markup=False)
     return 0
 
 

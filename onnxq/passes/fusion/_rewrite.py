@@ -46,6 +46,8 @@ class Rule:
     stat: str
     min_opset: int = 1
     commute: bool = False
+    #: Op types the pattern contains; the rule is skipped when the model lacks one (matching is costly).
+    needs_ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # NOTE: a rule that keeps its matched nodes makes onnxscript run remove_unused_nodes over
@@ -89,7 +91,10 @@ class RewritePass(Pass):
         # onnxscript's remove_unused_nodes over the whole model, which drops unused initializers.
         before = fingerprint(model)
         used_before = _used_initializers(model)
+        present = _op_types(model)
         for entry in self.rules(model):
+            if not present.issuperset(entry.needs_ops):
+                continue
             if opset < entry.min_opset:
                 diagnostics.append(
                     Diagnostic(f"{entry.name} skipped: it needs opset >= {entry.min_opset}, the model has {opset}")
@@ -98,6 +103,7 @@ class RewritePass(Pass):
             applied = RewriteRuleSet([entry.rule], commute=entry.commute).apply_to_model(model)
             if applied:
                 counts[entry.stat] = counts.get(entry.stat, 0) + applied
+                present = _op_types(model)  # NOTE: a later rule may match what this one created.
         if counts:
             _remove_own_identities(model, self.name)
             _drop_dead_initializers(model, used_before)
@@ -107,7 +113,10 @@ class RewritePass(Pass):
         """Near misses of every rule on ``model`` (unchanged), best first per rule."""
         opset = model_opset(model)
         misses: list[Miss] = []
+        present = _op_types(model)
         for entry in self.rules(model):
+            if not present.issuperset(entry.needs_ops):
+                continue
             if opset < entry.min_opset:
                 misses.append(Miss(self.name, entry.name, "model", f"needs opset >= {entry.min_opset}, model has {opset}"))
                 continue
@@ -119,7 +128,7 @@ class RewritePass(Pass):
                     if info.status == MatchStatus.SUCCESS:
                         continue
                     node = node_label(info.root_node)
-                    reason = _reason(info.match_result) or info.status.name.lower().replace("_", " ")
+                    reason = _reason(info.match_result, info.root_node) or info.status.name.lower().replace("_", " ")
                     if (node, reason) not in seen:
                         seen.add((node, reason))
                         misses.append(Miss(self.name, entry.name, node, reason))
@@ -148,16 +157,18 @@ def node_label(node: ir.Node) -> str:
     return node.op_type
 
 
-def _reason(match: Any) -> str:
+def _reason(match: Any, root: ir.Node) -> str:
     reason = str(match.reason or "")
     if reason.strip() != _OTHER_USES:
         return reason
+    # NOTE: the matcher only says "other uses"; name the intermediate value that has them.
     nodes = set(match.nodes)
     for node in match.nodes:
+        if node is root:
+            continue  # its outputs are the pattern's outputs; their consumers are expected
         for value in node.outputs:
             users = [user for user, _ in value.uses()]
-            outside = [u for u in users if u not in nodes]
-            if outside or (value.is_graph_output() and users):
+            if any(u not in nodes for u in users) or value.is_graph_output():
                 consumers = len(users) + int(value.is_graph_output())
                 return f"{node.op_type} output '{value.name}' has {consumers} consumers"
     return reason
@@ -192,6 +203,10 @@ def _remove_own_identities(model: ir.Model, pass_name: str) -> None:
             if node.op_type == "Identity" and tag.startswith(pass_name) and _safe(node, graph):
                 # NOTE: private per-node routine of onnx_ir's pass, as remove-identity uses it.
                 inner._try_eliminate_identity_node(node)
+
+
+def _op_types(model: ir.Model) -> set[str]:
+    return {node.op_type for graph in iter_graphs(model) for node in graph}
 
 
 def _used_initializers(model: ir.Model) -> list[tuple[ir.Graph, ir.Value]]:

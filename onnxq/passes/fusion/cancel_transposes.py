@@ -23,6 +23,7 @@ class CancelTransposes(RewritePass):
 
     def rules(self, model: ir.Model) -> Sequence[Rule]:
         return (
-            Rule(_basic_rules.TransposeTranspose.rule(name="cancel-transposes"), "transposes_merged"),
-            Rule(_basic_rules.TransposeIdentity.rule(name="cancel-transposes:identity-perm"), "transposes_merged"),
+            Rule(_basic_rules.TransposeTranspose.rule(name="cancel-transposes"), "transposes_merged", needs_ops=("Transpose",)),
+            Rule(_basic_rules.TransposeIdentity.rule(name="cancel-transposes:identity-perm"), "transposes_merged",
+                 needs_ops=("Transpose",)),
         )

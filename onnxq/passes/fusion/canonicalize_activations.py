@@ -76,12 +76,12 @@ class CanonicalizeActivations(RewritePass):
         clip = CLIP_INPUTS_OPSET
         rules = [
             Rule(_fuse_hardswish.HardSwishFusion.rule(name="canonicalize-activations:hardswish"),
-                 "hardswish_fused", min_opset=HARDSWISH_OPSET, commute=True),
+                 "hardswish_fused", min_opset=HARDSWISH_OPSET, commute=True, needs_ops=("Clip",)),
             Rule(_fuse_hardswish.HardSigmoidFusion.rule(name="canonicalize-activations:hardsigmoid"),
-                 "hardsigmoid_fused", min_opset=clip, commute=True),
+                 "hardsigmoid_fused", min_opset=clip, commute=True, needs_ops=("Clip",)),
             Rule(_fuse_hardswish.HardSwishFusionFromHardSigmoid.rule(
                 name="canonicalize-activations:hardsigmoid-mul"), "hardswish_fused", min_opset=HARDSWISH_OPSET,
-                 commute=True),
+                 commute=True, needs_ops=("HardSigmoid",)),
         ]
         for cls in (_min_max_to_clip.FuseMaxMinToClip, _min_max_to_clip.FuseMinMaxToClip,
                     _min_max_to_clip.FuseSuccessiveMin, _min_max_to_clip.FuseSuccessiveMax):

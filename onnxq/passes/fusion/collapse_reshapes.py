@@ -48,7 +48,8 @@ class _ReshapeOfReshapeLike(RewriteRuleClassBase):
 
 def _rule(op_type: str) -> Rule:
     cls = type(f"ReshapeOf{op_type}", (_ReshapeOfReshapeLike,), {"op_type": op_type})
-    return Rule(cls.rule(name=f"collapse-reshapes:reshape-of-{op_type.lower()}"), "reshapes_collapsed")
+    return Rule(cls.rule(name=f"collapse-reshapes:reshape-of-{op_type.lower()}"), "reshapes_collapsed",
+                needs_ops=("Reshape", op_type))
 
 
 class _NoOpReshape(RewriteRuleClassBase):

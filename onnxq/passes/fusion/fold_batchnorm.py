@@ -152,11 +152,12 @@ class FoldBatchNorm(RewritePass):
     def rules(self, model: ir.Model) -> Sequence[Rule]:
         folded = "batchnorms_folded"
         rules = (
-            Rule(_CONV.rule(name="fold-batchnorm:conv"), folded),
-            Rule(_CONV_TRANSPOSE.rule(name="fold-batchnorm:conv-transpose"), folded),
-            Rule(_GEMM.rule(name="fold-batchnorm:gemm"), folded),
-            Rule(FoldBatchNormIntoMatMul.rule(name="fold-batchnorm:matmul"), folded),
+            Rule(_CONV.rule(name="fold-batchnorm:conv"), folded, needs_ops=("BatchNormalization",)),
+            Rule(_CONV_TRANSPOSE.rule(name="fold-batchnorm:conv-transpose"), folded, needs_ops=("BatchNormalization",)),
+            Rule(_GEMM.rule(name="fold-batchnorm:gemm"), folded, needs_ops=("BatchNormalization",)),
+            Rule(FoldBatchNormIntoMatMul.rule(name="fold-batchnorm:matmul"), folded, needs_ops=("BatchNormalization",)),
         )
         if not self.options.decompose:
             return rules
-        return (*rules, Rule(DecomposeBatchNorm.rule(name="fold-batchnorm:decompose"), "batchnorms_decomposed"))
+        return (*rules, Rule(DecomposeBatchNorm.rule(name="fold-batchnorm:decompose"), "batchnorms_decomposed",
+                                  needs_ops=("BatchNormalization",)))

@@ -49,6 +49,6 @@ class FoldPadIntoConv(RewritePass):
     def rules(self, model: ir.Model) -> Sequence[Rule]:
         opset = PAD_INPUTS_OPSET
         return (
-            Rule(named(shipped.FuseConvPad.rule(), "fold-pad-into-conv:conv"), "pads_folded", min_opset=opset),
-            Rule(named(FoldPadIntoAveragePool.rule(), "fold-pad-into-conv:average-pool"), "pads_folded", min_opset=opset),
+            Rule(named(shipped.FuseConvPad.rule(), "fold-pad-into-conv:conv"), "pads_folded", min_opset=opset, needs_ops=("Pad",)),
+            Rule(named(FoldPadIntoAveragePool.rule(), "fold-pad-into-conv:average-pool"), "pads_folded", min_opset=opset, needs_ops=("Pad",)),
         )

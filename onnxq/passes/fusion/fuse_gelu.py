@@ -128,5 +128,7 @@ class FuseGelu(RewritePass):
         rules = []
         for index, cls in enumerate((_ErfGelu1, _ErfGelu2, _ErfGelu3, _ErfGelu4, _ErfGelu5, _TanhGelu, _TanhGelu2)):
             kind = "tanh" if cls.tanh else "erf"
-            rules.append(Rule(cls.rule(target, opset, f"fuse-gelu:{kind}{index + 1}"), "gelus_fused", commute=True))
+            needs = ("Tanh", "Pow") if cls.tanh else ("Erf",)
+            rules.append(Rule(cls.rule(target, opset, f"fuse-gelu:{kind}{index + 1}"), "gelus_fused", commute=True,
+                              needs_ops=needs))
         return tuple(rules)

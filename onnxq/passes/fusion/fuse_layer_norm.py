@@ -75,7 +75,7 @@ class FuseLayerNorm(RewritePass):
     def rules(self, model: ir.Model) -> Sequence[Rule]:
         return (
             Rule(_LayerNorm.rule(name="fuse-layer-norm"), "layernorms_fused", min_opset=LAYER_NORM_OPSET,
-                 commute=True),
+                 commute=True, needs_ops=("ReduceMean", "Sqrt")),
             Rule(_LayerNormBias.rule(name="fuse-layer-norm:bias"), "layernorm_biases_fused",
-                 min_opset=LAYER_NORM_OPSET, commute=True),
+                 min_opset=LAYER_NORM_OPSET, commute=True, needs_ops=("LayerNormalization",)),
         )
