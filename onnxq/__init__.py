@@ -8,6 +8,7 @@ from onnxq.framework.context import Analysis, PassContext, Resource
 from onnxq.framework.pipeline import Pipeline, apply
 from onnxq.framework.registry import PassRegistry
 from onnxq.ir.io import load_model, save_model
+from onnxq.quantization import QuantizeReport, quantize
 
 __version__ = "0.1.0"
 
@@ -19,11 +20,13 @@ __all__ = [
     "PassContext",
     "PassRegistry",
     "PassResult",
+    "QuantizeReport",
     "Pipeline",
     "Resource",
     "Severity",
     "UserError",
     "apply",
     "load_model",
+    "quantize",
     "save_model",
 ]

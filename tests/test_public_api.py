@@ -15,11 +15,13 @@ def test_public_api_surface() -> None:
         "PassRegistry",
         "PassResult",
         "Pipeline",
+        "QuantizeReport",
         "Resource",
         "Severity",
         "UserError",
         "apply",
         "load_model",
+        "quantize",
         "save_model",
     ]
     for name in onnxq.__all__:
