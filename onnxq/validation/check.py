@@ -94,7 +94,9 @@ class CheckReport:
 
     def lines(self) -> list[str]:
         head = "ok" if self.ok else f"{len(self.violations)} violation(s)"
-        return [f"{self.model} on {self.target}: {head}", *(f"  {f}" for f in self.findings)]
+        order = {"error": 0, "warning": 1, "info": 2}
+        ranked = sorted(self.findings, key=lambda f: order.get(f.severity, 3))
+        return [f"{self.model} on {self.target}: {head}", *(f"  {f}" for f in ranked)]
 
 
 def check(model: ir.Model | str | os.PathLike[str], *, target: str = "ort-cpu") -> CheckReport:
@@ -256,7 +258,8 @@ def _qdq_node(node: ir.Node, name: str, opset: int) -> Iterator[Finding]:
                               f"outside {qtype.name.lower()} range [{low}, {high}]", name)
             if qtype == ir.DataType.INT32 and np.any(values != 0):
                 yield Finding("qdq-zero-point", "int32 DequantizeLinear must have zero point 0", name)
-        if scale is not None and zp.shape != scale.shape:
+        # NOTE: a scalar and a 1-element tensor are both per-tensor; onnxruntime accepts the mix.
+        if scale is not None and zp.shape != scale.shape and not (zp.size == scale.size == 1):
             yield Finding("qdq-zero-point", f"zero point shape {list(zp.shape)} differs from scale shape "
                           f"{list(scale.shape)}", name)
     if scale is not None and (scale.size > 1 or scale.ndim > 1):

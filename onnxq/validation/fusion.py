@@ -594,6 +594,10 @@ def removable_pairs(graph: ir.Graph, names: dict[ir.Node, str], fused: set[str])
             continue
         source = q.inputs[0]
         producer = source.producer()
+        # NOTE: a Relu/Clip absorbed into a fused group's output Q belongs to that group.
+        while producer is not None and producer.op_type in ABSORBED and not _is_group(producer) \
+                and producer.inputs and producer.inputs[0] is not None:
+            producer = producer.inputs[0].producer()
         if producer is not None and (names.get(producer) in fused or is_dq(producer) or is_q(producer)):
             continue
         for use in q.outputs[0].uses():
