@@ -26,6 +26,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Collection
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxq.passes.quantization._common import (
@@ -83,6 +84,24 @@ def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
     return lo, hi
 
 
+def gemm_bias_vector(node: ir.Node, weight: np.ndarray | None, bias: np.ndarray) -> np.ndarray | None:
+    """The bias as a 1-D vector over output channels, or None when it is not one.
+
+    Conv needs ``[C_out]``; Gemm also takes a scalar or ``[1, N]`` bias (the same broadcast).
+    """
+    if node.op_type != "Gemm" or weight is None or weight.ndim != 2:
+        return bias if bias.ndim == 1 else None
+    trans_b = node.attributes.get("transB")
+    n = weight.shape[0] if trans_b is not None and trans_b.as_int() == 1 else weight.shape[1]
+    if bias.size == 1 and bias.ndim <= 2:
+        return np.broadcast_to(bias.reshape(-1), (n,)).copy()
+    if bias.ndim == 1 and bias.shape[0] == n:
+        return bias
+    if bias.ndim == 2 and bias.shape == (1, n):
+        return bias.reshape(n)
+    return None
+
+
 def _eligible(node: ir.Node, target: Target, flt: Callable[[ir.Value | None], bool]) -> str | None:
     """None when ``node`` can run on the target's integer kernel; else the reason it cannot."""
     slots = target.activation_inputs(node)
@@ -116,11 +135,17 @@ def _eligible(node: ir.Node, target: Target, flt: Callable[[ir.Value | None], bo
                 return "weight is not float"
         if op == "MatMul" and array is None and not flt(weight):
             return "second input is not float32"
+        if op == "MatMul" and any(
+            v is not None and v.shape is not None and len(v.shape) < 2 for v in node.inputs[:2]
+        ):
+            return "1-D MatMul operand"
+        if op == "MatMul" and array is not None and array.ndim < 2:
+            return "1-D MatMul operand"
         bias_slot = BIAS_INPUT.get(op)
         if bias_slot is not None and len(node.inputs) > bias_slot and node.inputs[bias_slot] is not None:
             bias = resolve_constant(node.inputs[bias_slot])
-            if bias is None or bias.ndim != 1:
-                return "bias is not a constant 1-D tensor"
+            if bias is None or gemm_bias_vector(node, array, bias) is None:
+                return "bias is not a constant 1-D tensor (or [1, N] for Gemm)"
         if op == "Gemm":
             alpha = node.attributes.get("alpha")
             beta = node.attributes.get("beta")
@@ -186,6 +211,8 @@ def make_plan(
         if node in blocked:
             left_float[node] = "a tensor it needs has no calibrated range"
             continue
+        if any(o.dtype is not None and o.dtype != ir.DataType.FLOAT for o in node.outputs):
+            continue  # integer/bool arithmetic (shape computations): not a quantization candidate
         reason = _eligible(node, target, flt)
         if reason is not None:
             left_float[node] = reason

@@ -29,6 +29,7 @@ from onnxq.passes.quantization._common import (
     make_node,
     resolve_constant,
 )
+from onnxq.passes.quantization._plan import gemm_bias_vector
 from onnxq.targets.base import BIAS_INPUT, WEIGHT_INPUT, Target
 
 INT32_LIMIT = 2**31 - 1
@@ -154,8 +155,10 @@ def quantize_weights(
         bias = (
             resolve_constant(bias_value) if bias_value is not None and _dq_input(bias_value) is None else None
         )
-        if bias is not None and (bias.ndim != 1 or bias.dtype.kind != "f"):
-            bias = None
+        if bias is not None and not target.requires_bias_int32:
+            bias = None  # the target (TensorRT) wants the bias float
+        if bias is not None:
+            bias = gemm_bias_vector(node, w, bias) if bias.dtype.kind == "f" else None
         if bias is not None and axis is not None and bias.shape[0] != scale.shape[0]:
             bias = None  # a broadcast bias cannot take per-channel scales; stays float
         if bias is not None:

@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--method", default="minmax")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=1, help="samples per latency run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
@@ -115,7 +116,7 @@ def main() -> None:
             ops = optimized_ops(out)
             fused = sum(v for k, v in ops.items() if k.startswith(INTEGER))
             inputs, _ = zoo.load_eval(name)
-            feed = {k: v[:1] for k, v in inputs.items()}
+            feed = {k: v[: args.batch] for k, v in inputs.items()}
             f_ms, q_ms = latency(fp32_path, out, feed, args.rounds, args.runs)
             print(
                 f"{name}: metric {base:.4f} -> {quant:.4f} ({(quant - base) * 100:+.2f} pt); "

@@ -507,3 +507,60 @@ def test_passes_are_registered_and_print_their_options() -> None:
     pipeline = registry.parse("insert-qdq{exclude=conv_1:Softmax},quantize-weights{per_channel=false}")
     assert str(pipeline) == "insert-qdq{exclude=conv_1:Softmax},quantize-weights{per_channel=false}"
     assert pipeline.passes[0].options.exclude == ("conv_1", "Softmax")
+
+
+def test_gemm_row_bias_and_conv1d_fuse() -> None:
+    model = build(
+        H18
+        + """
+g (float[4,16] x, float[1,3,16] s) => (float[4,3] y, float[1,4,16] z) {
+  h = Gemm<transB = 1>(x, w, b)
+  r = Relu(h)
+  y = MatMul(r, w2)
+  c = Conv<pads=[1,1]>(s, wc, bc)
+  rc = Relu(c)
+  z = Conv(rc, wc2)
+}""",
+        w=(8, 16),
+        b=np.full((1, 8), 0.1, np.float32),
+        w2=(8, 3),
+        wc=(4, 3, 3),
+        bc=(4,),
+        wc2=(4, 4, 1),
+    )
+    _, ops = quantize_and_check(model, tol=0.03)
+    assert_all_fused(ops, QGemm=1, MatMulIntegerToFloat=1, QLinearConv=2)
+
+
+def test_below_opset_10_nothing_is_inserted() -> None:
+    model = build(
+        '<ir_version: 4, opset_import: ["" : 9]>'
+        + """
+g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
+  c = Conv<pads=[1,1,1,1]>(x, w)
+  y = Relu(c)
+}""",
+        w=(4, 3, 3, 3),
+    )
+    result = quantize(model, feeds_for(model))
+    assert not result.modified
+    assert any("no QuantizeLinear" in d.message for d in result.diagnostics)
+
+
+def test_tensors_to_calibrate_does_not_touch_the_model() -> None:
+    model = build(
+        H18
+        + """
+g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
+  c = Conv<pads=[1,1,1,1]>(x, w)
+  t = Tanh(c)
+  y = Conv(t, w2)
+}""",
+        w=(4, 3, 3, 3),
+        w2=(4, 4, 1, 1),
+    )
+    before = ir.serde.serialize_model(model).SerializeToString()
+    # the last Conv's output is a graph output: quantized too, so the Conv runs on QLinearConv
+    assert tensors_to_calibrate(model, VNNI) == ["c", "t", "x", "y"]
+    assert tensors_to_calibrate(model, VNNI, exclude=("Conv",)) == []
+    assert ir.serde.serialize_model(model).SerializeToString() == before
