@@ -149,3 +149,20 @@ def float_twin(text: str) -> ir.Model:
             graph.remove(use.node, safe=True)
         graph.remove(node, safe=True)
     return m
+
+
+#: A fused Add whose Relu is absorbed into the Q, read by a float ReduceMean.
+ADD_RELU_MEAN = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[1,4,4,4] a, float[1,4,4,4] b) => (float[1,4,1,1] y) <float s = {0.02}, uint8 zp = {0}, int64[2] axes = {2, 3}> {
+  aq = QuantizeLinear(a, s, zp)
+  ad = DequantizeLinear(aq, s, zp)
+  bq = QuantizeLinear(b, s, zp)
+  bd = DequantizeLinear(bq, s, zp)
+  sum = Add(ad, bd)
+  r = Relu(sum)
+  rq = QuantizeLinear(r, s, zp)
+  rd = DequantizeLinear(rq, s, zp)
+  y = ReduceMean(rd, axes)
+}
+"""

@@ -9,7 +9,7 @@ import pytest
 
 from onnxq import runtime
 from onnxq.validation.fusion import FusionCheckError, fusion_report, remove_unfused_qdq, unfused_groups
-from tests.validation._graphs import FUSES, LAYERNORM, MIXED, RELU_ZP128, SHARED, feeds, model
+from tests.validation._graphs import ADD_RELU_MEAN, FUSES, LAYERNORM, MIXED, RELU_ZP128, SHARED, feeds, model
 
 
 def test_fully_fused_graph() -> None:
@@ -123,6 +123,16 @@ def test_remove_keeps_qdq_that_a_fused_neighbour_needs() -> None:
     assert not group.wasted and str(group).endswith("its Q/DQ serve fused neighbours")
     np.testing.assert_array_equal(runtime.run(m, x)["y"], before["y"])
     np.testing.assert_allclose(runtime.run(m, x)["z"], before["z"], atol=0.05 / 2 + 1e-6)
+
+
+def test_relu_absorbed_into_a_fused_add_keeps_its_q() -> None:
+    m = model(ADD_RELU_MEAN)
+    report = fusion_report(m)
+    assert report.kernels == {"QLinearAdd": 1}
+    [mean] = report.unfused
+    assert mean.node == "ReduceMean_8" and not mean.wasted
+    assert remove_unfused_qdq(m, report) == 0
+    assert fusion_report(m).kernels == {"QLinearAdd": 1}
 
 
 def test_model_onnxruntime_refuses_is_reported(tmp_path) -> None:
