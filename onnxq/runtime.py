@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxq.errors import OptionError
+from onnxq.errors import OptionError, UserError, first_line
 
 Feeds = dict[str, np.ndarray]
 
@@ -41,10 +41,51 @@ def run(model: ir.Model | str | os.PathLike[str], feeds: Mapping[str, np.ndarray
     return dict(zip(names, sess.run(names, dict(feeds)), strict=True))
 
 
-def random_inputs(model: ir.Model, *, seed: int = 0, dim_values: Mapping[str, int] | None = None) -> Feeds:
-    """Deterministic random feeds matching the model's inputs; symbolic dims become 1 (or dim_values)."""
+#: Size of a dynamic dim (``-1``, unnamed or symbolic) that is not the leading one. Large
+#: enough for a reflect Pad or a small window over a sequence; the leading dim is a batch.
+DYNAMIC_DIM = 32
+#: Larger sizes tried, in order, when the model refuses the first generated inputs.
+DYNAMIC_DIM_RETRIES = (256, 1024)
+#: Integer inputs take values in [0, INT_HIGH), narrowed by the tables they index.
+INT_HIGH = 4
+#: A retry never builds an input larger than this many elements.
+_MAX_ELEMENTS = 1 << 26
+
+# Ops whose output holds the same integer values as their first input (so an index bound
+# found past them applies to the model input).
+_VALUE_PRESERVING = frozenset(
+    {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Transpose", "Tile", "Slice",
+     "Concat"}
+)
+_INDEXING = {"Gather": 1, "GatherElements": 1}
+
+
+class SampleInputError(UserError):
+    """The model cannot run on generated inputs; the user must supply sample inputs."""
+
+
+def random_inputs(
+    model: ir.Model,
+    *,
+    seed: int = 0,
+    dim_values: Mapping[str, int] | None = None,
+    dynamic_dim: int = DYNAMIC_DIM,
+) -> Feeds:
+    """Deterministic random feeds matching the model's inputs, within what the graph tells.
+
+    Dims written as ``-1``, unnamed or symbolic are dynamic: a named one takes
+    ``dim_values[name]`` when given; otherwise the leading dim is 1 (a batch) and
+    any other ``dynamic_dim``; one name gets one size across inputs. Floats are
+    standard normal; integers lie in ``[0, INT_HIGH)``, and below the row count of
+    every table they index (Gather / GatherElements, also through Cast, Reshape,
+    Unsqueeze...), so token-type ids for a 2-row embedding stay 0 or 1.
+
+    Raises:
+        OptionError: an input without a known type or rank, or of a type that
+            cannot be generated.
+    """
     rng = np.random.default_rng(seed)
-    dim_values = dim_values or {}
+    dim_values = dict(dim_values or {})
     initializers = set(model.graph.initializers)
     feeds: Feeds = {}
     for value in model.graph.inputs:
@@ -52,20 +93,98 @@ def random_inputs(model: ir.Model, *, seed: int = 0, dim_values: Mapping[str, in
             continue
         if value.dtype is None or value.shape is None:
             raise OptionError(f"input '{value.name}' has no static type/shape; supply sample inputs")
-        shape = [
-            d if isinstance(d, int) else dim_values.get(str(d.value), 1) if d.value else 1
-            for d in value.shape
-        ]
+        shape = [_dim_size(d, i, dim_values, dynamic_dim) for i, d in enumerate(value.shape)]
         dtype = value.dtype.numpy()
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             feeds[value.name] = rng.integers(0, 2, shape).astype(np.bool_)
         elif np.issubdtype(dtype, np.integer):
-            feeds[value.name] = rng.integers(0, 4, shape).astype(dtype)
+            high = min(INT_HIGH, index_bound(value) or INT_HIGH)
+            feeds[value.name] = rng.integers(0, max(high, 1), shape).astype(dtype)
         else:
             raise OptionError(f"input '{value.name}' has type {value.dtype}; supply sample inputs")
     return feeds
+
+
+def _dim_size(dim: int | ir.SymbolicDim, index: int, known: dict[str, int], dynamic_dim: int) -> int:
+    if isinstance(dim, int) and dim >= 0:
+        return dim
+    name = dim.value if isinstance(dim, ir.SymbolicDim) else None
+    if name and name in known:
+        return known[name]
+    size = 1 if index == 0 else dynamic_dim
+    if name:
+        # NOTE: one symbolic name is one size, so inputs that must agree (ids and mask) do.
+        known[name] = size
+    return size
+
+
+def index_bound(value: ir.Value, *, depth: int = 8) -> int | None:
+    """The smallest table size ``value`` indexes (rows of a Gather's data on its axis), or None."""
+    bound: int | None = None
+    for use in value.uses():
+        node, slot = use.node, use.idx
+        found: int | None = None
+        if node.domain in ("", "ai.onnx") and _INDEXING.get(node.op_type) == slot:
+            data = node.inputs[0]
+            axis_attr = node.attributes.get("axis")
+            axis = axis_attr.as_int() if axis_attr is not None else 0
+            shape = _known_shape(data)
+            if shape is not None and -len(shape) <= axis < len(shape):
+                rows = shape[axis]
+                found = rows if isinstance(rows, int) and rows >= 0 else None
+        elif depth > 0 and node.domain in ("", "ai.onnx") and node.op_type in _VALUE_PRESERVING and (
+            slot == 0 or node.op_type == "Concat"
+        ):
+            for out in node.outputs:
+                inner = index_bound(out, depth=depth - 1)
+                if inner is not None:
+                    found = inner if found is None else min(found, inner)
+        if found is not None:
+            bound = found if bound is None else min(bound, found)
+    return bound
+
+
+def _known_shape(value: ir.Value | None) -> ir.Shape | None:
+    """The value's shape, or that of the constant behind it (before any shape inference ran)."""
+    if value is None:
+        return None
+    if value.shape is not None:
+        return value.shape
+    if value.const_value is not None:
+        return value.const_value.shape
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+        attr = producer.attributes.get("value")
+        if attr is not None and not attr.is_ref() and attr.type == ir.AttributeType.TENSOR:
+            return attr.value.shape
+    return None
+
+
+def runnable_inputs(model: ir.Model, *, seed: int = 0) -> tuple[Feeds, Feeds]:
+    """Generated feeds the untouched model runs on, and its outputs on them.
+
+    Tries :func:`random_inputs` with dynamic dims of ``DYNAMIC_DIM``, then each of
+    ``DYNAMIC_DIM_RETRIES`` (a reflect Pad or a window may need a longer axis).
+
+    Raises:
+        SampleInputError: the model fails on every try (one line, asking for sample inputs).
+    """
+    error: Exception | None = None
+    for size in (DYNAMIC_DIM, *DYNAMIC_DIM_RETRIES):
+        feeds = random_inputs(model, seed=seed, dynamic_dim=size)
+        if error is not None and any(a.size > _MAX_ELEMENTS for a in feeds.values()):
+            break
+        try:
+            return feeds, run(model, feeds)
+        except Exception as e:  # noqa: BLE001  # ORT raises assorted types; all mean "cannot run"
+            error = e
+    assert error is not None
+    raise SampleInputError(
+        f"the model itself fails on generated inputs ({first_line(error)}); "
+        "supply sample inputs (--inputs FILE.npz)"
+    ) from error
 
 
 def select_inputs(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> Feeds:

@@ -161,10 +161,11 @@ class NumericCheckEach(Instrumentation):
         from onnxq import runtime
 
         if self.inputs is None:
-            self.inputs = runtime.random_inputs(model)
+            # NOTE: generated inputs the untouched model refuses are the user's problem (exit 2).
+            self.inputs, self.reference = runtime.runnable_inputs(model)
         else:
             self.inputs = runtime.select_inputs(model, self.inputs)
-        self.reference = runtime.run(model, self.inputs)
+            self.reference = runtime.run(model, self.inputs)
 
     def after_pass(self, pass_: Pass, model: ir.Model, result: PassResult, ctx: PassContext) -> None:
         from onnxq import runtime
