@@ -68,7 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         metavar="INPUT[:AXIS]=NAME",
         help="make/name a dynamic dim, e.g. x=batch or ids:1=seq (repeatable; see below)",
     )
-    p.add_argument("--optimize", action="store_true", help="run the 'cleanup' pipeline on the result")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--optimize", action="store_const", const=True, default=None,
+                       help="run the 'cleanup' pipeline on the result")
+    level.add_argument("--no-optimize", dest="optimize", action="store_const", const=False,
+                       help="PyTorch: export the raw graph (exporter's optimizer off: BatchNorm and decomposed "
+                            "ops kept), e.g. to run 'onnxq optimize' on it")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance of the numeric check")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance of the numeric check")
     p.add_argument(

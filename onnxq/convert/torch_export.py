@@ -2,7 +2,10 @@
 
 Two entry points: :func:`from_torch` takes an ``nn.Module`` and example inputs;
 :func:`from_pt2` takes a file written by ``torch.export.save``, which loads in a
-process that does not have the module's Python class. The exporter already
+process that does not have the module's Python class. ``optimize=False`` exports the
+raw graph (``torch.onnx.export(optimize=False)``): BatchNormalization and decomposed ops
+such as LayerNorm and GELU stay, which is what onnxq's own ``optimize`` preset and its
+tests start from. The exporter already
 returns an ``onnx_ir.Model``, so no protobuf round trip is needed. Dynamic dims
 the exporter calls ``s77`` are renamed to the user's names or to ``batch``/``seq``...
 
@@ -56,7 +59,7 @@ def from_torch(
     dynamic_shapes: Any = None,
     dim_names: Mapping[str, str] | None = None,
     opset: int = DEFAULT_OPSET,
-    optimize: bool = False,
+    optimize: bool | None = None,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
 ) -> ConversionResult:
@@ -70,7 +73,9 @@ def from_torch(
             ``dynamic_shapes`` these axes are made dynamic (one ``torch.export.Dim`` per name, so one
             name on two inputs means the same size); with it, they only rename dynamic axes.
         opset: ONNX opset, 18 to 23.
-        optimize: Run onnxq's ``cleanup`` pipeline on the result.
+        optimize: ``None`` (default): the exporter's own optimizer runs (BatchNorm folded...);
+            ``True``: that, then onnxq's ``cleanup`` pipeline; ``False``: the raw export, with the
+            exporter's optimizer off (BatchNorm and decomposed ops kept).
         rtol: Relative tolerance of the numeric check.
         atol: Absolute tolerance of the numeric check.
 
@@ -95,7 +100,7 @@ def from_torch(
     try:
         with torch.no_grad():
             expected = module(*_clone(torch, example_inputs))
-        program = _export(torch, module, example_inputs, {}, dynamic_shapes, opset, where)
+        program = _export(torch, module, example_inputs, {}, dynamic_shapes, opset, where, raw=optimize is False)
     finally:
         module.train(was_training)
     return _finish(
@@ -108,10 +113,10 @@ def from_torch(
         where=where,
         requests=requests,
         static_hint=_STATIC_HINT_MODULE,
-        optimize=optimize,
+        optimize=bool(optimize),
         rtol=rtol,
         atol=atol,
-        notes=[],
+        notes=_raw_note(optimize),
     )
 
 
@@ -120,7 +125,7 @@ def from_pt2(
     *,
     opset: int = DEFAULT_OPSET,
     dynamic: Mapping[str, str] | None = None,
-    optimize: bool = False,
+    optimize: bool | None = None,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
 ) -> ConversionResult:
@@ -135,7 +140,8 @@ def from_pt2(
         opset: ONNX opset, 18 to 23.
         dynamic: ``{"x": "batch", "x:1": "seq"}``: names for axes that are dynamic in the
             program (a .pt2 program's static axes cannot be made dynamic afterwards).
-        optimize: Run onnxq's ``cleanup`` pipeline on the result.
+        optimize: As for :func:`from_torch`: ``None`` the exporter's optimizer, ``True`` that and
+            ``cleanup``, ``False`` the raw export.
         rtol: Relative tolerance of the numeric check.
         atol: Absolute tolerance of the numeric check.
 
@@ -159,7 +165,7 @@ def from_pt2(
         raise ModelLoadError(
             f"{where}: cannot load as a torch.export program (.pt2): {type(e).__name__}: {first_line(e)}"
         ) from e
-    notes = []
+    notes = _raw_note(optimize)
     if program.example_inputs is not None:
         args, kwargs = program.example_inputs
     else:
@@ -171,7 +177,7 @@ def from_pt2(
             expected = program.module()(*_clone(torch, args), **_clone(torch, kwargs))
     except Exception as e:  # noqa: BLE001  # the program's own failure on its inputs
         raise ConversionError(f"{where}: the program fails on its example inputs: {first_line(e)}") from e
-    onnx_program = _export(torch, program, tuple(args), dict(kwargs), None, opset, where)
+    onnx_program = _export(torch, program, tuple(args), dict(kwargs), None, opset, where, raw=optimize is False)
     return _finish(
         torch,
         onnx_program.model,
@@ -182,7 +188,7 @@ def from_pt2(
         where=where,
         requests=requests,
         static_hint=_STATIC_HINT_PT2,
-        optimize=optimize,
+        optimize=bool(optimize),
         rtol=rtol,
         atol=atol,
         notes=notes,
@@ -197,6 +203,8 @@ def _export(
     dynamic_shapes: Any,
     opset: int,
     where: str,
+    *,
+    raw: bool = False,
 ) -> Any:
     # NOTE: artifacts_dir is a temp folder so a failing export leaves nothing beside the user's files.
     with tempfile.TemporaryDirectory(prefix="onnxq-torch-") as artifacts:
@@ -209,6 +217,7 @@ def _export(
                 external_data=False,
                 opset_version=opset,
                 dynamic_shapes=dynamic_shapes,
+                optimize=not raw,
                 verbose=False,
                 report=False,
                 artifacts_dir=artifacts,
@@ -260,6 +269,12 @@ def _finish(
         reference="PyTorch",
         notes=notes,
     )
+
+
+def _raw_note(optimize: bool | None) -> list[str]:
+    if optimize is False:
+        return ["raw export (optimize=False): the exporter's optimizer did not run; BatchNorm and decomposed ops kept"]
+    return []
 
 
 def _dynamic_shapes(
