@@ -12,7 +12,7 @@ from any of:
 - an onnxruntime ``CalibrationDataReader`` used as it is (``get_next()`` until ``None``).
 
 Each sample is checked against the model as it is read (:meth:`CalibrationData.feeds`):
-unknown or missing input names, dtype, rank, dims that contradict a static dim or another
+unknown (arrays named ``label``/``labels`` that are not model inputs are ignored) or missing input names, dtype, rank, dims that contradict a static dim or another
 input's dim of the same symbolic name, NaN/Inf, and an empty set raise
 :class:`CalibrationDataError` with one line naming the input and the sample (file name or index).
 Safe casts are applied silently: float64/float16 -> float32 (any float to the float type the model

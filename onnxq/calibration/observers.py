@@ -281,9 +281,12 @@ class HistogramObserver(Observer):
         else:
             self._place(lo, hi)
         self.min, self.max = min(self.min, lo), max(self.max, hi)
-        # NOTE: the width is a power of two, so x / width is exact and floor() puts every value
-        # in the same bin whatever path (single pass or merge) built the histogram.
-        idx = np.floor(flat.astype(np.float64, copy=False) / self.width).astype(np.int64) - self.first
+        # NOTE: the width is a power of two, so x * (1 / width) is exact (in float32 too: the
+        # width keeps |x / width| far below float32's range) and floor() puts every value in the
+        # same bin whatever path (single pass or merge) built the histogram.
+        scaled = flat * flat.dtype.type(1.0 / self.width)
+        idx = np.floor(scaled, out=scaled).astype(np.int64)
+        idx -= self.first
         self.counts += np.bincount(idx, minlength=self.bins)
 
     def merge(self, other: Observer) -> None:
@@ -340,7 +343,7 @@ class HistogramObserver(Observer):
         lo = self._quantile(tail) if self.min < 0 else self.min
         return safe_range(max(lo, self.min), min(hi, self.max))
 
-    def _magnitude(self) -> tuple[np.ndarray, float, bool]:
+    def _magnitude(self, max_bins: int | None = None) -> tuple[np.ndarray, float, bool]:
         """Histogram of the values' magnitude from 0, its bin width, and whether the tensor is
         non-negative. Folding the negative side is exact because the grid is anchored at 0; the
         width is doubled (exactly, as in re-binning) until at most ``bins`` bins reach the
@@ -350,7 +353,7 @@ class HistogramObserver(Observer):
         idx = used.astype(np.int64) + self.first
         mag = np.where(idx >= 0, idx, -idx - 1)
         factor = 1
-        while int(mag.max()) // factor >= self.bins:
+        while int(mag.max()) // factor >= (max_bins or self.bins):
             factor *= 2
         mag //= factor
         hist = np.zeros(int(mag.max()) + 1, dtype=np.float64)
@@ -376,7 +379,8 @@ class HistogramObserver(Observer):
         (255 for non-negative tensors, whose lower bound stays at the min) and expanded back over
         the non-empty bins. The threshold with the least KL(P || Q) wins.
         """
-        hist, width, nonneg = self._magnitude()
+        # TensorRT's 2048 bins: the search is O(bins x candidates) and finer bins change little.
+        hist, width, nonneg = self._magnitude(max_bins=2048)
         levels = (num_quantized_bins or self.num_quantized_bins) * (2 if nonneg else 1) - (1 if nonneg else 0)
         nbins = len(np.trim_zeros(hist, "b")) or 1
         hist = hist[:nbins]

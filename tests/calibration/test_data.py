@@ -134,8 +134,8 @@ def test_split_of_a_one_shot_source_buffers_to_disk(model: ir.Model) -> None:
 
 BAD = [
     (
-        {"x": np.ones((1, 3, 4), np.float32), "ids": np.arange(1), "label": np.zeros(1)},
-        "unknown input 'label'",
+        {"x": np.ones((1, 3, 4), np.float32), "ids": np.arange(1), "extra": np.zeros(1)},
+        "unknown input 'extra'",
     ),
     ({"x": np.ones((1, 3, 4), np.float32)}, "input 'ids' is missing"),
     (
@@ -178,6 +178,12 @@ def test_bad_samples_name_the_input_and_the_sample_in_one_line(
     with pytest.raises(CalibrationDataError, match=message) as err:
         _labels_and_feeds(CalibrationData.from_source([good, feed]), model)
     assert str(err.value).startswith("sample 1: ")
+
+
+def test_labels_beside_the_inputs_are_ignored(model: ir.Model) -> None:
+    feed = {**_feed(1), "labels": np.zeros(1, np.int64)}
+    ((_, got),) = _labels_and_feeds(CalibrationData.from_source([feed]), model)
+    assert sorted(got) == ["ids", "x"]
 
 
 def test_int64_values_that_do_not_fit_int32_are_refused() -> None:
