@@ -354,11 +354,11 @@ def _tensorrt(model: ir.Model) -> Iterator[Finding]:
         yield Finding("tensorrt-rules", "TensorRT rules (onnxq.targets.tensorrt_rules) are not available in "
                       "this build; only the generic rules ran", None, "warning")
         return
-    check_fn = getattr(rules, "check", None) or getattr(rules, "violations", None)
+    check_fn = getattr(rules, "check_tensorrt", None)
     if check_fn is None:
-        yield Finding("tensorrt-rules", "onnxq.targets.tensorrt_rules has no check(model) function", None, "warning")
+        yield Finding("tensorrt-rules", "onnxq.targets.tensorrt_rules has no check_tensorrt(model)", None, "warning")
         return
     for v in check_fn(model):
-        node = getattr(v, "node", None)
+        severity = getattr(v, "severity", "error")
         yield Finding(f"tensorrt-{getattr(v, 'rule', 'rule')}", getattr(v, "message", str(v)),
-                      node if isinstance(node, str) or node is None else getattr(node, "name", None))
+                      getattr(v, "node", None), severity if severity in ("error", "warning", "info") else "error")

@@ -41,3 +41,15 @@ def test_user_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["check", str(tmp_path / "missing.onnx")]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_tensorrt_target_names_nodes_breaking_its_rules(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "u8.onnx"
+    onnx.save(onnx.parser.parse_model(RELU_ZP128), path)
+    assert main(["check", str(path), "--target", "tensorrt", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["target"] == "tensorrt" and doc["fusion"] is None
+    hits = {(f["rule"], f["node"]) for f in doc["findings"]}
+    # uint8 activations with zero point 128: TensorRT wants int8, zero point 0.
+    assert any(rule == "tensorrt-zero-point" and node and "rq" in node for rule, node in hits), hits
+    assert not any(rule.startswith("ort-cpu") for rule, _ in hits)
