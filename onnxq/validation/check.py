@@ -242,14 +242,15 @@ def _qdq_node(node: ir.Node, name: str, opset: int) -> Iterator[Finding]:
     zp_value = node.inputs[2] if len(node.inputs) > 2 else None
     zp = const_array(zp_value)
     quantized = node.outputs[0] if is_q(node) else node.inputs[0]
-    qtype = zp_value.dtype if zp_value is not None and zp_value.dtype is not None else quantized.dtype
+    data_type = quantized.dtype if quantized is not None else None
+    qtype = zp_value.dtype if zp_value is not None and zp_value.dtype is not None else data_type
     if zp_value is not None and zp is None:
         yield Finding("qdq-zero-point", "zero point is not a constant", name, "warning")
     if zp is not None and qtype is not None:
-        if is_dq(node) and node.inputs[0].dtype is not None and zp_value is not None and \
-                zp_value.dtype is not None and zp_value.dtype != node.inputs[0].dtype:
+        if is_dq(node) and data_type is not None and zp_value is not None and \
+                zp_value.dtype is not None and zp_value.dtype != data_type:
             yield Finding("qdq-zero-point", f"zero point is {zp_value.dtype.name.lower()} but the input is "
-                          f"{node.inputs[0].dtype.name.lower()}", name)
+                          f"{data_type.name.lower()}", name)
         if qtype.is_integer():
             low, high = _range(qtype)
             values = zp.astype(np.int64)

@@ -459,7 +459,7 @@ _HINTS = {
 def _why_output(node: ir.Node, in_params: _QParams | None) -> str | None:
     op = node.op_type
     out = node.outputs[0]
-    uses = out.uses()
+    uses = list(out.uses())
     if op in INT8_MOVEMENT:
         q_nodes = [u.node for u in uses if is_q(u.node)]
         if in_params is not None and q_nodes and not qparams(q_nodes[0]).same(in_params):

@@ -317,15 +317,15 @@ def _warn(report: SelfCheckReport, *, sqnr_floor_db: float, top1_floor: float) -
             problems.append(f"top-1 agreement {o.top1_agreement:.1%} < {top1_floor:.0%}")
         if not problems:
             continue
-        why = []
+        reasons: list[str] = []
         if low_layers:
             first = min(low_layers, key=lambda layer: layer.position)
-            why.append(f"error starts at {first.node} ('{first.tensor}', {_db(first.sqnr_db)}, the first layer "
+            reasons.append(f"error starts at {first.node} ('{first.tensor}', {_db(first.sqnr_db)}, the first layer "
                        f"below {LAYER_SQNR_FLOOR_DB:g} dB in graph order); worst: "
                        + ", ".join(f"{layer.node} {_db(layer.sqnr_db)}" for layer in low_layers[:3]))
-        why.extend(saturation)
-        if not why:
-            why.append("no single layer stands out; try another calibration method or per-channel weights")
-        report.warnings.append(f"output '{o.name}' below the fidelity floor ({', '.join(problems)}): {'; '.join(why)}")
+        reasons.extend(saturation)
+        if not reasons:
+            reasons.append("no single layer stands out; try another calibration method or per-channel weights")
+        report.warnings.append(f"output '{o.name}' below the fidelity floor ({', '.join(problems)}): {'; '.join(reasons)}")
     if saturation and not any("below the fidelity floor" in w for w in report.warnings):
         report.notes.extend(saturation)
