@@ -452,6 +452,12 @@ def _release(tensor: ir.TensorProtocol | None) -> None:
         tensor.release()
 
 
+def _is_constant(value: ir.Value | None) -> bool:
+    if value is None or value.is_graph_input():
+        return False
+    return value.const_value is not None or ir.convenience.get_const_tensor(value) is not None
+
+
 def _attr_int(node: ir.Node, name: str, default: int) -> int:
     attr = node.attributes.get(name)
     return default if attr is None else attr.as_int()
@@ -476,6 +482,8 @@ def _integer_matmul(rw: _Rewriter, graph: ir.Graph, node: ir.Node, x: ir.Value, 
 def _matmul(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
     if len(node.inputs) != 2 or node.inputs[0] is None:
         return "malformed MatMul"
+    if _is_constant(node.inputs[0]):
+        return "activation input is constant (fold-constants evaluates the node)"
     tensor, why = rw.constant(node.inputs[1])
     if tensor is None:
         return why
@@ -495,6 +503,8 @@ def _gemm(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
         return "transA=1 (the activation would need a Transpose)"
     if len(node.inputs) < 2 or node.inputs[0] is None:
         return "malformed Gemm"
+    if _is_constant(node.inputs[0]):
+        return "activation input is constant (fold-constants evaluates the node)"
     tensor, why = rw.constant(node.inputs[1])
     if tensor is None:
         return why
@@ -526,6 +536,8 @@ def _gemm(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
 def _conv(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
     if len(node.inputs) < 2 or node.inputs[0] is None:
         return "malformed Conv"
+    if _is_constant(node.inputs[0]):
+        return "activation input is constant (fold-constants evaluates the node)"
     tensor, why = rw.constant(node.inputs[1])
     if tensor is None:
         return why

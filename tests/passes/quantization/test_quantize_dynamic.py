@@ -274,21 +274,45 @@ def test_if_bodies_are_quantized_and_stay_valid() -> None:
         assert _rel_err(want, runtime.run(model, f))["y"] < 0.03
 
 
+def test_loop_body_uses_an_outer_weight() -> None:
+    w = _arr((16, 16), 0.25)
+    text = f"""<ir_version: 10, opset_import: ["" : 17]>
+    g (int64 n, bool c, float[2, 16] x) => (float[2, 16] y) <float[16, 16] W = {_lit(w)}> {{
+      y = Loop(n, c, x) <
+        body = b (int64 i, bool ci, float[2, 16] h) => (bool co, float[2, 16] ho) {{
+          co = Identity(ci)
+          m = MatMul(h, W)
+          ho = Tanh(m)
+        }}
+      >
+    }}"""
+    model = _model(text)
+    feeds = {"n": np.array(3, np.int64), "c": np.array(True), "x": _arr((2, 16), 1.0)}
+    want = runtime.run(model, feeds)
+    assert _quantize(model).stats["quantized_matmul"] == 1
+    body = model.graph.node(0).attributes["body"].as_graph()
+    assert [n.op_type for n in body][:3] == ["Identity", "DynamicQuantizeLinear", "MatMulInteger"]
+    _check(model)
+    assert _rel_err(want, runtime.run(model, feeds))["y"] < 0.05
+
+
 def test_left_in_float_says_why() -> None:
     b = _arr((2, 16, 8))
     text = f"""<ir_version: 10, opset_import: ["" : 17]>
     g (float[N, 16] x, float[16, 8] w, float[16, 16] s) => (float[N, 8] y, float[2, N, 8] z, float[N, 16] v) <
-      float[2, 16, 8] B = {_lit(b)}
+      float[2, 16, 8] B = {_lit(b)}, float[4, 4] C = {_lit(_arr((4, 4)))}
     > {{
       y = MatMul(x, w)
       z = MatMul(x, B)
       r = Relu(s)
       v = MatMul(x, r)
+      k = MatMul(C, C)
     }}"""
     model = _model(text)
     result = _quantize(model)
-    assert not result.modified and result.stats == {"left_float": 3}
+    assert not result.modified and result.stats == {"left_float": 4}
     assert sorted(d.message.split(": ", 1)[1] for d in result.diagnostics) == [
+        "activation input is constant (fold-constants evaluates the node)",
         "weight 'r' is not a constant",
         "weight 'w' is a graph input (may be overridden at run time)",
         "weight is 3-D; MatMulInteger weights are quantized when 2-D",
