@@ -5,12 +5,22 @@ folder beside the target and is renamed into place (model and external data
 alike), so a crash leaves the previous output intact; external-data references
 must stay inside the model's folder. onnx_ir maps external data lazily, which
 keeps peak memory low on multi-GB models.
+
+A model and its external data are replaced as one pair, with only the model's
+rename as the switch: the new data goes in under a name the previous model does
+not read (``<name>.data``; when the previous model reads that file and it holds
+other bytes, ``<name>.<content hash>.data``, so the name stays deterministic), and
+the data files the previous model used are removed only after the new model is in
+place (only files named that way: a shared ``weights.bin`` is never touched). Two
+renames cannot be atomic together; this way no moment pairs a model with data
+that is not its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -150,8 +160,10 @@ def save_model(
     Args:
         model: The model to save. Its lazily loaded tensors are read, not copied into memory.
         path: The output .onnx file.
-        external_data: ``True`` writes weights to ``<name>.data`` beside the model, ``False``
-            embeds them, ``None`` decides by size (external above the 2 GB protobuf limit).
+        external_data: ``True`` writes weights to ``<name>.data`` beside the model (to
+            ``<name>.<content hash>.data`` when the model now at ``path`` reads ``<name>.data``
+            and the weights differ), ``False`` embeds them, ``None`` decides by size
+            (external above the 2 GB protobuf limit).
         in_place: Allow ``path`` to be the file the model was loaded from.
 
     Returns:
@@ -179,19 +191,32 @@ def save_model(
     # NOTE: tensors in node attributes are never unloaded by ir.save; read them in so the
     # output does not keep references into the input's data file.
     _load_external_tensors(model, initializers=not external_data)
+    moved: Path | None = None
     try:
         with _temp_folder(folder) as tmp:
             tmp_model = tmp / path.name
+            previous = _previous_data_files(path)
             if external_data:
                 ir.save(model, tmp_model, external_data=data_name)
                 _fsync(tmp / data_name)
+                data_path = _choose_data_path(tmp / data_name, data_path, previous)
+                if data_path.name != data_name:
+                    _relocate(tmp_model, data_name, data_path.name)
+                    os.replace(tmp / data_name, tmp / data_path.name)
+                elif data_path.resolve() in previous:
+                    # The same bytes are already in place: leave that file alone.
+                    (tmp / data_name).unlink()
             else:
                 ir.save(model, tmp_model)
             _fsync(tmp_model)
-            # NOTE: two renames; the window between them is the one non-atomic moment.
-            if external_data:
-                os.replace(tmp / data_name, data_path)
+            # NOTE: the new data goes in under a name the previous model does not read (or holds
+            # the very same bytes), so the model rename alone switches old pair -> new pair.
+            if external_data and (tmp / data_path.name).exists():
+                if not data_path.exists():
+                    moved = data_path
+                os.replace(tmp / data_path.name, data_path)
             os.replace(tmp_model, path)
+            moved = None
             _fsync_dir(folder)
     except OSError as e:
         raise ModelSaveError(f"{path}: cannot write ({e.strerror or e})") from None
@@ -202,7 +227,88 @@ def save_model(
                 f"{path}: model exceeds the 2 GB protobuf limit; save with external data"
             ) from None
         raise
+    finally:
+        if moved is not None:
+            # The model never switched: the data file this save added is nobody's.
+            moved.unlink(missing_ok=True)
+    # Only now that the new model is in place: drop the data files the previous one used.
+    keep = {data_path.resolve()} if external_data else set()
+    for old in previous:
+        if old not in keep and _is_own_data_file(old, path) and (in_place or old not in referenced):
+            old.unlink(missing_ok=True)
     return data_path if external_data else path
+
+
+#: The previous model at an output path is read for its data references only when it is
+#: this small (a model with external data is); a larger one embeds its weights.
+_PREVIOUS_MODEL_MAX_BYTES = 64 * 1024**2
+_CHUNK = 16 * 1024**2
+
+
+def _previous_data_files(path: Path) -> set[Path]:
+    """The data files (inside its folder) the model now at ``path`` reads; empty when none or unreadable."""
+    try:
+        if not path.is_file() or path.stat().st_size > _PREVIOUS_MODEL_MAX_BYTES:
+            return set()
+        proto = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # noqa: BLE001  # whatever is there, it is about to be replaced
+        return set()
+    base = path.resolve().parent
+    files = set()
+    for tensor, _ in _external_tensors(proto):
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = (base / location).resolve()
+        if location and target.parent == base:
+            files.add(target)
+    return files
+
+
+def _choose_data_path(new_data: Path, plain: Path, previous: set[Path]) -> Path:
+    """``<name>.data``, unless the previous model reads it and it holds other bytes.
+
+    Then ``<name>.<content hash>.data``: a name the previous model does not read
+    (deterministic: same bytes, same name), so a crash between the renames never
+    pairs the previous model with the new data.
+    """
+    if plain.resolve() not in previous or _same_bytes(new_data, plain):
+        return plain
+    digest = hashlib.blake2b(digest_size=8)
+    with new_data.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return plain.with_name(f"{plain.name[: -len('.data')]}.{digest.hexdigest()}.data")
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        if not b.is_file() or a.stat().st_size != b.stat().st_size:
+            return False
+        with a.open("rb") as fa, b.open("rb") as fb:
+            while chunk := fa.read(_CHUNK):
+                if chunk != fb.read(len(chunk)):
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def _is_own_data_file(file: Path, model_path: Path) -> bool:
+    """A data file named the way save_model names them for ``model_path`` (others are never deleted)."""
+    name, prefix = file.name, model_path.name + "."
+    if name == prefix + "data":
+        return True
+    middle = name[len(prefix) : -len(".data")] if name.startswith(prefix) and name.endswith(".data") else ""
+    return len(middle) == 16 and all(c in "0123456789abcdef" for c in middle)
+
+
+def _relocate(model_file: Path, old: str, new: str) -> None:
+    """Points every external tensor of a saved model (weights only; small) from ``old`` to ``new``."""
+    proto = onnx.load(os.fspath(model_file), load_external_data=False)
+    for tensor, _ in _external_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save(proto, os.fspath(model_file))
 
 
 def check_output_path(

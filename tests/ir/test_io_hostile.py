@@ -42,10 +42,6 @@ EXPECTED = np.maximum(FEEDS["X"] + WEIGHT, 0.0)
 
 
 # --- library bugs these tests found (strict xfails: they XPASS, and fail, once fixed) ------------
-BUG_RENAME_ORDER = (
-    "known limitation: save_model moves the new .data over the old one before the model; a failure in "
-    "between leaves the old model reading the new data"
-)
 KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
@@ -512,9 +508,11 @@ def test_output_same_as_input_with_in_place(
         capsys, "run", path, "-p", "cleanup", "-o", path, "--in-place", "--external-data", external
     )
     assert rc == 0, err
-    changed = changed_paths(before, snapshot(root))
-    expected = {"in/model.onnx", "in/model.onnx.data"} if external == "yes" else {"in/model.onnx"}
-    assert changed <= expected and "in/model.onnx" in changed, changed
+    after = snapshot(root)
+    changed = changed_paths(before, after)
+    assert changed <= {"in/model.onnx", "in/model.onnx.data"} and "in/model.onnx" in changed, changed
+    # Embedded now: the data file only the previous model read is removed once the new one is in place.
+    assert ("in/model.onnx.data" in after) == (external == "yes")
     model = load_model(path)  # still a valid model, with safe references
     assert all(n.op_type != "Identity" for n in model.graph)
     np.testing.assert_allclose(ort_outputs(path), EXPECTED, rtol=1e-6)
@@ -710,7 +708,6 @@ def test_failed_save_keeps_previous_output(
     np.testing.assert_allclose(ort_outputs(target), EXPECTED, rtol=1e-6)
 
 
-@known_bug(BUG_RENAME_ORDER)
 def test_failed_rename_keeps_previous_external_output(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between moving the data file and the model into place must not mix old and new."""
     source = save_external(root / "in")
