@@ -83,6 +83,21 @@ def _dq_input(value: ir.Value | None) -> ir.Node | None:
     return producer
 
 
+def _output_quantized(node: ir.Node, target: Target) -> bool:
+    """Whether the node's output goes to a QuantizeLinear (directly or after an absorbed Relu/Clip)."""
+    out = node.outputs[0]
+    uses = out.uses()
+    if len(uses) != 1 or out.is_graph_output():
+        return False
+    user = uses[0].node
+    if user.op_type in target.absorbed_ops and not user.outputs[0].is_graph_output():
+        uses = user.outputs[0].uses()
+        if len(uses) != 1:
+            return False
+        user = uses[0].node
+    return user.op_type == "QuantizeLinear"
+
+
 def quantize_weights(
     model: ir.Model, target: Target, *, per_channel: bool, selection: Selection, pass_name: str
 ) -> PassResult:
@@ -128,6 +143,13 @@ def quantize_weights(
         if act_dq is None:
             diagnostics.append(
                 Diagnostic(f"{op} weight left float: its activation input is not quantized", node=node.name)
+            )
+            continue
+        if op not in target.output_optional_ops and not _output_quantized(node, target):
+            # NOTE: DQ -> Conv without an output Q stays float in onnxruntime; int8 weights would
+            # only add a DequantizeLinear per run.
+            diagnostics.append(
+                Diagnostic(f"{op} weight left float: its output is not quantized", node=node.name)
             )
             continue
         if array.dtype.kind != "f":

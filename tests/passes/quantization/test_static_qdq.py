@@ -564,3 +564,36 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
     assert tensors_to_calibrate(model, VNNI) == ["c", "t", "x", "y"]
     assert tensors_to_calibrate(model, VNNI, exclude=("Conv",)) == []
     assert ir.serde.serialize_model(model).SerializeToString() == before
+
+
+def test_conv_reading_a_dq_but_left_float_keeps_its_float_weight() -> None:
+    model = build(
+        H18
+        + """
+g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] z) {
+  c = Conv<pads=[1,1,1,1]>(x, w)
+  r = Relu(c)
+  y = Conv(r, w2)
+  z = Conv(r, w3)
+}""",
+        w=(4, 3, 3, 3),
+        w2=(4, 4, 1, 1),
+        w3=(4, 4, 1, 1),
+    )
+    feeds = feeds_for(model)
+    reference = [run(model, f, optimize=False) for f in feeds]
+    from tests.passes.quantization.qdq_helpers import minmax_ranges
+
+    ranges = minmax_ranges(model, feeds, ["x", "r", "y"])  # nothing for z
+    result = apply(model, static_pipeline(VNNI), PassContext.with_resources([VNNI, ranges]))
+    full_check(model)
+    assert any("no calibrated range for tensor 'z'" in d.message for d in result.diagnostics)
+    assert "w3" in model.graph.initializers and "w2" not in model.graph.initializers
+    z_conv = next(n for n in model.graph if n.op_type == "Conv" and n.outputs[0].name == "z")
+    assert z_conv.inputs[0].producer().op_type == "DequantizeLinear"  # r is quantized for y's Conv
+    assert any("output is not quantized" in d.message for d in result.diagnostics)
+    for feed, want in zip(feeds, reference, strict=True):
+        for w_, g in zip(want, run(model, feed), strict=True):
+            assert np.abs(w_ - g).max() <= 0.03 * (w_.max() - w_.min())
+    ops = optimized_ops(model)
+    assert ops["QLinearConv"] == 2
