@@ -70,6 +70,7 @@ def test_clean_graphs_pass(tmp_path: Path, text: str) -> None:
         ("int8[8,4] w = {" + _ints(32) + "}", "int8[7,4] w = {" + _ints(28) + "}", {}, "shape-inference", None),
         ("int32 bzp = {0}>", "int32 bzp = {0}, float[3] unused = {1, 2, 3}>", {}, "unused-initializer", None),
         ("float[2,8] x)", "float[2,8] x, float[2] extra)", {}, "unused-input", None),
+        ("<ir_version: 10,", "<ir_version: 6,", {}, "opset", None),
         ("float s = {0.05},", "float s = {0.05}, float[2] tiny = {1e-40, 0}, float[3] nan3 = {1, 2, 3},",
          {"nan3": np.array([1, np.nan, 3], np.float32)}, "initializer-nan-inf", None),
     ],

@@ -142,3 +142,41 @@ def test_model_onnxruntime_refuses_is_reported(tmp_path) -> None:
     onnx.save(proto, path)
     with pytest.raises(FusionCheckError, match="onnxruntime cannot load"):
         fusion_report(path)
+
+
+def _conv_u8s8(weight_max: int) -> ir.Model:
+    from tests.conftest import parse
+
+    values = ",".join(str(v) for v in np.linspace(-weight_max, weight_max, 108).round().astype(int))
+    return parse(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[1,3,8,8] x) => (float[1,4,8,8] y) <float s = {{0.02}}, uint8 zp = {{128}},
+        int8[4,3,3,3] w = {{{values}}}, float ws = {{0.01}}, int8 wzp = {{0}}> {{
+      xq = QuantizeLinear(x, s, zp)
+      xd = DequantizeLinear(xq, s, zp)
+      wd = DequantizeLinear(w, ws, wzp)
+      c = Conv <pads=[1,1,1,1]> (xd, wd)
+      cq = QuantizeLinear(c, s, zp)
+      y = DequantizeLinear(cq, s, zp)
+    }}""")
+
+
+def test_saturation_warning_only_for_full_range_weights_on_avx2_without_vnni() -> None:
+    full, reduced = _conv_u8s8(127), _conv_u8s8(64)
+    [warning] = fusion_report(full, cpu_flags={"avx2", "fma"}).warnings
+    assert warning.startswith("u8s8 with full-range int8 weights on AVX2 without VNNI") and "Conv_" in warning
+    assert fusion_report(full, cpu_flags={"avx2", "avx512_vnni"}).warnings == []
+    assert fusion_report(reduced, cpu_flags={"avx2"}).warnings == []
+
+
+def test_conv_integer_is_counted_and_warned() -> None:
+    from tests.conftest import parse
+
+    m = parse("""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (uint8[1,3,8,8] x) => (int32[1,4,6,6] y) <uint8[4,3,3,3] w = {""" + ",".join(["1"] * 108) + """}> {
+      y = ConvInteger(x, w)
+    }""")
+    report = fusion_report(m)
+    assert report.kernels == {"ConvInteger": 1} and report.groups == []
+    assert report.warnings[0].startswith("ConvInteger present (1 nodes): slow on x86")
