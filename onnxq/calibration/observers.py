@@ -386,29 +386,39 @@ class HistogramObserver(Observer):
         hist = hist[:nbins]
         if nbins <= levels:
             return self._finish(nbins * width, nonneg)
+        stops = self._candidate_stops(nbins, levels)
+        cum = np.cumsum(hist)
+        total = float(cum[-1])
+        bins = np.arange(nbins)
         best, best_stop = math.inf, nbins
-        for stop in self._candidate_stops(nbins, levels):
-            p = hist[:stop].copy()
-            p[-1] += hist[stop:].sum()
-            # Quantize hist[:stop] into `levels` groups; spread each group's mass over its
-            # non-empty bins (TensorRT's expansion).
-            group = (np.arange(stop) * levels) // stop
-            ref = hist[:stop]
+        # NOTE: all candidates of a block at once (rows), blocks bound the temporary memory.
+        for start in range(0, len(stops), 64):
+            stop = stops[start : start + 64]
+            rows = np.arange(len(stop))[:, None]
+            inside = bins[None, :] < stop[:, None]
+            ref = np.where(inside, hist[None, :], 0.0)
+            p = ref.copy()
+            p[rows[:, 0], stop - 1] += total - cum[stop - 1]  # the clipped tail joins the last bin
+            # Quantize ref into `levels` groups; spread each group's mass over its non-empty bins
+            # (TensorRT's expansion).
+            group = np.where(inside, (bins[None, :] * levels) // stop[:, None], 0)
             nonzero = p > 0
-            mass = np.bincount(group, weights=ref, minlength=levels)
-            size = np.bincount(group, weights=nonzero.astype(np.float64), minlength=levels)
-            q = np.where(nonzero, mass[group] / np.maximum(size[group], 1.0), 0.0)
-            ps, qs = p.sum(), q.sum()
-            if ps <= 0 or qs <= 0:
-                continue
-            p_n, q_n = p / ps, q / qs
-            mask = p_n > 0
-            # Bins where P has mass but Q none (only the last, tail-loaded bin can) get a tiny
-            # Q so the divergence stays finite, as in TensorRT's smoothing.
-            q_m = np.maximum(q_n[mask], 1e-12)
-            kl = float(np.sum(p_n[mask] * np.log(p_n[mask] / q_m)))
-            if kl < best:
-                best, best_stop = kl, int(stop)
+            flat = (rows * levels + group).ravel()
+            mass = np.bincount(flat, weights=ref.ravel(), minlength=len(stop) * levels).reshape(-1, levels)
+            size = np.bincount(flat, weights=nonzero.ravel().astype(np.float64), minlength=len(stop) * levels)
+            size = size.reshape(-1, levels)
+            q = np.where(nonzero, mass[rows, group] / np.maximum(size[rows, group], 1.0), 0.0)
+            qs = q.sum(axis=1)
+            p_n = p / total
+            q_n = q / np.where(qs > 0, qs, 1.0)[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # Bins where P has mass but Q none (only the last, tail-loaded bin can) get a tiny
+                # Q so the divergence stays finite, as in TensorRT's smoothing.
+                terms = np.where(p_n > 0, p_n * np.log(p_n / np.maximum(q_n, 1e-12)), 0.0)
+            kl = np.where(qs > 0, terms.sum(axis=1), np.inf)
+            j = int(np.argmin(kl))
+            if kl[j] < best:
+                best, best_stop = float(kl[j]), int(stop[j])
         return self._finish(best_stop * width, nonneg)
 
     def mse_range(self) -> TensorRange:

@@ -206,3 +206,42 @@ def test_histogram_of_values_far_from_zero_stays_small() -> None:
     for method in ("percentile", "entropy", "mse"):
         r = obs.range(method)
         assert (r.min, r.max) == (1000.0, 1000.5), method
+
+
+def _reference_entropy_stop(hist: np.ndarray, levels: int, stops: np.ndarray) -> int:
+    """TensorRT's KL threshold search written plainly, one candidate at a time."""
+    best, best_stop = math.inf, len(hist)
+    for stop in stops:
+        ref = hist[:stop]
+        p = ref.copy()
+        p[-1] += hist[stop:].sum()
+        q = np.zeros(stop)
+        edges = [(g * stop + levels - 1) // levels for g in range(levels + 1)]  # first bin of group g
+        for g in range(levels):
+            lo, hi = edges[g], edges[g + 1]
+            occupied = p[lo:hi] > 0
+            if occupied.any():
+                q[lo:hi][occupied] = ref[lo:hi].sum() / occupied.sum()
+        if q.sum() <= 0:
+            continue
+        pn, qn = p / p.sum(), q / q.sum()
+        m = pn > 0
+        kl = float(np.sum(pn[m] * np.log(pn[m] / np.maximum(qn[m], 1e-12))))
+        if kl < best - 1e-12:
+            best, best_stop = kl, int(stop)
+    return best_stop
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_entropy_matches_a_plain_reference_implementation(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal(100_000).astype(np.float32) * rng.uniform(0.5, 3)
+    data[: 5 + seed * 10] *= 12.0  # a heavy tail
+    obs = HistogramObserver(bins=1024, candidates=64)
+    obs.update(data)
+    hist, width, nonneg = obs._magnitude(max_bins=2048)
+    hist = hist[: len(np.trim_zeros(hist, "b"))]
+    stops = obs._candidate_stops(len(hist), 128)
+    expected = _reference_entropy_stop(hist, 128, stops)
+    r = obs.range("entropy")
+    assert r.max == pytest.approx(min(expected * width, float(data.max())))
