@@ -57,6 +57,8 @@ PIPELINES: tuple[str, ...] = (
     "eliminate-common-subexpressions",
     "topological-sort",
     "cleanup",
+    # cleanup + every fusion pass to a fixpoint (onnxq/passes/fusion).
+    "optimize",
 )
 
 #: Cases the untouched model passes on ORT but that cannot pass after a pass for a
