@@ -236,7 +236,7 @@ class _Rewriter:
         if tensor is None:
             tensor = _reshaped_constant(value)
         if tensor is None:
-            return None, f"weight '{value.name}' is not a constant"
+            return None, f"weight '{value.name}' is computed at run time (not a constant)"
         if tensor.dtype != _FLOAT:
             return None, f"weight '{value.name}' is {tensor.dtype.name.lower()}; only float32 weights are quantized"
         if tensor.size < self.options.min_elements:

@@ -296,6 +296,34 @@ def test_loop_body_uses_an_outer_weight() -> None:
     assert _rel_err(want, runtime.run(model, feeds))["y"] < 0.05
 
 
+def test_seven_bit_weights_from_the_target_or_the_option() -> None:
+    from onnxq.targets import get_target
+
+    for resources, options, qmax in (
+        ([get_target("ort-cpu", cpu="avx2")], "", 64),
+        ([get_target("ort-cpu", cpu="vnni")], "", 127),
+        ([get_target("ort-cpu", cpu="vnni")], "{reduce_range=true}", 64),
+        ([], "", 127),
+    ):
+        model = _model(MATMUL_GEMM)
+        feeds = {"x": _arr((5, 16), 1.0)}
+        want = runtime.run(model, feeds)
+        REGISTRY.parse(f"quantize-dynamic{options}").passes[0].run(model, PassContext.with_resources(resources))
+        q = model.graph.initializers["W_quantized"].const_value.numpy()
+        assert np.abs(q).max() == qmax
+        assert max(_rel_err(want, runtime.run(model, feeds)).values()) < (0.05 if qmax == 64 else 0.03)
+
+
+def test_min_elements_leaves_small_weights_float() -> None:
+    model = _model(MATMUL_GEMM)
+    result = _quantize(model, "quantize-dynamic{min_elements=300}")
+    # W is 16 x 32 = 512 elements, G is 8 x 32 = 256.
+    assert result.stats["quantized_matmul"] == 1 and "quantized_gemm" not in result.stats
+    assert any("256 elements < min_elements=300" in d.message for d in result.diagnostics)
+    with pytest.raises(OptionError, match="min_elements"):
+        QuantizeDynamic(min_elements=-1)
+
+
 def test_left_in_float_says_why() -> None:
     b = _arr((2, 16, 8))
     text = f"""<ir_version: 10, opset_import: ["" : 17]>
@@ -313,7 +341,7 @@ def test_left_in_float_says_why() -> None:
     assert not result.modified and result.stats == {"left_float": 4}
     assert sorted(d.message.split(": ", 1)[1] for d in result.diagnostics) == [
         "activation input is constant (fold-constants evaluates the node)",
-        "weight 'r' is not a constant",
+        "weight 'r' is computed at run time (not a constant)",
         "weight 'w' is a graph input (may be overridden at run time)",
         "weight is 3-D; MatMulInteger weights are quantized when 2-D",
     ]
