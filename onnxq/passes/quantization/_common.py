@@ -82,7 +82,40 @@ def resolve_constant(value: ir.Value | None, *, max_depth: int = 8) -> np.ndarra
 
 
 def is_constant(value: ir.Value | None) -> bool:
-    return constant_array(value) is not None
+    """Whether ``value`` is a constant, without reading its data (weights stay lazy)."""
+    if value is None or value.is_graph_input():
+        return False
+    if value.const_value is not None:
+        return True
+    node = value.producer()
+    return (
+        node is not None
+        and node.op_type == "Constant"
+        and node.domain in ("", "ai.onnx")
+        and len(node.attributes) == 1
+        and not next(iter(node.attributes.values())).is_ref()
+    )
+
+
+def constant_meta(value: ir.Value | None, *, max_depth: int = 8) -> tuple[str, tuple[int, ...]] | None:
+    """(numpy dtype kind, shape) of the constant behind ``value`` (as :func:`resolve_constant`
+    finds it), reading data only for small Constant nodes and Reshape chains."""
+    if value is None:
+        return None
+    if value.const_value is not None and not value.is_graph_input():
+        tensor = value.const_value
+        return np.dtype(tensor.dtype.numpy()).kind, tuple(int(d) for d in tensor.shape)
+    node = value.producer()
+    if node is not None and node.op_type == "Identity" and node.domain in ("", "ai.onnx") and max_depth > 0:
+        return constant_meta(node.inputs[0], max_depth=max_depth - 1)
+    if node is not None and node.op_type == "Cast" and node.domain in ("", "ai.onnx") and max_depth > 0:
+        source = constant_meta(node.inputs[0], max_depth=max_depth - 1)
+        to = node.attributes.get("to")
+        if source is None or to is None:
+            return None
+        return np.dtype(ir.DataType(to.as_int()).numpy()).kind, source[1]
+    array = resolve_constant(value, max_depth=max_depth)
+    return (array.dtype.kind, tuple(array.shape)) if array is not None else None
 
 
 def is_float(value: ir.Value | None, dtypes: Mapping[str, ir.DataType] | None = None) -> bool:

@@ -32,7 +32,9 @@ import onnx_ir as ir
 from onnxq.passes.quantization._common import (
     Selection,
     constant_array,
+    constant_meta,
     inferred_dtypes,
+    is_constant,
     is_float,
     resolve_constant,
 )
@@ -84,15 +86,17 @@ def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
     return lo, hi
 
 
-def gemm_bias_vector(node: ir.Node, weight: np.ndarray | None, bias: np.ndarray) -> np.ndarray | None:
+def gemm_bias_vector(
+    node: ir.Node, weight_shape: tuple[int, ...] | None, bias: np.ndarray
+) -> np.ndarray | None:
     """The bias as a 1-D vector over output channels, or None when it is not one.
 
     Conv needs ``[C_out]``; Gemm also takes a scalar or ``[1, N]`` bias (the same broadcast).
     """
-    if node.op_type != "Gemm" or weight is None or weight.ndim != 2:
+    if node.op_type != "Gemm" or weight_shape is None or len(weight_shape) != 2:
         return bias if bias.ndim == 1 else None
     trans_b = node.attributes.get("transB")
-    n = weight.shape[0] if trans_b is not None and trans_b.as_int() == 1 else weight.shape[1]
+    n = weight_shape[0] if trans_b is not None and trans_b.as_int() == 1 else weight_shape[1]
     if bias.size == 1 and bias.ndim <= 2:
         return np.broadcast_to(bias.reshape(-1), (n,)).copy()
     if bias.ndim == 1 and bias.shape[0] == n:
@@ -114,37 +118,33 @@ def _eligible(node: ir.Node, target: Target, flt: Callable[[ir.Value | None], bo
             continue
         if not flt(value):
             return f"input '{value.name}' is not float32 (type unknown or not float; run infer-shapes)"
-        array = constant_array(value)
-        if (
-            array is not None
-            and op not in WEIGHT_INPUT
-            and not bool((array == array).all() and abs(array).max(initial=0) < 1e30)
-        ):
+        array = constant_array(value) if op not in WEIGHT_INPUT and is_constant(value) else None
+        if array is not None and not bool(np.isfinite(array).all() and np.abs(array).max(initial=0) < 1e30):
             return f"constant input '{value.name}' is not finite"
-    if all(constant_array(v) is not None for v in acts if v is not None) and op not in WEIGHT_INPUT:
+    if all(is_constant(v) for v in acts if v is not None) and op not in WEIGHT_INPUT:
         return "all inputs are constant"
     if op in WEIGHT_INPUT:
-        if constant_array(node.inputs[0]) is not None:
+        if is_constant(node.inputs[0]):
             return "activation input is constant"
         weight = node.inputs[WEIGHT_INPUT[op]] if len(node.inputs) > WEIGHT_INPUT[op] else None
-        array = resolve_constant(weight)
+        meta = constant_meta(weight)
         if op in ("Conv", "Gemm"):
-            if array is None:
+            if meta is None:
                 return "weight is not constant"
-            if array.dtype.kind != "f":
+            if meta[0] != "f":
                 return "weight is not float"
-        if op == "MatMul" and array is None and not flt(weight):
+        if op == "MatMul" and meta is None and not flt(weight):
             return "second input is not float32"
         if op == "MatMul" and any(
             v is not None and v.shape is not None and len(v.shape) < 2 for v in node.inputs[:2]
         ):
             return "1-D MatMul operand"
-        if op == "MatMul" and array is not None and array.ndim < 2:
+        if op == "MatMul" and meta is not None and len(meta[1]) < 2:
             return "1-D MatMul operand"
         bias_slot = BIAS_INPUT.get(op)
         if bias_slot is not None and len(node.inputs) > bias_slot and node.inputs[bias_slot] is not None:
             bias = resolve_constant(node.inputs[bias_slot])
-            if bias is None or gemm_bias_vector(node, array, bias) is None:
+            if bias is None or gemm_bias_vector(node, meta[1] if meta else None, bias) is None:
                 return "bias is not a constant 1-D tensor (or [1, N] for Gemm)"
         if op == "Gemm":
             alpha = node.attributes.get("alpha")
@@ -158,7 +158,7 @@ def _eligible(node: ir.Node, target: Target, flt: Callable[[ir.Value | None], bo
                 and node.inputs[2] is not None
             ):
                 return "Gemm beta != 1 with a bias"
-        if op == "Conv" and (array is None or array.ndim < 3):
+        if op == "Conv" and (meta is None or len(meta[1]) < 3):
             return "weight rank is below 3"
     return None
 
@@ -223,7 +223,7 @@ def make_plan(
         return [
             v
             for i in target.activation_inputs(node)
-            if (v := node.inputs[i]) is not None and constant_array(v) is None
+            if (v := node.inputs[i]) is not None and not is_constant(v)
         ]
 
     def output_required(node: ir.Node) -> bool:
@@ -235,7 +235,7 @@ def make_plan(
             and target.is_data_movement(node)
             and selection.selects(node)
             and flt(node.inputs[0])
-            and constant_array(node.inputs[0]) is None
+            and not is_constant(node.inputs[0])
         )
 
     groups = {node: _group_output(node, target, selection, flt) for node in candidates}
@@ -332,7 +332,7 @@ def make_plan(
         for node in quantized_list
         if node.op_type not in WEIGHT_INPUT
         for i in target.activation_inputs(node)
-        if node.inputs[i] is not None and constant_array(node.inputs[i]) is not None
+        if node.inputs[i] is not None and is_constant(node.inputs[i])
     ]
     for node in candidates:
         if node not in quantized and node not in left_float:

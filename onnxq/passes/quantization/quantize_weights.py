@@ -180,7 +180,7 @@ def quantize_weights(
         if bias is not None and not target.requires_bias_int32:
             bias = None  # the target (TensorRT) wants the bias float
         if bias is not None:
-            bias = gemm_bias_vector(node, w, bias) if bias.dtype.kind == "f" else None
+            bias = gemm_bias_vector(node, w.shape, bias) if bias.dtype.kind == "f" else None
         if bias is not None and axis is not None and bias.shape[0] != scale.shape[0]:
             bias = None  # a broadcast bias cannot take per-channel scales; stays float
         if bias is not None:
