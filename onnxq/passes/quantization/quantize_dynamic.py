@@ -134,7 +134,9 @@ class QuantizeDynamic(Pass):
             stats["float_weights_removed"] = removed
         if rewriter.stats["quantized_conv"]:
             rewriter.diagnostics.insert(0, Diagnostic(_CONV_WARNING, Severity.WARNING))
-        modified = rewriter.modified
+        # NOTE: a node whose second weight failed (NaN) may leave its first int8 copy unused.
+        rewriter.drop_orphans()
+        modified = removed > 0 or any(v for k, v in rewriter.stats.items() if k.startswith("quantized_"))
         return PassResult(modified, stats if modified else {k: v for k, v in stats.items()
                                                               if k == "left_float"},
                           tuple(rewriter.diagnostics))
@@ -199,7 +201,7 @@ class _Rewriter:
         self.stats: dict[str, int] = dict.fromkeys(
             [f"quantized_{op.lower()}" for op in (*DEFAULT_OPS, "Conv")] + ["left_float"], 0)
         self.diagnostics: list[Diagnostic] = []
-        self.modified = False
+        self._created: list[ir.Value] = []
         self._names = _used_names(model)
         self._weights: dict[tuple[int, str], _QWeight] = {}
         self._activations: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = {}
@@ -320,7 +322,7 @@ class _Rewriter:
         value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(tensor.shape),
                          const_value=tensor)
         graph.register_initializer(value)
-        self.modified = True
+        self._created.append(value)
         return value
 
     # --- activations -------------------------------------------------------------------------
@@ -365,6 +367,13 @@ class _Rewriter:
             new_output.name = name
         ir.convenience.replace_all_uses_with(out, new_output, replace_graph_outputs=True)
         graph.remove(old, safe=True)
+
+    def drop_orphans(self) -> None:
+        """Removes initializers this run created that nothing uses."""
+        for value in self._created:
+            graph = value.graph
+            if not value.uses() and isinstance(graph, ir.Graph) and graph.initializers.get(value.name) is value:
+                graph.initializers.pop(value.name)
 
     def drop_unused_float_weights(self) -> int:
         """Removes float initializers whose every use was replaced; returns how many."""

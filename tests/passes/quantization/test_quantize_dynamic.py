@@ -296,6 +296,20 @@ def test_loop_body_uses_an_outer_weight() -> None:
     assert _rel_err(want, runtime.run(model, feeds))["y"] < 0.05
 
 
+def test_nan_weights_stay_float_and_leave_nothing_behind() -> None:
+    bad = RG.copy()
+    bad[1, 3, 2] = np.nan
+    model = _model(RNN.replace(f"Rg = {_lit(RG)}", f"Rg = {_lit(bad)}"))
+    result = _quantize(model)
+    assert result.stats["left_float"] == 1 and "quantized_gru" not in result.stats
+    assert any("holds NaN or Inf" in d.message and d.node is None for d in result.diagnostics)
+    assert "GRU" in [n.op_type for n in model.graph]
+    # W of the GRU was quantized before R failed; its unused int8 copy is gone again.
+    assert not [name for name in model.graph.initializers if name.startswith("Wg_")]
+    assert "Wg" in model.graph.initializers
+    _check(model)
+
+
 def test_seven_bit_weights_from_the_target_or_the_option() -> None:
     from onnxq.targets import get_target
 
