@@ -80,3 +80,14 @@ def test_parse_size() -> None:
     assert parse_size("2.5 MiB") == int(2.5 * 2**20)
     with pytest.raises(OptionError):
         parse_size("-1")
+
+
+def test_size_counts_external_data(tmp_path: Path) -> None:
+    from onnxq.ir.io import load_model, save_model
+    from onnxq.validation.bench import model_size
+
+    path = tmp_path / "ext.onnx"
+    save_model(load_model(example_model_path()), path, external_data=True)
+    data = tmp_path / "ext.onnx.data"
+    assert data.stat().st_size > 0
+    assert model_size(path) == path.stat().st_size + data.stat().st_size

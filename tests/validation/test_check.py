@@ -116,3 +116,12 @@ def test_float_model_is_clean_and_in_memory_models_work() -> None:
 
     report = check(load_model(example_model_path()))
     assert report.ok and report.fusion is None
+
+
+def test_external_data_model_is_checked_in_place(tmp_path: Path) -> None:
+    from onnxq.examples import example_model_path
+    from onnxq.ir.io import load_model, save_model
+
+    path = tmp_path / "ext.onnx"
+    save_model(load_model(example_model_path()), path, external_data=True)
+    assert check(path).ok
