@@ -113,6 +113,17 @@ def _eligible(node: ir.Node, target: Target, flt: Callable[[ir.Value | None], bo
     if not node.outputs or not all(flt(o) for o in node.outputs if o.uses() or o.is_graph_output()):
         return "output is not float32"
     acts = [node.inputs[i] for i in slots]
+    weight_slot = WEIGHT_INPUT.get(op)
+    if weight_slot is not None and len(node.inputs) > weight_slot:
+        acts_and_weight = [*acts, node.inputs[weight_slot]]
+    else:
+        acts_and_weight = acts
+    for value in acts_and_weight:
+        producer = value.producer() if value is not None else None
+        if producer is not None and producer.op_type in ("DequantizeLinear", "QuantizeLinear"):
+            return "already quantized (an input comes from a DequantizeLinear)"
+    if any(u.node.op_type == "QuantizeLinear" for o in node.outputs for u in o.uses()):
+        return "already quantized (its output goes to a QuantizeLinear)"
     for value in acts:
         if value is None:
             continue

@@ -597,3 +597,26 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] z) {
             assert np.abs(w_ - g).max() <= 0.03 * (w_.max() - w_.min())
     ops = optimized_ops(model)
     assert ops["QLinearConv"] == 2
+
+
+def test_a_model_quantized_by_another_tool_is_not_quantized_twice() -> None:
+    model = build(
+        H18
+        + """
+g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
+  s = Constant<value_float = 0.05>()
+  z = Constant<value_uint8 = 128>()
+  q = QuantizeLinear(x, s, z)
+  d = DequantizeLinear(q, s, z)
+  c = Conv<pads=[1,1,1,1]>(d, w)
+  r = Relu(c)
+  y = Conv(r, w2)
+}""".replace("value_uint8 = 128", "value = uint8 {128}"),
+        w=(4, 3, 3, 3),
+        w2=(4, 4, 1, 1),
+    )
+    result = quantize(model, feeds_for(model))
+    full_check(model)
+    first = next(n for n in model.graph if n.op_type == "Conv")
+    assert first.inputs[0].name == "d"  # no second Q/DQ after the existing DQ
+    assert any("already quantized" in d.message for d in result.diagnostics)
