@@ -9,7 +9,17 @@ import pytest
 
 from onnxq import runtime
 from onnxq.validation.fusion import FusionCheckError, fusion_report, remove_unfused_qdq, unfused_groups
-from tests.validation._graphs import ADD_RELU_MEAN, FUSES, LAYERNORM, MIXED, RELU_ZP128, SHARED, feeds, model
+from tests.validation._graphs import (
+    ADD_RELU_MEAN,
+    FUSES,
+    LAYERNORM,
+    MIXED,
+    RELU_ZP128,
+    SHARED,
+    _ints,
+    feeds,
+    model,
+)
 
 
 def test_fully_fused_graph() -> None:
@@ -180,3 +190,58 @@ def test_conv_integer_is_counted_and_warned() -> None:
     report = fusion_report(m)
     assert report.kernels == {"ConvInteger": 1} and report.groups == []
     assert report.warnings[0].startswith("ConvInteger present (1 nodes): slow on x86")
+
+
+def _conv(extra_out: str = "", t: str = "uint8", opset: int = 18) -> str:
+    return f"""
+<ir_version: 10, opset_import: ["" : {opset}]>
+g (float[1,3,8,8] x) => (float[1,4,8,8] y{extra_out}) <float s = {{0.02}}, {t} zp = {{0}}, int8[4,3,3,3] w = {{{_ints(108)}}}, float ws = {{0.01}}, int8 wzp = {{0}}> {{
+  xq = QuantizeLinear(x, s, zp)
+  xd = DequantizeLinear(xq, s, zp)
+  wd = DequantizeLinear(w, ws, wzp)
+  c = Conv <pads=[1,1,1,1]> (xd, wd)
+  cq = QuantizeLinear(c, s, zp)
+  y = DequantizeLinear(cq, s, zp)
+  {"z = Sigmoid(c)" if extra_out else ""}
+}}
+"""
+_POOL = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[1,4,8,8] x) => (float[1,4,4,4] y) <float s = {0.02}, float s2 = {0.04}, uint8 zp = {0}> {
+  xq = QuantizeLinear(x, s, zp)
+  xd = DequantizeLinear(xq, s, zp)
+  p = MaxPool <kernel_shape=[2,2], strides=[2,2]> (xd)
+  pq = QuantizeLinear(p, s2, zp)
+  y = DequantizeLinear(pq, s2, zp)
+}
+"""
+_FAN = f"""
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] y2) <float s = {{0.02}}, int8 zp = {{0}}, int8[4,3,3,3] w = {{{_ints(108)}}}, int8[4,3,3,3] w2 = {{{_ints(108, 5)}}}, float ws = {{0.01}}, int8 wzp = {{0}}> {{
+  xq = QuantizeLinear(x, s, zp)
+  xd = DequantizeLinear(xq, s, zp)
+  xd2 = DequantizeLinear(xq, s, zp)
+  wd = DequantizeLinear(w, ws, wzp)
+  wd2 = DequantizeLinear(w2, ws, wzp)
+  c = Conv <pads=[1,1,1,1]> (xd, wd)
+  cq = QuantizeLinear(c, s, zp)
+  y = DequantizeLinear(cq, s, zp)
+  c2 = Conv <pads=[1,1,1,1]> (xd2, wd2)
+  cq2 = QuantizeLinear(c2, s, zp)
+  y2 = DequantizeLinear(cq2, s, zp)
+}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "node", "reason"),
+    [
+        (_conv(", float[1,4,8,8] z"), "Conv_3", "output 'c' feeds 2 nodes; the selector needs one QuantizeLinear"),
+        (_conv(t="uint16", opset=21), "Conv_3", "uint16 DequantizeLinear 'DequantizeLinear_1': ORT CPU fuses only 8-bit"),
+        (_POOL, "MaxPool_2", "input DequantizeLinear and output QuantizeLinear have different scale/zero point"),
+        (_FAN, "Conv_5", "int8 activation 'xq' feeds 2 nodes; on x86 ORT rewrites int8 Q/DQ to uint8 only"),
+    ],
+)
+def test_reasons_groups_stay_float(text: str, node: str, reason: str) -> None:
+    groups = {g.node: g for g in fusion_report(model(text)).unfused}
+    assert node in groups and reason in (groups[node].reason or ""), [str(g) for g in groups.values()]
