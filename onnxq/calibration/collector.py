@@ -5,12 +5,16 @@ onnxruntime runs it with graph optimizations off (so intermediate names survive)
 each observer updates its small state from the returned activation, which is then dropped.
 Memory is O(one sample's activations + tensors x bins), whatever the number of samples.
 
-What is observed: float tensors (float32/16, bfloat16, float64) of the *main* graph: by default
-every float tensor a main-graph node produces plus the float graph inputs. Tensors inside If/Loop/
-Scan bodies cannot be outputs of the main graph, so they are not observed: the defaults skip
-them, and names given in ``tensors`` that live in a subgraph are skipped with a warning and listed
-in ``Ranges.details["not_observed"]`` (quantization leaves such tensors in float). A tensor whose
-type is unknown before running is observed if onnxruntime returns it as a float array.
+What is observed: float tensors (float32/16, bfloat16, float64). By default every float tensor a
+main-graph node produces plus the float graph inputs. Tensors inside subgraphs cannot be outputs
+of the main graph; names given in ``tensors`` that are produced directly in a branch of a
+main-graph ``If`` are observed anyway: the copy gives both branches an extra output (the tensor in
+the branch that computes it, an empty tensor of its dtype in the other) and the If node an extra
+output, so the tensor is observed on the samples that take its branch (its dtype must be known:
+run ``infer-shapes`` first). Other subgraph tensors (Loop/Scan bodies, nested Ifs) are skipped
+with a warning and listed in ``Ranges.details["not_observed"]`` (quantization leaves them in float).
+A main-graph tensor whose type is unknown before running is observed if onnxruntime returns it as
+a float array.
 """
 
 from __future__ import annotations
@@ -147,6 +151,23 @@ def _subgraph_owners(model: ir.Model) -> dict[str, str]:
     return owners
 
 
+def _if_branch_tensors(model: ir.Model) -> dict[str, tuple[int, str, ir.Value]]:
+    """Tensors produced directly in a branch of a main-graph If -> (node index, branch, value)."""
+    found: dict[str, tuple[int, str, ir.Value]] = {}
+    for index, node in enumerate(model.graph):
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+            continue
+        for branch in ("then_branch", "else_branch"):
+            attr = node.attributes.get(branch)
+            if attr is None or attr.is_ref() or attr.type != ir.AttributeType.GRAPH:
+                continue
+            for inner in attr.value:
+                for value in inner.outputs:
+                    if value.name:
+                        found.setdefault(value.name, (index, branch, value))
+    return found
+
+
 def _candidates(model: ir.Model) -> dict[str, ir.DataType | None]:
     """Main-graph tensors that may be observed, with their dtype when known, in graph order."""
     graph = model.graph
@@ -169,11 +190,20 @@ def select_tensors(model: ir.Model, tensors: Sequence[str] | None) -> tuple[list
     if tensors is None:
         return [n for n, t in candidates.items() if t is None or t in _FLOAT_TYPES], skipped
     owners = _subgraph_owners(model)
+    branches = _if_branch_tensors(model)
     chosen = []
     for name in dict.fromkeys(tensors):
         if name in candidates:
             dtype = candidates[name]
             if dtype is not None and dtype not in _FLOAT_TYPES:
+                skipped[name] = f"dtype {dtype.name} is not float"
+            else:
+                chosen.append(name)
+        elif name in branches:
+            dtype = branches[name][2].dtype
+            if dtype is None:
+                skipped[name] = "inside an If branch with an unknown dtype; run infer-shapes first"
+            elif dtype not in _FLOAT_TYPES:
                 skipped[name] = f"dtype {dtype.name} is not float"
             else:
                 chosen.append(name)
@@ -191,15 +221,50 @@ def select_tensors(model: ir.Model, tensors: Sequence[str] | None) -> tuple[list
 
 
 # --- session ---------------------------------------------------------------------------------
-def _augmented(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:
+#: Suffix of the extra If outputs that carry a branch tensor out to the main graph.
+_IF_ALIAS = "::onnxq.calibration"
+
+
+def _augmented(model: ir.Model, names: Sequence[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The serialized copy with ``names`` as graph outputs, and {graph output: tensor} for the
+    branch tensors of If nodes, which reach the main graph under an alias."""
     proto = ir.serde.serialize_model(model)
     present = {o.name for o in proto.graph.output}
+    branches = _if_branch_tensors(model)
+    aliases: dict[str, str] = {}
     for name in names:
-        if name not in present:
+        if name in branches:
+            index, branch, value = branches[name]
+            assert value.dtype is not None  # select_tensors keeps only known float dtypes
+            elem = int(value.dtype)
+            node = proto.graph.node[index]
+            graphs = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
+            for branch_name, graph in graphs.items():
+                if branch_name == branch:
+                    # NOTE: through an Identity: a value that already is a branch output, listed
+                    # twice, comes back from onnxruntime as None.
+                    copy = f"{name}::onnxq.copy"
+                    graph.node.append(onnx.helper.make_node("Identity", [name], [copy]))
+                    graph.output.append(onnx.helper.make_tensor_value_info(copy, elem, None))
+                    continue
+                # NOTE: the other branch must yield an output of the same type: an empty tensor,
+                # which the observers skip, so only samples taking the branch count.
+                empty = f"{name}::onnxq.empty"
+                graph.node.append(
+                    onnx.helper.make_node(
+                        "Constant", [], [empty], value=onnx.helper.make_tensor(empty, elem, [0], [])
+                    )
+                )
+                graph.output.append(onnx.helper.make_tensor_value_info(empty, elem, None))
+            alias = name + _IF_ALIAS
+            node.output.append(alias)
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(alias, elem, None))
+            aliases[alias] = name
+        elif name not in present:
             # NOTE: no type given on purpose: onnxruntime infers it, and an unknown type would be
             # guesswork here.
             proto.graph.output.add().name = name
-    return proto
+    return proto, aliases
 
 
 def _session(proto: onnx.ModelProto, workdir: Path) -> ort.InferenceSession:
@@ -245,8 +310,11 @@ def collect(
     samples = 0
     not_float: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
-        sess = _session(_augmented(model, names), Path(tmp))
-        outputs = [o.name for o in sess.get_outputs() if o.name in set(names)]
+        proto, aliases = _augmented(model, names)
+        sess = _session(proto, Path(tmp))
+        del proto  # the session has its own copy
+        wanted = set(names) | set(aliases)
+        outputs = [o.name for o in sess.get_outputs() if o.name in wanted]
         bar = _progress(data.length, progress)
         task = bar.add_task("calibrating", total=data.length) if bar is not None else None
         try:
@@ -260,7 +328,8 @@ def collect(
                     raise CalibrationError(
                         f"sample {label}: onnxruntime failed: {text[0] if text else type(e).__name__}"
                     ) from None
-                for name, value in zip(outputs, values, strict=True):
+                for output, value in zip(outputs, values, strict=True):
+                    name = aliases.get(output, output)
                     if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
                         not_float.add(name)
                         continue

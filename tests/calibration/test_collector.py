@@ -46,6 +46,20 @@ g (float[N] x, bool c) => (float[N] y) {
 }
 """
 
+LOOP_MODEL = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[N] x) => (float[N] y) {
+  n = Constant<value = int64 {2}>()
+  go = Constant<value = bool {1}>()
+  y = Loop(n, go, x) <
+    body = b (int64 i, bool c, float[N] acc) => (bool c_out, float[N] acc_out) {
+      c_out = Identity(c)
+      acc_out = Relu(acc)
+    }
+  >
+}
+"""
+
 
 def _samples(count: int = 6, seed: int = 0) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
@@ -95,10 +109,30 @@ def test_selected_tensors_and_subgraphs(caplog: pytest.LogCaptureFixture) -> Non
     branchy = parse(IF_MODEL)
     feeds = [{"x": np.array([-1.0, 2.0], np.float32), "c": np.array(True)}]
     assert sorted(calibrate(branchy, feeds)) == ["x", "y"]  # defaults: main graph only
-    ranges = calibrate(branchy, feeds, tensors=["y", "inner_t"])
+
+    looped = parse(LOOP_MODEL)
+    ranges = calibrate(looped, [{"x": np.array([-1.0, 2.0], np.float32)}], tensors=["y", "acc_out"])
     assert list(ranges) == ["y"]
-    assert "inside a subgraph of node" in ranges.details["not_observed"]["inner_t"]
-    assert "not observing 'inner_t'" in caplog.text
+    assert "inside a subgraph of node" in ranges.details["not_observed"]["acc_out"]
+    assert "not observing 'acc_out'" in caplog.text
+
+
+def test_if_branch_tensors_are_observed_on_the_samples_that_take_their_branch() -> None:
+    model = parse(IF_MODEL)
+    before = _proto_bytes(model)
+    feeds = [
+        {"x": np.array([-1.0, 2.0], np.float32), "c": np.array(True)},
+        {"x": np.array([-3.0, 0.5], np.float32), "c": np.array(False)},
+        {"x": np.array([4.0, -0.25], np.float32), "c": np.array(True)},
+    ]
+    ranges = calibrate(model, feeds, tensors=["y", "inner_t", "inner_e"])
+    assert _proto_bytes(model) == before
+    assert ranges["inner_t"] == calibrate(model, feeds, tensors=["inner_t"])["inner_t"]
+    assert (ranges["inner_t"].min, ranges["inner_t"].max) == (0.0, 4.0)  # Relu of samples 0 and 2
+    assert (ranges["inner_e"].min, ranges["inner_e"].max) == (-0.5, 3.0)  # Neg of sample 1
+    assert (ranges["y"].min, ranges["y"].max) == (-0.5, 4.0)
+    only_true = calibrate(model, feeds[:1], tensors=["inner_e"])
+    assert "inner_e" not in only_true and only_true.details["empty"] == ["inner_e"]
 
 
 def test_calibration_data_reader_is_used_as_it_is() -> None:
