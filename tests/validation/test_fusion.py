@@ -245,3 +245,10 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] y2) <float s = {{0.02}
 def test_reasons_groups_stay_float(text: str, node: str, reason: str) -> None:
     groups = {g.node: g for g in fusion_report(model(text)).unfused}
     assert node in groups and reason in (groups[node].reason or ""), [str(g) for g in groups.values()]
+
+
+def test_remove_unfused_qdq_is_deterministic_and_idempotent() -> None:
+    first, second = model(MIXED), model(MIXED)
+    assert remove_unfused_qdq(first, fusion_report(first)) == remove_unfused_qdq(second, fusion_report(second))
+    assert ir.to_proto(first).SerializeToString() == ir.to_proto(second).SerializeToString()
+    assert remove_unfused_qdq(first, fusion_report(first)) == 0
