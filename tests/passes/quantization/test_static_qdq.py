@@ -620,3 +620,23 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
     first = next(n for n in model.graph if n.op_type == "Conv")
     assert first.inputs[0].name == "d"  # no second Q/DQ after the existing DQ
     assert any("already quantized" in d.message for d in result.diagnostics)
+
+
+def test_include_limits_quantization_to_matching_nodes() -> None:
+    model = build(
+        H18
+        + """
+g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
+  a = Conv<pads=[1,1,1,1]>(x, wa)
+  r = Relu(a)
+  y = Conv(r, wb)
+}""",
+        wa=(4, 3, 3, 3),
+        wb=(4, 4, 1, 1),
+    )
+    for node, name in zip(model.graph, ["conv_a", "relu", "conv_b"], strict=True):
+        node.name = name
+    assert tensors_to_calibrate(model, VNNI, include=("conv_b",)) == ["r", "y"]
+    _, ops = quantize_and_check(model, tol=0.03, include=("conv_b",))
+    assert ops["QLinearConv"] == 1
+    assert "wa" in model.graph.initializers and "wb" not in model.graph.initializers
