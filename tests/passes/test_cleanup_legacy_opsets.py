@@ -147,3 +147,27 @@ def test_cli_fold_constants_on_opset_11_lstm_export(tmp_path: Path) -> None:
     onnx.checker.check_model(onnx.load(out), full_check=True)
     got = runtime.run(ir.load(out), legacy.feeds)
     np.testing.assert_allclose(next(iter(got.values())), legacy.expected[0], rtol=1e-4, atol=1e-5)
+
+
+IR3 = """
+<ir_version: 3, opset_import: ["" : 8]>
+g (float[2, 3] x) => (float[2, 3] y) {
+  a = Constant<value = float[3] {1., 2., 3.}>()
+  b = Constant<value = float[3] {1., 1., 1.}>()
+  c = Add(a, b)
+  y = Mul(x, c)
+}
+"""
+
+
+def test_ir3_folded_initializers_are_graph_inputs() -> None:
+    # Below IR version 4 the checker wants every initializer listed among the graph inputs.
+    model = parse(IR3)
+    feeds = {"x": np.ones((2, 3), np.float32)}
+    before = runtime.run(model, feeds)
+    apply(model, REGISTRY.parse("cleanup"), PassContext(instrumentations=[VerifyEach()]))
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)
+    assert {i.name for i in proto.graph.initializer} <= {i.name for i in proto.graph.input}
+    assert [n.op_type for n in model.graph] == ["Mul"]
+    assert not runtime.compare(before, runtime.run(model, feeds))

@@ -13,6 +13,8 @@ Below opset 12 a ``Constant`` is rewritten to the ``value`` tensor attribute eve
 opset knows; any other new node is checked with ``onnx.checker.check_node`` at the
 opsets of the graph or function it lands in, and a replacement holding a node the
 checker refuses is dropped (the original node stays, with an INFO diagnostic).
+Below IR version 4 the new initializers are also declared as graph inputs, as
+that IR requires.
 
 Size limits keep folding from blowing a model up: a node is folded only when its
 inputs have at most ``input_size_limit`` elements and its result at most
@@ -75,6 +77,7 @@ class FoldConstants(Pass):
         finally:
             log.setLevel(level)
         _restore_shared_outputs(model, output_slots)
+        _declare_initializers_as_inputs(model)
         modified = fingerprint(model) != before
         diagnostics = tuple(
             Diagnostic(f"not folded: {reason}", Severity.INFO, node=name) for name, reason in folder.skipped
@@ -130,6 +133,16 @@ def _restore_shared_outputs(model: ir.Model, before: list[tuple[ir.Graph | ir.Fu
             j = first.setdefault(id(value), i)
             if j != i and graph.outputs[i] is not graph.outputs[j]:
                 graph.outputs[i] = graph.outputs[j]
+
+
+def _declare_initializers_as_inputs(model: ir.Model) -> None:
+    """Below IR version 4 every initializer must also be a graph input (the checker says so)."""
+    if model.ir_version >= 4:
+        return
+    inputs = {id(v) for v in model.graph.inputs}
+    for value in model.graph.initializers.values():
+        if id(value) not in inputs:
+            model.graph.inputs.append(value)
 
 
 # Constant's list/scalar attributes exist only from opset 12; ``value`` exists in every opset.
