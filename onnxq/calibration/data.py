@@ -6,8 +6,9 @@ from any of:
 - a folder of ``.npz`` files, one feed each (keys = input names), read in sorted file-name order;
 - one ``.npz`` file (or a mapping of arrays) whose arrays carry a leading sample axis: sample ``i``
   is ``array[i]`` when the array has one more axis than the model input, else ``array[i:i+1]``
-  (the leading axis is the model's batch axis and each sample is a batch of one). The arrays of
-  one ``.npz`` are held in memory while it is iterated; use a folder for large sets;
+  (the leading axis is the model's batch axis and each sample is a batch of one). Arrays saved
+  uncompressed (``np.savez``) are read one sample at a time; compressed ones
+  (``np.savez_compressed``) are held in memory while the file is iterated;
 - any iterable of feed dicts (a list can be iterated many times, a generator once);
 - an onnxruntime ``CalibrationDataReader`` used as it is (``get_next()`` until ``None``).
 
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -144,6 +147,60 @@ class _Folder(_Source):
         return str(self.root)
 
 
+class _StoredRows:
+    """An uncompressed C-order array inside an .npz, read one slice of rows at a time (pread).
+
+    ``np.load`` of an .npz reads whole arrays; memory-mapping would keep every page touched
+    resident. Reading just the rows of a sample keeps memory at one sample, whatever the file size.
+    """
+
+    def __init__(self, path: Path, offset: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+        self.path, self.offset, self.dtype, self.shape = path, offset, dtype, shape
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("only contiguous rows")
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self.row_bytes)
+            data = f.read(count * self.row_bytes)
+        if len(data) != count * self.row_bytes:
+            raise CalibrationDataError(f"{self.path}: truncated array data")
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
+
+
+def _npz_arrays(path: Path) -> dict[str, Any]:
+    """The arrays of an .npz: stored (``np.savez``) C-order members as :class:`_StoredRows`,
+    compressed or Fortran-order ones loaded whole."""
+    arrays: dict[str, Any] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            key = info.filename[: -len(".npy")]
+            with zf.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                header = member.tell()
+            if dtype.hasobject:
+                raise ValueError(f"array '{key}' holds Python objects")
+            if info.compress_type == zipfile.ZIP_STORED and not fortran and len(shape) > 0:
+                # The member's data starts after the zip local header (30 bytes + name + extra).
+                raw.seek(info.header_offset + 26)
+                name_len, extra_len = struct.unpack("<HH", raw.read(4))
+                start = info.header_offset + 30 + name_len + extra_len + header
+                arrays[key] = _StoredRows(path, start, dtype, tuple(shape))
+            else:
+                with zf.open(info) as member:
+                    arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
+
+
 class _Stacked(_Source):
     """Arrays with a leading sample axis, from a mapping or one .npz file (indices into it)."""
 
@@ -155,20 +212,18 @@ class _Stacked(_Source):
         count = self._count(self._load())
         self.indices = range(count) if indices is None else indices
 
-    def _load(self) -> Mapping[str, np.ndarray]:
+    def _load(self) -> Mapping[str, Any]:
         if not isinstance(self.arrays, Path):
             return self.arrays
         try:
-            with np.load(self.arrays, allow_pickle=False) as data:
-                return {key: data[key] for key in data.files}
-        except (OSError, ValueError, EOFError) as e:
+            return _npz_arrays(self.arrays)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise CalibrationDataError(f"{self.arrays}: cannot read calibration samples ({e})") from None
 
-    def _count(self, arrays: Mapping[str, np.ndarray]) -> int:
+    def _count(self, arrays: Mapping[str, Any]) -> int:
         lengths = {}
         for key, value in arrays.items():
-            value = np.asarray(value)
-            if value.ndim == 0:
+            if len(value.shape) == 0:
                 raise CalibrationDataError(
                     f"{self.name}: input '{key}' is a scalar; expected a leading sample axis"
                 )
@@ -181,10 +236,8 @@ class _Stacked(_Source):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _slice(self, arrays: Mapping[str, np.ndarray], i: int) -> Sample:
-        return Sample(
-            f"'{self.name}'[{i}]", {k: np.asarray(v)[i : i + 1] for k, v in arrays.items()}, stacked=True
-        )
+    def _slice(self, arrays: Mapping[str, Any], i: int) -> Sample:
+        return Sample(f"'{self.name}'[{i}]", {k: v[i : i + 1] for k, v in arrays.items()}, stacked=True)
 
     def sample(self, index: int) -> Sample:
         return self._slice(self._load(), self.indices[index])

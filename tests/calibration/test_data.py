@@ -210,3 +210,24 @@ def test_empty_and_missing_sources(tmp_path: Path, model: ir.Model) -> None:
         CalibrationData.from_source(42)
     with pytest.raises(CalibrationDataError, match="sample 0: expected a dict"):
         list(CalibrationData.from_source([np.zeros(3)]).feeds(model))
+
+
+def test_stacked_npz_reads_rows_lazily_with_the_same_values_as_numpy(tmp_path: Path, model: ir.Model) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((7, 3, 4)).astype(np.float32)
+    ids = np.arange(7, dtype=np.int64)
+    np.savez(tmp_path / "stored.npz", x=x, ids=ids)
+    np.savez_compressed(tmp_path / "compressed.npz", x=x, ids=ids)
+    np.savez(tmp_path / "fortran.npz", x=np.asfortranarray(x), ids=ids)
+    from onnxq.calibration.data import _npz_arrays, _StoredRows
+
+    assert isinstance(_npz_arrays(tmp_path / "stored.npz")["x"], _StoredRows)  # not loaded whole
+    for name in ("stored.npz", "compressed.npz", "fortran.npz"):
+        got = [f for _, f in CalibrationData.from_path(tmp_path / name).feeds(model)]
+        assert len(got) == 7
+        for i, feed in enumerate(got):
+            np.testing.assert_array_equal(feed["x"], x[i : i + 1])
+            np.testing.assert_array_equal(feed["ids"], ids[i : i + 1])
+    # The split of a stored .npz reads the right rows.
+    _, held = CalibrationData.from_path(tmp_path / "stored.npz").split(2)
+    np.testing.assert_array_equal(next(iter(held.feeds(model)))[1]["x"], x[5:6])
