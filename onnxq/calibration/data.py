@@ -413,7 +413,8 @@ class CalibrationData(Resource):
                     f"sample {sample.label}: expected a dict of input name -> array, got {type(sample.feeds).__name__}"
                 )
             path = root / f"{index:08d}.npz"
-            np.savez(path, **{str(k): np.asarray(v) for k, v in sample.feeds.items()})
+            arrays = {str(k): np.asarray(v) for k, v in sample.feeds.items()}
+            np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
             files.append(path)
         if not files:
             raise CalibrationDataError(f"{self.describe()}: the calibration set is empty")
