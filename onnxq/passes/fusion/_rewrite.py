@@ -15,6 +15,10 @@ If/Loop/Scan body and every local function, and tags each node it creates with
   across scopes), see :func:`local_constant`;
 - initializers that only the rewritten nodes used are dropped, so a pass run alone leaves
   no dead weights behind.
+
+Known limit (onnxscript's): a rewrite that creates initializers (folded weights) is
+skipped inside a model-local function, which cannot hold initializers; rules that only
+rewire (transposes, reshapes, activations, GELU) apply there too.
 """
 
 from __future__ import annotations

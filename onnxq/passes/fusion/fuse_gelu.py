@@ -25,7 +25,8 @@ from onnxq.errors import OptionError
 from onnxq.passes.fusion._rewrite import RewritePass, Rule, model_opset
 
 GELU_OPSET = 20
-TARGETS = ("ort-cpu", "ort-cuda", "tensorrt", "onnx")
+#: Target names (onnxq's target profiles, plus "onnx" for plain standard ops).
+TARGETS = ("ort-cpu", "ort-cuda", "tensorrt", "xnnpack", "nnapi", "qnn", "coreml", "onnx")
 _CONTRIB_TARGETS = ("ort-cpu", "ort-cuda")
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
