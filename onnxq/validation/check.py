@@ -38,6 +38,7 @@ from onnxq.validation.fusion import (
     FusionCheckError,
     const_array,
     fusion_report,
+    inline_proto,
     is_dq,
     is_q,
     node_names,
@@ -111,7 +112,10 @@ def check(model: ir.Model | str | os.PathLike[str], *, target: str = "ort-cpu") 
         where = "model"
         with tempfile.TemporaryDirectory(prefix="onnxq-check-") as tmp:
             path = Path(tmp) / "model.onnx"
-            ir.save(model, path)
+            proto = inline_proto(model)
+            # NOTE: protobuf cannot serialize 2 GB; larger models get external data in the temp folder.
+            onnx.save(proto, path, save_as_external_data=proto.ByteSize() > 2**31 - 2**20,
+                      location="model.onnx.data")
             return _check(path, model, where, target)
     path = Path(model)
     from onnxq.ir.io import load_model
@@ -328,13 +332,13 @@ def _biases(graph: ir.Graph, names: dict[ir.Node, str]) -> Iterator[Finding]:
 
 # --- targets ------------------------------------------------------------------------------
 def _ort_cpu(model: ir.Model, report: CheckReport) -> Iterator[Finding]:
-    has_qdq = any(is_q(n) or is_dq(n) for n in model.graph)
-    if not has_qdq:
-        return
+    # NOTE: every model goes through onnxruntime: a node without a CPU kernel fails here.
     try:
         fusion = fusion_report(model)
     except FusionCheckError as e:
         yield Finding("ort-cpu-load", str(e))
+        return
+    if not any(is_q(n) or is_dq(n) for n in model.graph) and not fusion.kernels:
         return
     report.fusion = fusion
     for group in fusion.unfused:

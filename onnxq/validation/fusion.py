@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -179,7 +180,7 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
         (weights stripped from the latter is not attempted: it is read back as saved).
     """
     if isinstance(model, ir.Model):
-        proto = ir.serde.serialize_model(model)
+        proto = inline_proto(model)
     else:
         path = Path(model)
         if not path.is_file():
@@ -209,6 +210,28 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
     if big:
         proto = onnx.load(os.fspath(src), load_external_data=False)
     return proto, optimized
+
+
+def inline_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a ModelProto with every weight inside (external data read in).
+
+    NOTE: lazily loaded weights serialize as references relative to the source folder, which a
+    session made from bytes or a copy written elsewhere cannot resolve.
+    """
+    proto = ir.serde.serialize_model(model)
+    for base_dir in sorted(_external_base_dirs(model)):
+        onnx.external_data_helper.load_external_data_for_model(proto, base_dir)
+    return proto
+
+
+def _external_base_dirs(model: ir.Model) -> set[str]:
+    dirs = set()
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                dirs.add(tensor.base_dir or ".")
+    return dirs
 
 
 def _small_enough(proto: onnx.ModelProto) -> bool:

@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 
 from onnxq.errors import first_line
 from onnxq.framework.base import Diagnostic, Severity
 from onnxq.runtime import Feeds, random_inputs, select_inputs
 from onnxq.validation.bench import interleaved_times, session
-from onnxq.validation.fusion import FusionReport, fusion_report
+from onnxq.validation.fusion import FusionReport, fusion_report, inline_proto
 
 #: Fidelity floors: below them the report warns.
 SQNR_FLOOR_DB = 20.0
@@ -177,8 +178,8 @@ def self_check(
         feeds = [random_inputs(float_model, seed=0)]
         report.notes.append("no held-back samples: fidelity measured on one generated input")
     report.samples = len(feeds)
-    float_bytes = ir.serde.serialize_model(float_model).SerializeToString()
-    quant_bytes = ir.serde.serialize_model(quant_model).SerializeToString()
+    float_bytes = inline_proto(float_model).SerializeToString()
+    quant_bytes = inline_proto(quant_model).SerializeToString()
     float_sess, quant_sess = session(float_bytes), session(quant_bytes)
 
     on_ort_cpu = target_name == "ort-cpu"
@@ -244,8 +245,8 @@ def _layers(float_model: ir.Model, quant_model: ir.Model,
 
     Returns the worst layers first, and a note when they could not be measured.
     """
-    float_proto = ir.serde.serialize_model(float_model)
-    quant_proto = ir.serde.serialize_model(quant_model)
+    float_proto = inline_proto(float_model)
+    quant_proto = inline_proto(quant_model)
     graph_inputs = {v.name for v in float_proto.graph.input}
     produced = {name: f"input '{name}'" for name in graph_inputs}
     produced.update({out: node.name or node.op_type for node in float_proto.graph.node for out in node.output})
@@ -268,11 +269,8 @@ def _layers(float_model: ir.Model, quant_model: ir.Model,
         existing = {o.name for o in proto.graph.output}
         proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
     try:
-        # NOTE: no graph optimization, so every named tensor survives to be read.
-        from onnxq.runtime import session as plain_session
-
-        f_sess = plain_session(ir.serde.deserialize_model(float_proto))
-        q_sess = plain_session(ir.serde.deserialize_model(quant_proto))
+        f_sess = _plain_session(float_proto)
+        q_sess = _plain_session(quant_proto)
         refs = []
         for f in feeds:
             values = dict(zip(inner, f_sess.run(inner, f), strict=True)) if inner else {}
@@ -289,6 +287,15 @@ def _layers(float_model: ir.Model, quant_model: ir.Model,
         layers.append(LayerFidelity(name, tensors[name][1], sqnr_db(ref, got), position[name]))
     layers.sort(key=lambda layer: (layer.sqnr_db, layer.position))
     return layers, None
+
+
+def _plain_session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    # NOTE: no graph optimization, so every named tensor survives to be read.
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _warn(report: SelfCheckReport, *, sqnr_floor_db: float, top1_floor: float) -> None:

@@ -125,3 +125,22 @@ def test_external_data_model_is_checked_in_place(tmp_path: Path) -> None:
     path = tmp_path / "ext.onnx"
     save_model(load_model(example_model_path()), path, external_data=True)
     assert check(path).ok
+
+
+def test_float_model_onnxruntime_cannot_run_is_named(tmp_path: Path) -> None:
+    # Valid ONNX, but onnxruntime has no CPU kernel for a uint8 Sin.
+    text = """
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (uint8[4] x) => (uint8[4] y) { y = Sin(x) }
+    """
+    report = check(_save(tmp_path, text))
+    rules = {f.rule for f in report.violations}
+    assert "ort-cpu-load" in rules, report.lines()
+
+
+def test_in_memory_model_with_external_data(tmp_path: Path) -> None:
+    from onnxq.examples import example_model_path
+    from onnxq.ir.io import load_model, save_model
+
+    save_model(load_model(example_model_path()), tmp_path / "ext.onnx", external_data=True)
+    assert check(load_model(tmp_path / "ext.onnx")).ok

@@ -85,3 +85,15 @@ def test_sqnr() -> None:
     x = np.array([1.0, -2.0, 3.0])
     assert sqnr_db(x, x) == math.inf
     assert sqnr_db(x, x * 1.1) == pytest.approx(20.0)
+
+
+def test_models_with_external_data(example_pair, tmp_path) -> None:
+    from onnxq.ir.io import save_model
+
+    float_model, quant_model, held = example_pair
+    save_model(float_model, tmp_path / "f.onnx", external_data=True)
+    save_model(quant_model, tmp_path / "q.onnx", external_data=True)
+    report = self_check(load_model(tmp_path / "f.onnx"), load_model(tmp_path / "q.onnx"), [{"input": held}],
+                        latency_budget_s=0.2)
+    assert report.fusion is not None and report.fusion.kernels["QLinearConv"] == 3
+    assert report.outputs[0].sqnr_db > 20 and report.layers
