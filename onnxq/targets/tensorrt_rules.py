@@ -248,20 +248,31 @@ def _kind(node: ir.Node) -> str:
     source = node.inputs[0]
     if source is None:
         return "activations"
-    if _const(source) is not None:
+    if _is_const(source):
         return "weights"
     producer = source.producer()
     if node.op_type == "DequantizeLinear" and producer is not None and producer.op_type == "QuantizeLinear":
-        return "weights" if _const(producer.inputs[0]) is not None else "activations"
+        return "weights" if _is_const(producer.inputs[0]) else "activations"
     return "activations"
 
 
+def _is_const(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a constant, without reading its data."""
+    if value is None or value.is_graph_input():
+        return False
+    producer = value.producer()
+    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
+
+
 def _weight_data(dq: ir.Node) -> np.ndarray | None:
+    """The int8 weight a DQ reads (copied; a memory-mapped one is unmapped again)."""
     source = dq.inputs[0]
-    array = _const(source)
-    if array is not None:
+    tensor = source.const_value if source is not None else None
+    if isinstance(tensor, ir.ExternalTensor):
+        array = np.array(tensor.numpy(), copy=True)
+        tensor.release()
         return array
-    return None
+    return _const(source)
 
 
 def _quantized_type(node: ir.Node, zero: ir.Value | None) -> ir.DataType | None:
