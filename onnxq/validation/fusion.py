@@ -230,7 +230,7 @@ def _external_base_dirs(model: ir.Model) -> set[str]:
         for value in graph.initializers.values():
             tensor = value.const_value
             if isinstance(tensor, ir.ExternalTensor):
-                dirs.add(tensor.base_dir or ".")
+                dirs.add(os.fspath(tensor.base_dir or "."))
     return dirs
 
 
