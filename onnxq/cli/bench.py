@@ -12,6 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("bench", help="latency p50/p90/p99, throughput, size, peak memory; first model is the reference")
     p.add_argument("models", type=Path, nargs="+", metavar="MODEL", help=".onnx files, measured interleaved")
     p.add_argument("--threads", default="1", metavar="N[,N...]", help="intra-op thread counts (default 1)")
+    p.add_argument("--batch", metavar="N[,N...]",
+                   help="batch sizes: the inputs' first axis is cut or repeated to each (default: as given)")
     p.add_argument("--runs", type=int, metavar="N", help="timed runs per model (default: adaptive, ~3 s)")
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs per model first (default 5)")
     p.add_argument("--inputs", type=Path, metavar="PATH",
@@ -25,15 +27,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
-def _threads(text: str) -> list[int]:
+def _ints(flag: str, text: str) -> list[int]:
     from onnxq.errors import OptionError
 
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise OptionError(f"--threads {text!r}: expected integers such as 1,2") from None
+        raise OptionError(f"{flag} {text!r}: expected integers such as 1,2") from None
     if not values or any(v < 1 for v in values):
-        raise OptionError(f"--threads {text!r}: expected positive integers such as 1,2")
+        raise OptionError(f"{flag} {text!r}: expected positive integers such as 1,2")
     return values
 
 
@@ -46,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError("--min-speedup needs a reference and a candidate: give two models or more")
     if args.inputs is not None and not args.inputs.exists():
         raise OptionError(f"--inputs {args.inputs}: no such file or folder")
-    report = bench(args.models, threads=_threads(args.threads), runs=args.runs, warmup=args.warmup,
-                   inputs=args.inputs, memory=args.memory)
+    batches = _ints("--batch", args.batch) if args.batch is not None else None
+    report = bench(args.models, threads=_ints("--threads", args.threads), runs=args.runs, warmup=args.warmup,
+                   inputs=args.inputs, memory=args.memory, batches=batches)
     gated = args.min_speedup is not None or max_size is not None
     verdict = gate(report, min_speedup=args.min_speedup, max_size=max_size) if gated else None
     if args.json:

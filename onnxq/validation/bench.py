@@ -110,12 +110,15 @@ class Latency:
     throughput: float
     #: The reference's p50 divided by this model's p50 (> 1: faster than the reference).
     speedup: float = 1.0
+    #: Samples per run (leading dimension of the first input).
+    batch: int = 1
 
     @classmethod
     def of(cls, seconds: Sequence[float], *, threads: int, batch: int) -> Latency:
         ms = np.asarray(seconds) * 1e3
         p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-        return cls(threads, len(ms), p50, p90, p99, float(ms.mean()), batch * 1e3 / p50 if p50 > 0 else math.inf)
+        return cls(threads, len(ms), p50, p90, p99, float(ms.mean()), batch * 1e3 / p50 if p50 > 0 else math.inf,
+                   batch=batch)
 
 
 @dataclasses.dataclass
@@ -138,25 +141,30 @@ class BenchReport:
     threads: list[int]
     batch: int
     inputs: str
+    #: Batch sizes measured (``[batch]`` when the inputs were used as given).
+    batches: list[int] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "reference": self.models[0].path if self.models else None,
             "threads": self.threads,
             "batch": self.batch,
+            "batches": self.batches or [self.batch],
             "inputs": self.inputs,
             "models": [dataclasses.asdict(m) for m in self.models],
         }
 
     def lines(self) -> list[str]:
-        out = [f"inputs: {self.inputs} (batch {self.batch}); first model is the reference"]
+        sizes = f"batches {', '.join(map(str, self.batches))}" if self.batches else f"batch {self.batch}"
+        out = [f"inputs: {self.inputs} ({sizes}); first model is the reference"]
         for m in self.models:
             mem = f", peak memory {m.peak_memory_bytes / 2**20:.1f} MiB" if m.peak_memory_bytes is not None else ""
             ratio = f" ({m.size_ratio:.2f}x)" if m is not self.models[0] else ""
             out.append(f"{m.path}: {m.size_bytes / 1e6:.3f} MB{ratio}{mem}")
             for lat in m.latency:
                 speed = f", {lat.speedup:.2f}x vs reference" if m is not self.models[0] else ""
-                out.append(f"  {lat.threads} thread{'s' if lat.threads > 1 else ''}: p50 {lat.p50_ms:.3f} ms, "
+                out.append(f"  {lat.threads} thread{'s' if lat.threads > 1 else ''}, batch {lat.batch}: "
+                           f"p50 {lat.p50_ms:.3f} ms, "
                            f"p90 {lat.p90_ms:.3f}, p99 {lat.p99_ms:.3f} ({lat.runs} runs), "
                            f"{lat.throughput:,.1f} samples/s{speed}")
         return out
@@ -300,6 +308,7 @@ def bench(
     inputs: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
     budget_s: float = BUDGET_S,
     memory: bool = True,
+    batches: Sequence[int] | None = None,
 ) -> BenchReport:
     """Measures the models interleaved; the first is the reference for the ratios.
 
@@ -312,6 +321,8 @@ def bench(
             or feeds; default: generated inputs with symbolic dimensions set to 1.
         budget_s: Time budget of the timed runs per thread count (adaptive mode).
         memory: Measure each session's peak memory in a subprocess.
+        batches: Batch sizes to measure at: the inputs' leading axis is cut or repeated to each size
+            (inputs whose first dimension is fixed must already have it). ``None``: inputs as given.
 
     Raises:
         BenchError: A model cannot be loaded, or the inputs do not fit it.
@@ -323,6 +334,8 @@ def bench(
         raise OptionError(f"--threads must be positive integers, got {list(threads)}")
     if runs is not None and runs < 1:
         raise OptionError(f"--runs must be at least 1, got {runs}")
+    if batches is not None and (not batches or any(b < 1 for b in batches)):
+        raise OptionError(f"--batch must be positive integers, got {list(batches)}")
     if warmup < 0:
         raise OptionError(f"--warmup must not be negative, got {warmup}")
     paths = [Path(m) for m in models]
@@ -344,21 +357,43 @@ def bench(
     batch = 1
     for n in threads:
         sessions = [session(p, threads=n) for p in paths]
-        feeds = [feeds_for(s, given, where=os.fspath(p)) for s, p in zip(sessions, paths, strict=True)]
-        batch = _batch(feeds[0])
-        runners = [_runner(s, f, os.fspath(p)) for s, f, p in zip(sessions, feeds, paths, strict=True)]
-        times = interleaved_times(runners, warmup=warmup, runs=runs, budget_s=budget_s)
-        ref = None
-        for result, seconds, f in zip(results, times, feeds, strict=True):
-            lat = Latency.of(seconds, threads=n, batch=_batch(f))
-            ref = ref or lat
-            result.latency.append(dataclasses.replace(lat, speedup=ref.p50_ms / lat.p50_ms if lat.p50_ms else math.inf))
+        base = [feeds_for(s, given, where=os.fspath(p)) for s, p in zip(sessions, paths, strict=True)]
+        for size in batches or [None]:
+            feeds = [f if size is None else _rebatch(s, f, size, where=os.fspath(p))
+                     for s, f, p in zip(sessions, base, paths, strict=True)]
+            batch = _batch(feeds[0])
+            runners = [_runner(s, f, os.fspath(p)) for s, f, p in zip(sessions, feeds, paths, strict=True)]
+            times = interleaved_times(runners, warmup=warmup, runs=runs, budget_s=budget_s)
+            ref = None
+            for result, seconds, f in zip(results, times, feeds, strict=True):
+                lat = Latency.of(seconds, threads=n, batch=_batch(f))
+                ref = ref or lat
+                result.latency.append(dataclasses.replace(
+                    lat, speedup=ref.p50_ms / lat.p50_ms if lat.p50_ms else math.inf))
         del sessions
     if memory:
         npz = None if inputs is None or isinstance(inputs, Mapping) else inputs
         for result in results:
             result.peak_memory_bytes = peak_memory(result.path, threads=threads[0], inputs=npz)
-    return BenchReport(results, list(threads), batch, described)
+    return BenchReport(results, list(threads), batch, described, list(batches or []))
+
+
+def _rebatch(sess: ort.InferenceSession, feeds: Feeds, size: int, *, where: str) -> Feeds:
+    """The feeds with their leading axis cut or repeated to ``size`` rows."""
+    out: Feeds = {}
+    for arg in sess.get_inputs():
+        value = feeds[arg.name]
+        first = arg.shape[0] if arg.shape else None
+        if value.ndim == 0:
+            out[arg.name] = value
+        elif isinstance(first, int) and first > 0:
+            if first != size:
+                raise BenchError(f"{where}: input '{arg.name}' has a fixed batch of {first}; cannot run batch {size}")
+            out[arg.name] = value
+        else:
+            reps = -(-size // max(value.shape[0], 1))
+            out[arg.name] = np.concatenate([value] * reps, axis=0)[:size] if value.shape[0] else value
+    return out
 
 
 def _runner(sess: ort.InferenceSession, feeds: Feeds, where: str) -> Callable[[], object]:
@@ -415,7 +450,7 @@ def gate(report: BenchReport, *, min_speedup: float | None = None, max_size: int
     for m in candidates:
         if min_speedup is not None:
             for lat in m.latency:
-                text = f"{Path(m.path).name} speedup {lat.speedup:.2f}x at {lat.threads} thread(s)"
+                text = f"{Path(m.path).name} speedup {lat.speedup:.2f}x at {lat.threads} thread(s), batch {lat.batch}"
                 if lat.speedup < min_speedup:
                     failures.append(f"{text} < {min_speedup:g}x")
                 else:

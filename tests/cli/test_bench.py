@@ -91,3 +91,26 @@ def test_size_counts_external_data(tmp_path: Path) -> None:
     data = tmp_path / "ext.onnx.data"
     assert data.stat().st_size > 0
     assert model_size(path) == path.stat().st_size + data.stat().st_size
+
+
+def test_batch_sizes_cut_or_repeat_the_inputs(capsys) -> None:
+    code = main(["bench", str(example_model_path()), "--inputs", str(example_inputs_path()), "--batch", "1,48",
+                 "--runs", "5", "--warmup", "1", "--no-memory", "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["batches"] == [1, 48]
+    rows = doc["models"][0]["latency"]
+    assert [(r["threads"], r["batch"]) for r in rows] == [(1, 1), (1, 48)]
+    assert rows[1]["throughput"] == pytest.approx(48 * 1e3 / rows[1]["p50_ms"])
+
+
+def test_fixed_batch_model_refuses_other_batches(tmp_path: Path, capsys) -> None:
+    import onnx
+    import onnx.parser
+
+    path = tmp_path / "fixed.onnx"
+    onnx.save(onnx.parser.parse_model("""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[2, 8] x) => (float[2, 8] y) { y = Relu(x) }"""), path)
+    assert main(["bench", str(path), "--batch", "4", "--runs", "1", "--no-memory"]) == 2
+    assert "input 'x' has a fixed batch of 2; cannot run batch 4" in capsys.readouterr().err
