@@ -180,3 +180,82 @@ def rename_outputs(model: ir.Model, names: Sequence[str]) -> None:
         if name in taken:
             raise ValueError(f"cannot rename output {value.name!r} to {name!r}: the name is taken")
         value.name = name
+
+
+def export_torch_legacy(
+    module: Any,
+    example_inputs: tuple[Any, ...],
+    *,
+    opset: int,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_batch: bool = True,
+) -> Exported:
+    """Exports with the legacy TorchScript exporter (``torch.onnx.export(dynamo=False)``).
+
+    As older tools and tutorials do: ``dynamic_axes`` in list form (the exporter names the
+    dims itself, ``input_dynamic_axes_1``), constant folding on, BatchNorm folded in eval
+    mode, no onnxq clean-up afterwards, so the file is what a legacy export really holds.
+    """
+    import io
+    import warnings
+
+    import onnx
+    import torch
+
+    buffer = io.BytesIO()
+    axes = {name: [0] for name in (*input_names, *output_names)} if dynamic_batch else None
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # NOTE: torch warns that dynamo=False is deprecated; that is the point here
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example_inputs,
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=axes,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(proto, full_check=True)
+    logger.info("exported %s with the legacy exporter in %.1f s", type(module).__name__, time.perf_counter() - start)
+    return Exported(ir.serde.deserialize_model(proto), f"torch.onnx.export(dynamo=False, opset_version={opset})")
+
+
+def export_tf_function(fn: Any, input_signature: Sequence[Any], *, opset: int) -> Exported:
+    """tf2onnx ``from_function`` at any opset it supports (``onnxq.convert`` accepts 13-18 only).
+
+    tf2onnx's counter-made names are renumbered with onnxq's helper so the file is
+    byte-for-byte reproducible; dims stay as tf2onnx writes them (``unk__N``).
+    """
+    import onnx
+    from tf2onnx import convert
+
+    from onnxq.convert.tf_export import renumber_generated_names
+
+    proto, _ = convert.from_function(fn, input_signature=list(input_signature), opset=opset)
+    onnx.checker.check_model(proto, full_check=True)
+    model = ir.serde.deserialize_model(proto)
+    renumber_generated_names(model)
+    _renumber_unknown_dims(model)
+    return Exported(model, f"tf2onnx.convert.from_function(opset={opset})")
+
+
+def _renumber_unknown_dims(model: ir.Model) -> None:
+    """``unk__152`` -> ``unk__0``...: tf2onnx numbers unknown dims from a process-wide counter."""
+    import re
+
+    mapping: dict[str, str] = {}
+    values = [*model.graph.inputs, *(v for node in model.graph for v in node.outputs), *model.graph.outputs]
+    for value in values:
+        if value.shape is None:
+            continue
+        dims = []
+        for dim in value.shape:
+            if isinstance(dim, ir.SymbolicDim) and dim.value and re.fullmatch(r"unk__\d+", dim.value):
+                dim = mapping.setdefault(dim.value, f"unk__{len(mapping)}")
+            dims.append(dim)
+        value.shape = ir.Shape(dims)

@@ -6,8 +6,10 @@ what graph transformations do to accuracy, not to reach state of the art.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,13 +25,20 @@ logger = logging.getLogger(__name__)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def setup(seed: int = _common.SEED, threads: int = 1) -> torch.Generator:
+#: Environment variable that overrides the training thread count; only ``models/sweep.py``
+#: sets it, to check that the metrics do not hinge on one reduction order.
+THREADS_ENV = "ONNXQ_ZOO_THREADS"
+
+
+def setup(seed: int = _common.SEED, threads: int | None = None) -> torch.Generator:
     """Seeds everything, pins the thread count and deterministic kernels; returns a generator.
 
     One thread by default: on these tiny networks OpenMP synchronisation costs more than it
     saves (measured on 2 cores: 5 s with 1 thread vs 40 s with 2 under load), and a fixed
     count keeps float reductions, hence the trained weights, the same on every machine.
     """
+    if threads is None:
+        threads = int(os.environ.get(THREADS_ENV, "1"))
     _common.seed_python_and_numpy(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -71,9 +80,35 @@ def train(
                 x = x_all[index]
                 yield (augment(x, generator) if augment is not None else x), y_all[index]
 
-    return train_steps(
+    loss = train_steps(
         net, batches(), steps=epochs * steps_per_epoch, lr=lr, weight_decay=weight_decay, loss_fn=loss_fn
     )
+    recalibrate_batchnorm(net, x_all)
+    return loss
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    """Recomputes BatchNorm running statistics as exact averages over un-augmented ``inputs``.
+
+    The running statistics left by training are a momentum average over augmented batches
+    (shifted images) from the last few steps; on the held-out data (not shifted) they were
+    off enough to cost up to 4 points of accuracy, and which points depended on the seed and
+    the CPU ("precise BN"). An exact average over the training inputs removes that noise.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # NOTE: None = cumulative average over the batches seen
+    net.train()
+    for begin in range(0, len(inputs), batch_size):
+        net(inputs[begin : begin + batch_size])
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    net.eval()
 
 
 def train_steps(
@@ -172,4 +207,30 @@ def classifier_entry(
         calib={input_name: x_train[_common.calib_indices(len(x_train))]},
         reference=predict(net, x_test),
         details={"dynamic_dims": {input_name: {"0": "batch"}}},
+    )
+
+
+def legacy_variant(net: nn.Module, base: _common.BuiltModel, *, name: str, opset: int) -> _common.BuiltModel:
+    """The same trained ``net`` as ``base``, exported by the legacy exporter at ``opset``.
+
+    Same data, metric and reference as ``base`` (so ``zoo.evaluate`` works alike); only the
+    graph differs: TorchScript export, older opset, BatchNorm folded, dims named
+    ``<input>_dynamic_axes_1`` by the exporter.
+    """
+    from models import _export  # NOTE: _export imports onnxq; keep this module light
+
+    input_names = list(base.held_out.inputs)
+    example = tuple(torch.from_numpy(np.array(base.held_out.inputs[n][:2])) for n in input_names)
+    output_names = [v.name or f"output_{i}" for i, v in enumerate(base.model.graph.outputs)]
+    exported = _export.export_torch_legacy(
+        net, example, opset=opset, input_names=input_names, output_names=output_names
+    )
+    dims = {n: {"0": f"{n}_dynamic_axes_1"} for n in input_names}
+    return dataclasses.replace(
+        base,
+        name=name,
+        model=exported.model,
+        route=f"torch.onnx legacy TorchScript exporter, opset {opset}, same weights as {base.name}",
+        converter=exported.converter,
+        details={**base.details, "dynamic_dims": dims, "variant_of": base.name},
     )

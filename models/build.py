@@ -44,13 +44,13 @@ REPO_ROOT = MODELS_DIR.parent
 #: not read from the scripts, so a cache check does not import torch or TensorFlow.
 SCRIPTS: dict[str, tuple[str, ...]] = {
     "digits_cnn": ("digits_cnn",),
-    "lstm_gru": ("lstm_gru",),
+    "lstm_gru": ("lstm_gru", "lstm_gru_op12"),
     "transformer_digits": ("transformer_digits",),
     "dynamic_transformer": ("dynamic_transformer",),
-    "resnet_digits": ("resnet_digits",),
-    "mobilenetv2_digits": ("mobilenetv2_digits",),
+    "resnet_digits": ("resnet_digits", "resnet_digits_op11"),
+    "mobilenetv2_digits": ("mobilenetv2_digits", "mobilenetv2_digits_op13"),
     "crnn_ocr": ("crnn_ocr",),
-    "keras_cnn": ("keras_cnn_savedmodel", "keras_cnn_tflite"),
+    "keras_cnn": ("keras_cnn_savedmodel", "keras_cnn_tflite", "keras_cnn_op11"),
     "bert_like": ("bert_like",),
 }
 #: Files whose content every model depends on besides its own script.

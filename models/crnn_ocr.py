@@ -24,6 +24,7 @@ from models import _common, _export, _torch_utils
 ENTRIES = ("crnn_ocr",)
 CLASSES = 11  # blank + 10 digits
 STEPS = 300
+LR = 3e-3
 BATCH = 32
 LENGTH = 4
 
@@ -81,22 +82,36 @@ def _evaluation(seed: int, length: int, count: int) -> _common.Evaluation:
     return _common.Evaluation({"image": x}, y)
 
 
+METRIC = _common.Metric("sequence_accuracy", "ctc_sequence_accuracy", also=("ctc_char_accuracy",))
+
+
+def held_out() -> _common.Evaluation:
+    """4-digit strings of held-out images and their CTC targets."""
+    return _evaluation(1004, LENGTH, len(_common.digits_split().x_test))
+
+
+def train_net(seed: int = _common.SEED) -> CRNN:
+    """Trains with CTC on strings of training images, deterministically for ``seed``."""
+    _torch_utils.setup(seed)
+    net = CRNN()
+    _torch_utils.train_steps(
+        net, _batches(np.random.default_rng(seed), _common.digits_split()), steps=STEPS, lr=LR, loss_fn=ctc_loss
+    )
+    return net
+
+
 def build(workdir: Path) -> list[_common.BuiltModel]:
     """Trains with CTC on generated digit strings, exports with dynamic batch and width."""
     del workdir
-    _torch_utils.setup()
     split = _common.digits_split()
-    net = CRNN()
-    _torch_utils.train_steps(
-        net, _batches(np.random.default_rng(_common.SEED), split), steps=STEPS, lr=3e-3, loss_fn=ctc_loss
-    )
-    held_out = _evaluation(1004, LENGTH, len(split.x_test))
+    net = train_net()
+    evaluation = held_out()
     calib, _ = digit_strings(
         np.random.default_rng(2004), split.x_train, split.y_train, _common.CALIB_SAMPLES, LENGTH
     )
     exported = _export.export_torch(
         net,
-        (torch.from_numpy(held_out.inputs["image"][:2]),),
+        (torch.from_numpy(evaluation.inputs["image"][:2]),),
         # NOTE: the width stays static: torch 2.13's exporter fails on a free width Dim in the GRU
         # decomposition, and a derived one (8 * digits) exports with a static time dim in the
         # output shape. Export time grows with the timesteps it unrolls while tracing.
@@ -114,10 +129,10 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
             params=_torch_utils.count_params(net),
             dataset=f"generated from sklearn digits: {LENGTH}-digit strings of held-out images "
             "(train: strings of training images)",
-            metric=_common.Metric("sequence_accuracy", "ctc_sequence_accuracy", also=("ctc_char_accuracy",)),
-            held_out=held_out,
+            metric=METRIC,
+            held_out=evaluation,
             calib={"image": calib},
-            reference=_torch_utils.predict(net, held_out.inputs["image"]),
+            reference=_torch_utils.predict(net, evaluation.inputs["image"]),
             details={"dynamic_dims": {"image": {"0": "batch"}}, "ctc_blank": 0},
         )
     ]

@@ -17,6 +17,7 @@ from models import _common, _export, _torch_utils
 
 ENTRIES = ("digits_cnn",)
 EPOCHS = 15
+LR = 1e-2
 
 
 class DigitsCNN(nn.Module):
@@ -46,9 +47,18 @@ def images(x: np.ndarray) -> np.ndarray:
     return np.array(x[:, None, :, :], dtype=np.float32)
 
 
-def train_net() -> DigitsCNN:
-    """Trains the network on the digits training split, deterministically."""
-    generator = _torch_utils.setup()
+METRIC = _common.Metric("accuracy", "accuracy")
+
+
+def held_out() -> _common.Evaluation:
+    """The held-out digits as NCHW images under the ONNX input name."""
+    split = _common.digits_split()
+    return _common.Evaluation({"input": images(split.x_test)}, split.y_test.copy())
+
+
+def train_net(seed: int = _common.SEED) -> DigitsCNN:
+    """Trains the network on the digits training split, deterministically for ``seed``."""
+    generator = _torch_utils.setup(seed)
     split = _common.digits_split()
     net = DigitsCNN()
     _torch_utils.train(
@@ -57,7 +67,7 @@ def train_net() -> DigitsCNN:
         split.y_train,
         epochs=EPOCHS,
         generator=generator,
-        lr=1e-2,
+        lr=LR,
         augment=_torch_utils.random_shift(1),
     )
     return net

@@ -22,6 +22,7 @@ ENTRIES = ("dynamic_transformer",)
 VOCAB = 10
 HIDDEN = 48
 STEPS = 300
+LR = 3e-3
 BATCH = 64
 TRAIN_LENGTHS = (8, 12, 16, 24, 32)
 EVAL_LENGTH = 16
@@ -74,17 +75,31 @@ def _evaluation(seed: int, count: int, length: int) -> _common.Evaluation:
     return _common.Evaluation({"input_ids": x}, y)
 
 
+METRIC = _common.Metric("accuracy", "accuracy")
+
+
+def held_out() -> _common.Evaluation:
+    """The held-out sequences (length ``EVAL_LENGTH``) and their labels."""
+    return _evaluation(1001, EVAL_SAMPLES, EVAL_LENGTH)
+
+
+def train_net(seed: int = _common.SEED) -> SequenceTransformer:
+    """Trains on freshly generated sequences, deterministically for ``seed``."""
+    _torch_utils.setup(seed)
+    net = SequenceTransformer()
+    _torch_utils.train_steps(net, _batches(np.random.default_rng(seed)), steps=STEPS, lr=LR)
+    return net
+
+
 def build(workdir: Path) -> list[_common.BuiltModel]:
     """Trains on generated sequences, exports with dynamic batch and length, packages the entry."""
     del workdir
-    _torch_utils.setup()
-    net = SequenceTransformer()
-    _torch_utils.train_steps(net, _batches(np.random.default_rng(_common.SEED)), steps=STEPS, lr=3e-3)
-    held_out = _evaluation(1001, EVAL_SAMPLES, EVAL_LENGTH)
+    net = train_net()
+    evaluation = held_out()
     batch, seq_len = torch.export.Dim("batch"), torch.export.Dim("seq_len", max=4096)
     exported = _export.export_torch(
         net,
-        (torch.from_numpy(held_out.inputs["input_ids"][:2]),),
+        (torch.from_numpy(evaluation.inputs["input_ids"][:2]),),
         dynamic_shapes={"input_ids": {0: batch, 1: seq_len}},
         output_names=["logits"],
     )
@@ -100,9 +115,9 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
             dataset=f"generated: most frequent digit in a sequence (train lengths {TRAIN_LENGTHS}, "
             f"held-out length {EVAL_LENGTH})",
             metric=_common.Metric("accuracy", "accuracy"),
-            held_out=held_out,
+            held_out=evaluation,
             calib=_evaluation(2002, _common.CALIB_SAMPLES, EVAL_LENGTH).inputs,
-            reference=_torch_utils.predict(net, held_out.inputs["input_ids"]),
+            reference=_torch_utils.predict(net, evaluation.inputs["input_ids"]),
             extra_evals={
                 "accuracy@seq_len=6": _evaluation(1006, 256, 6),
                 "accuracy@seq_len=48": _evaluation(1048, 256, 48),

@@ -5,6 +5,9 @@ trained on digits in NHWC, then:
 
 * ``keras_cnn_savedmodel``: ``model.export(dir)`` (SavedModel) -> tf2onnx.
 * ``keras_cnn_tflite``: the same SavedModel -> float32 .tflite -> tf2onnx.
+* ``keras_cnn_op11``: the same model in a ``tf.function`` -> tf2onnx ``from_function`` at
+  opset 11 (as older pipelines export), called directly because ``onnxq.convert`` only
+  accepts opsets 13-18; dims as tf2onnx names them (``unk__N``).
 
 Both keep TensorFlow's NHWC input ``[batch, 8, 8, 1]`` and the input/output names the
 converter gives, so the zoo has the layout transposes and naming of real TF exports.
@@ -21,7 +24,9 @@ import numpy as np
 
 from models import _common, _export
 
-ENTRIES = ("keras_cnn_savedmodel", "keras_cnn_tflite")
+ENTRIES = ("keras_cnn_savedmodel", "keras_cnn_tflite", "keras_cnn_op11")
+#: Opset of the tf2onnx ``from_function`` variant (below what ``onnxq.convert`` accepts).
+LEGACY_OPSET = 11
 EPOCHS = 20
 BATCH = 32
 ARCHITECTURE = "CNN (Keras): Conv+BN+ReLU, MaxPool, Conv+ReLU, MaxPool, Dense 64, Dense 10 + softmax"
@@ -89,6 +94,11 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
     tflite_path = workdir / "model.tflite"
     tflite_path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(os.fspath(saved_model)).convert())
 
+    spec = tf.TensorSpec([None, 8, 8, 1], tf.float32, name="image")
+    call = tf.function(
+        lambda image: {"output_0": model(image, training=False)}, input_signature=[spec], autograph=False
+    )
+
     params = int(model.count_params())
     calib = x_train[_common.calib_indices(len(x_train))]
     built = []
@@ -102,6 +112,11 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
             "keras_cnn_tflite",
             "Keras 3 SavedModel -> TFLite (float32) -> tf2onnx",
             _export.export_tflite(tflite_path),
+        ),
+        (
+            "keras_cnn_op11",
+            f"Keras 3 model in a tf.function -> tf2onnx from_function (opset {LEGACY_OPSET})",
+            _export.export_tf_function(call, [spec], opset=LEGACY_OPSET),
         ),
     ):
         input_name = exported.model.graph.inputs[0].name or ""

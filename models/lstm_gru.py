@@ -15,8 +15,11 @@ from torch import nn
 
 from models import _common, _export, _torch_utils
 
-ENTRIES = ("lstm_gru",)
+ENTRIES = ("lstm_gru", "lstm_gru_op12")
+#: Opset of the legacy-exporter variant (same trained weights).
+LEGACY_OPSET = 12
 EPOCHS = 20
+LR = 1e-2
 
 
 class RowRNN(nn.Module):
@@ -34,13 +37,29 @@ class RowRNN(nn.Module):
         return self.classifier(hidden.mean(dim=1))
 
 
+METRIC = _common.Metric("accuracy", "accuracy")
+
+
+def held_out() -> _common.Evaluation:
+    """The held-out digits as row sequences under the ONNX input name."""
+    split = _common.digits_split()
+    return _common.Evaluation({"rows": split.x_test.copy()}, split.y_test.copy())
+
+
+def train_net(seed: int = _common.SEED) -> RowRNN:
+    """Trains the network on the training digits' rows, deterministically for ``seed``."""
+    generator = _torch_utils.setup(seed)
+    split = _common.digits_split()
+    net = RowRNN()
+    _torch_utils.train(net, split.x_train, split.y_train, epochs=EPOCHS, generator=generator, lr=LR)
+    return net
+
+
 def build(workdir: Path) -> list[_common.BuiltModel]:
     """Trains on digits rows, exports with a dynamic batch, packages the entry."""
     del workdir
-    generator = _torch_utils.setup()
     split = _common.digits_split()
-    net = RowRNN()
-    _torch_utils.train(net, split.x_train, split.y_train, epochs=EPOCHS, generator=generator, lr=1e-2)
+    net = train_net()
     exported = _export.export_torch(
         net,
         (torch.from_numpy(split.x_test[:2].copy()),),
@@ -48,16 +67,15 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
         output_names=["logits"],
     )
     x_test = split.x_test.copy()
-    return [
-        _torch_utils.classifier_entry(
-            net,
-            exported,
-            name="lstm_gru",
-            architecture="BiLSTM(2x32) + GRU(48) over 8 image rows, mean-pool, Linear",
-            dataset=_common.DIGITS_DATASET + "; rows as a sequence",
-            input_name="rows",
-            x_train=split.x_train,
-            x_test=x_test,
-            y_test=split.y_test,
-        )
-    ]
+    base = _torch_utils.classifier_entry(
+        net,
+        exported,
+        name="lstm_gru",
+        architecture="BiLSTM(2x32) + GRU(48) over 8 image rows, mean-pool, Linear",
+        dataset=_common.DIGITS_DATASET + "; rows as a sequence",
+        input_name="rows",
+        x_train=split.x_train,
+        x_test=x_test,
+        y_test=split.y_test,
+    )
+    return [base, _torch_utils.legacy_variant(net, base, name="lstm_gru_op12", opset=LEGACY_OPSET)]

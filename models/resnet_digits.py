@@ -17,9 +17,12 @@ from torch import nn
 
 from models import _common, _digits_images, _export, _torch_utils
 
-ENTRIES = ("resnet_digits",)
+ENTRIES = ("resnet_digits", "resnet_digits_op11")
+#: Opset of the legacy-exporter variant (same trained weights).
+LEGACY_OPSET = 11
 EPOCHS = 8
 SIZE = 16
+LR = 1e-2
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
@@ -56,18 +59,34 @@ class ResNetDigits(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+METRIC = _common.Metric("accuracy", "accuracy")
+
+
+def held_out() -> _common.Evaluation:
+    """The held-out digits, upsampled, under the ONNX input name."""
+    split = _common.digits_split()
+    return _common.Evaluation({"input": _digits_images.nchw(split.x_test, SIZE)}, split.y_test.copy())
+
+
+def train_net(seed: int = _common.SEED) -> ResNetDigits:
+    """Trains the network on the upsampled training digits, deterministically for ``seed``."""
+    generator = _torch_utils.setup(seed)
+    split = _common.digits_split()
+    net = ResNetDigits()
+    _torch_utils.train(
+        net, _digits_images.nchw(split.x_train, SIZE), split.y_train, epochs=EPOCHS, generator=generator,
+        lr=LR, augment=_torch_utils.random_shift(2),
+    )  # fmt: skip
+    return net
+
+
 def build(workdir: Path) -> list[_common.BuiltModel]:
     """Trains on upsampled digits, exports with a dynamic batch, packages the entry."""
     del workdir
-    generator = _torch_utils.setup()
     split = _common.digits_split()
     x_train = _digits_images.nchw(split.x_train, SIZE)
     x_test = _digits_images.nchw(split.x_test, SIZE)
-    net = ResNetDigits()
-    _torch_utils.train(
-        net, x_train, split.y_train, epochs=EPOCHS, generator=generator, lr=1e-2,
-        augment=_torch_utils.random_shift(2),
-    )  # fmt: skip
+    net = train_net()
     exported = _export.export_torch(
         net,
         (torch.from_numpy(x_test[:2]),),
@@ -75,17 +94,16 @@ def build(workdir: Path) -> list[_common.BuiltModel]:
         output_names=["logits"],
         keep_batchnorm=True,
     )
-    return [
-        _torch_utils.classifier_entry(
-            net,
-            exported,
-            name="resnet_digits",
-            architecture="ResNet: stem + 3 BasicBlocks (16/32/64 ch, BN, residual Add), GAP, Linear",
-            dataset=_common.DIGITS_DATASET + f"; upsampled to {SIZE}x{SIZE}",
-            input_name="input",
-            x_train=x_train,
-            x_test=x_test,
-            y_test=split.y_test,
-            route="torch.onnx (dynamo, BN kept)",
-        )
-    ]
+    base = _torch_utils.classifier_entry(
+        net,
+        exported,
+        name="resnet_digits",
+        architecture="ResNet: stem + 3 BasicBlocks (16/32/64 ch, BN, residual Add), GAP, Linear",
+        dataset=_common.DIGITS_DATASET + f"; upsampled to {SIZE}x{SIZE}",
+        input_name="input",
+        x_train=x_train,
+        x_test=x_test,
+        y_test=split.y_test,
+        route="torch.onnx (dynamo, BN kept)",
+    )
+    return [base, _torch_utils.legacy_variant(net, base, name="resnet_digits_op11", opset=LEGACY_OPSET)]

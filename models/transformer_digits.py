@@ -17,6 +17,7 @@ from models import _common, _export, _torch_utils, _transformer
 
 ENTRIES = ("transformer_digits",)
 EPOCHS = 15
+LR = 3e-3
 HIDDEN = 64
 
 
@@ -40,16 +41,32 @@ class RowTransformer(nn.Module):
         return self.classifier(x.mean(dim=1))
 
 
-def build(workdir: Path) -> list[_common.BuiltModel]:
-    """Trains on digits rows, exports with a dynamic batch, packages the entry."""
-    del workdir
-    generator = _torch_utils.setup()
+METRIC = _common.Metric("accuracy", "accuracy")
+
+
+def held_out() -> _common.Evaluation:
+    """The held-out digits as row tokens under the ONNX input name."""
+    split = _common.digits_split()
+    return _common.Evaluation({"rows": split.x_test.copy()}, split.y_test.copy())
+
+
+def train_net(seed: int = _common.SEED) -> RowTransformer:
+    """Trains the network on the training digits' rows, deterministically for ``seed``."""
+    generator = _torch_utils.setup(seed)
     split = _common.digits_split()
     net = RowTransformer()
     nn.init.normal_(net.positions, std=0.02)
     _torch_utils.train(
-        net, split.x_train, split.y_train, epochs=EPOCHS, generator=generator, lr=3e-3, weight_decay=1e-2
+        net, split.x_train, split.y_train, epochs=EPOCHS, generator=generator, lr=LR, weight_decay=1e-2
     )
+    return net
+
+
+def build(workdir: Path) -> list[_common.BuiltModel]:
+    """Trains on digits rows, exports with a dynamic batch, packages the entry."""
+    del workdir
+    split = _common.digits_split()
+    net = train_net()
     exported = _export.export_torch(
         net,
         (torch.from_numpy(split.x_test[:2].copy()),),
