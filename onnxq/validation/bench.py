@@ -358,8 +358,8 @@ def bench(
     for n in threads:
         sessions = [session(p, threads=n) for p in paths]
         base = [feeds_for(s, given, where=os.fspath(p)) for s, p in zip(sessions, paths, strict=True)]
-        sizes: list[int | None] = list(batches) if batches else [None]
-        for size in sizes:
+        batch_sizes: list[int | None] = list(batches) if batches else [None]
+        for size in batch_sizes:
             feeds = [f if size is None else _rebatch(s, f, size, where=os.fspath(p))
                      for s, f, p in zip(sessions, base, paths, strict=True)]
             batch = _batch(feeds[0])
