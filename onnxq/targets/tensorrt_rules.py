@@ -37,6 +37,7 @@ RULES = {
     "residual-quantized": "the residual input of an Add after a convolution is dequantized",
     "concat-scale": "Concat inputs share one scale",
     "output-qdq": "no Q/DQ on graph outputs",
+    "onnx-domain": "only ai.onnx ops (others need a TensorRT plugin)",
 }
 ERROR, WARNING = "error", "warning"
 
@@ -61,6 +62,10 @@ def check_tensorrt(model: ir.Model) -> list[Violation]:
     for graph in model.graphs():
         for node in graph:
             if node.domain not in ("", "ai.onnx"):
+                found.append(Violation(
+                    _name(node), "onnx-domain",
+                    f"TensorRT's ONNX parser has no {node.domain}.{node.op_type} (it needs a plugin); "
+                    "quantize for tensorrt without onnxruntime-specific fusions"))
                 continue
             if node.op_type in Q_OPS:
                 found.extend(_check_qdq(node, opset))

@@ -174,6 +174,15 @@ def test_zero_point_message_names_the_node_and_rule() -> None:
     assert "n_w1d: [zero-point] TensorRT needs zero point 0 for int8 weights (found [0, 3, 0, 0])" in messages
 
 
+def test_onnxruntime_contrib_ops_are_not_tensorrt_ops() -> None:
+    text = """<ir_version: 10, opset_import: ["" : 17, "com.microsoft" : 1]>
+    g (float[2, 4] x) => (float[2, 4] y) { y = com.microsoft.Gelu(x) }"""
+    found = check_tensorrt(_names(_model(text)))
+    assert [str(v) for v in found] == [
+        "n_y: [onnx-domain] TensorRT's ONNX parser has no com.microsoft.Gelu (it needs a plugin); "
+        "quantize for tensorrt without onnxruntime-specific fusions"]
+
+
 def test_concat_inputs_share_one_scale() -> None:
     text = """<ir_version: 10, opset_import: ["" : 17]>
     g (float[1, 2] a, float[1, 2] b) => (float[1, 4] y) <float sa = {0.1}, float sb = {0.2}, int8 z = {0}> {
@@ -209,26 +218,20 @@ def test_per_channel_below_opset_13_and_subgraphs() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet_digits", "mobilenetv2_digits"])
+@pytest.mark.parametrize("name", ["resnet_digits", "mobilenetv2_digits", "transformer_digits"])
 def test_zoo_model_quantized_for_tensorrt_passes_the_walker(name: str, tmp_path: Path) -> None:
-    """Zoo CNNs (residual Adds; MobileNetV2's between two convolutions) through the static
-    pipeline with the tensorrt profile obey every rule and keep their accuracy."""
+    """Zoo models (residual Adds; MobileNetV2's between two convolutions; attention MatMuls)
+    through ``onnxq.quantize`` (optimize, calibrate, static QDQ) with the tensorrt profile obey
+    every rule and keep their accuracy."""
+    import onnxq
     from models import zoo
-    from onnxq.calibration import calibrate
-    from onnxq.framework.context import PassContext
-    from onnxq.framework.pipeline import apply
-    from onnxq.framework.registry import PassRegistry
     from onnxq.ir.io import load_model, save_model
-    from onnxq.passes.quantization import static_pipeline, tensors_to_calibrate
 
     zoo.ensure_built([name])
     model = load_model(zoo.model_path(name))
-    target = get_target("tensorrt")
-    apply(model, PassRegistry.default().parse("cleanup"), PassContext())
     calib = zoo.load_calib(name)
     samples = [{k: v[i:i + 1] for k, v in calib.items()} for i in range(32)]
-    ranges = calibrate(model, samples, tensors=tensors_to_calibrate(model, target))
-    apply(model, static_pipeline(target), PassContext.with_resources([target, ranges]))
+    model, report = onnxq.quantize(model, samples, target="tensorrt", self_check=False)
     ops = [n.op_type for n in model.graph]
     assert ops.count("DequantizeLinear") > 0
     assert [str(v) for v in check_tensorrt(model)] == []
