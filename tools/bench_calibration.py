@@ -203,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
             "onnxq_rss_growth": growth,
         },
     )
-    print(f"\nwritten: {args.out}")
     return 0
 
 
