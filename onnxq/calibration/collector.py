@@ -65,7 +65,8 @@ class Collection:
     fingerprint: str = ""
 
     def ranges(self, method: str | None = None, **options: Any) -> Ranges:
-        """Ranges from the observers (``method`` picks a histogram method; default: the observers')."""
+        """Ranges from the observers; with histogram observers ``method`` (``percentile``,
+        ``entropy``, ``mse`` or ``minmax``) and its options choose how, so one pass serves all."""
         tensors: dict[str, TensorRange] = {}
         empty = []
         for name in sorted(self.observers):
@@ -75,8 +76,10 @@ class Collection:
                 continue
             if isinstance(observer, HistogramObserver):
                 tensors[name] = observer.range(method, **options)
-            else:
+            elif method in (None, observer.kind) and not options:
                 tensors[name] = observer.range()
+            else:
+                raise ValueError(f"{type(observer).__name__} gives only '{observer.kind}' ranges")
         first = next(iter(self.observers.values()), None)
         used = method or _method_of(first)
         details: dict[str, Any] = {**_details_of(first), **options}

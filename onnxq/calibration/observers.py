@@ -445,10 +445,12 @@ class HistogramObserver(Observer):
         return self._finish(float(thresholds[best]), nonneg)
 
     def range(self, method: str | None = None, **options: Any) -> TensorRange:
-        """The range by ``method`` (default: the one given at construction)."""
+        """The range by ``method`` (default: the one given at construction; ``minmax`` too)."""
         if self._empty():
             raise ValueError("no finite value observed")
         method = method or self.method
+        if method == "minmax":  # the exact extremes are tracked beside the histogram
+            return safe_range(self.min, self.max)
         if method == "percentile":
             return self.percentile_range(**options)
         if method == "entropy":

@@ -16,6 +16,7 @@ from onnxq import runtime
 from onnxq.calibration import (
     CalibrationError,
     HistogramObserver,
+    MinMaxObserver,
     Ranges,
     RangesError,
     calibrate,
@@ -153,8 +154,11 @@ def test_calibration_data_reader_is_used_as_it_is() -> None:
 def test_collect_once_serves_every_histogram_method() -> None:
     model = parse(CHAIN)
     collection = collect(model, _samples(), HistogramObserver)
-    for method in ("percentile", "entropy", "mse"):
+    for method in ("percentile", "entropy", "mse", "minmax"):
         assert collection.ranges(method).tensors == calibrate(model, _samples(), method=method).tensors
+    assert collection.ranges("percentile", percentile=99.0).details["percentile"] == 99.0
+    with pytest.raises(ValueError, match="gives only 'minmax' ranges"):
+        collect(model, _samples(), MinMaxObserver).ranges("entropy")
 
 
 def test_ranges_are_deterministic_and_round_trip(tmp_path: Path) -> None:
