@@ -142,15 +142,22 @@ class QuantizeDynamic(Pass):
                           tuple(rewriter.diagnostics))
 
 
+#: Targets whose runtime has no DynamicQuantizeLinear / MatMulInteger / DynamicQuantizeLSTM.
+STATIC_ONLY_TARGETS = frozenset({"tensorrt"})
+
+
 def _reduce_range(options: QuantizeDynamic.Options, ctx: PassContext) -> bool:
-    if options.reduce_range is not None:
-        return options.reduce_range
     from onnxq.targets.base import Target
 
-    for kind, resource in ctx.resources.items():
-        if issubclass(kind, Target):
-            return bool(resource.reduce_range)  # type: ignore[attr-defined]
-    return False
+    target = next((r for kind, r in ctx.resources.items() if issubclass(kind, Target)), None)
+    if isinstance(target, Target) and target.name in STATIC_ONLY_TARGETS:
+        raise OptionError(
+            f"dynamic quantization emits DynamicQuantizeLinear/MatMulInteger, which target '{target.name}' "
+            "does not run; use static quantization (--mode static) for it"
+        )
+    if options.reduce_range is not None:
+        return options.reduce_range
+    return bool(target.reduce_range) if isinstance(target, Target) else False
 
 
 # --- weight quantization --------------------------------------------------------------

@@ -328,6 +328,16 @@ def test_seven_bit_weights_from_the_target_or_the_option() -> None:
         assert max(_rel_err(want, runtime.run(model, feeds)).values()) < (0.05 if qmax == 64 else 0.03)
 
 
+def test_tensorrt_target_is_refused_with_one_line() -> None:
+    from onnxq.targets import get_target
+
+    model = _model(MATMUL_GEMM)
+    before = ir.serde.serialize_model(model).SerializeToString()
+    with pytest.raises(OptionError, match="target 'tensorrt' does not run; use static quantization"):
+        QuantizeDynamic().run(model, PassContext.with_resources([get_target("tensorrt")]))
+    assert ir.serde.serialize_model(model).SerializeToString() == before
+
+
 def test_min_elements_leaves_small_weights_float() -> None:
     model = _model(MATMUL_GEMM)
     result = _quantize(model, "quantize-dynamic{min_elements=300}")
