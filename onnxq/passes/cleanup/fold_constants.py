@@ -61,8 +61,11 @@ class FoldConstants(Pass):
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         before = fingerprint(model)
-        nodes_before = {id(n) for g in all_graphs(model) for n in g}
+        # NOTE: the list keeps removed nodes alive, so their ids are not reused by new nodes.
+        alive = [n for g in all_graphs(model) for n in g]
+        nodes_before = {id(n) for n in alive}
         folder = _GuardedFolder(
+            nodes_before,
             shape_inference=False,
             input_size_limit=self.options.input_size_limit,
             output_size_limit=self.options.output_size_limit,
@@ -87,9 +90,11 @@ class FoldConstants(Pass):
 
 
 class _GuardedFolder(_constant_folding.FoldConstantsPass):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, existing: set[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.skipped: list[tuple[str | None, str]] = []
+        #: ids of the nodes in the model before folding (not the folder's creations).
+        self.existing = existing
 
     def process_node(self, node: ir.Node, is_function: bool) -> _constant_folding.Replacement | None:
         if node.op_type == "CastLike" and node.domain == "":
@@ -106,14 +111,17 @@ class _GuardedFolder(_constant_folding.FoldConstantsPass):
         self, node: ir.Node, replacement: _constant_folding.Replacement, root: ir.Graph | ir.Function
     ) -> None:
         opsets = dict(root.opset_imports) if isinstance(root, ir.Function) else dict(self._opset_imports)
-        for new in replacement.new_nodes:
-            _legalize_constant(new, opsets)
-            reason = _invalid_at(new, opsets)
-            if reason is not None:
-                # NOTE: process_node only tagged values and registered no initializer for a
-                # replacement that carries new nodes, so dropping it leaves the graph as it was.
-                self.skipped.append((node.name, f"{node.op_type}: rewrite not valid at this opset: {reason}"))
-                return
+        if not any(id(n) in self.existing for n in replacement.new_nodes):
+            for new in replacement.new_nodes:
+                _legalize_constant(new, opsets)
+                reason = _invalid_at(new, opsets)
+                if reason is not None:
+                    # NOTE: a rule that builds new nodes leaves the graph untouched until this
+                    # replacement is applied, so dropping it leaves the graph as it was.
+                    self.skipped.append((node.name, f"{node.op_type}: rewrite not valid at this opset: {reason}"))
+                    return
+        # NOTE: otherwise the rule moved nodes of the model (an If inlined from its branch): they
+        # were valid before, and the branch is already emptied, so the replacement must go in.
         super().replace_node(node, replacement, root)
 
 
@@ -180,15 +188,17 @@ def _invalid_at(node: ir.Node, opsets: dict[str, int]) -> str | None:
     context = onnx.checker.C.CheckerContext()
     context.ir_version = onnx.IR_VERSION
     context.opset_imports = opsets
-    proto = ir.serde.serialize_node(node)
-    # NOTE: values the folder just made are still unnamed, and an empty name reads as "omitted".
-    for field, values in (("input", node.inputs), ("output", node.outputs)):
-        del getattr(proto, field)[:]
-        getattr(proto, field).extend(
-            "" if value is None else (value.name or f"_{field}_{i}") for i, value in enumerate(values)
-        )
+    # NOTE: values the folder just made are still unnamed, and an empty name reads as "omitted";
+    # name them for the check only.
+    unnamed = [v for v in (*node.inputs, *node.outputs) if v is not None and not v.name]
+    for i, value in enumerate(unnamed):
+        value.name = f"_unnamed_{i}"
     try:
+        proto = ir.serde.serialize_node(node)
         onnx.checker.check_node(proto, context)
     except onnx.checker.ValidationError as e:
         return str(e).strip().splitlines()[0]
+    finally:
+        for value in unnamed:
+            value.name = None
     return None
