@@ -128,8 +128,10 @@ class _Source:
 
 
 class _Folder(_Source):
-    def __init__(self, root: Path, files: Sequence[Path]) -> None:
+    def __init__(self, root: Path, files: Sequence[Path], *, stacked: bool = False) -> None:
         self.root, self.files = root, list(files)
+        # Set when the files were written from a stacked source (see Sample.stacked).
+        self.stacked = stacked
 
     def __len__(self) -> int:
         return len(self.files)
@@ -141,7 +143,7 @@ class _Folder(_Source):
                 feeds = {key: data[key] for key in data.files}
         except (OSError, ValueError, EOFError) as e:
             raise CalibrationDataError(f"sample '{path.name}': cannot read {path} ({e})") from None
-        return Sample(f"'{path.name}'", feeds)
+        return Sample(f"'{path.name}'", feeds, stacked=self.stacked)
 
     def describe(self) -> str:
         return str(self.root)
@@ -407,6 +409,7 @@ class CalibrationData(Resource):
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         files = []
+        stacked = False
         for index, sample in enumerate(self._source):
             if not isinstance(sample.feeds, Mapping):
                 raise CalibrationDataError(
@@ -416,9 +419,10 @@ class CalibrationData(Resource):
             arrays = {str(k): np.asarray(v) for k, v in sample.feeds.items()}
             np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
             files.append(path)
+            stacked = stacked or sample.stacked
         if not files:
             raise CalibrationDataError(f"{self.describe()}: the calibration set is empty")
-        return CalibrationData(_Folder(root, files), keep=keep)
+        return CalibrationData(_Folder(root, files, stacked=stacked), keep=keep)
 
     def _indexable(self) -> CalibrationData:
         return self if self._source.reiterable else self.materialize()
@@ -426,7 +430,8 @@ class CalibrationData(Resource):
     def _subset(self, start: int, stop: int) -> CalibrationData:
         source = self._source
         if isinstance(source, _Folder):
-            return CalibrationData(_Folder(source.root, source.files[start:stop]), keep=self._keep)
+            folder = _Folder(source.root, source.files[start:stop], stacked=source.stacked)
+            return CalibrationData(folder, keep=self._keep)
         if isinstance(source, _Stacked):
             return CalibrationData(source.subset(source.indices[start:stop]), keep=self._keep)
         if isinstance(source, _List):

@@ -231,3 +231,12 @@ def test_stacked_npz_reads_rows_lazily_with_the_same_values_as_numpy(tmp_path: P
     # The split of a stored .npz reads the right rows.
     _, held = CalibrationData.from_path(tmp_path / "stored.npz").split(2)
     np.testing.assert_array_equal(next(iter(held.feeds(model)))[1]["x"], x[5:6])
+
+
+def test_materialize_keeps_what_a_stacked_source_means(tmp_path: Path, model: ir.Model) -> None:
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 1, 3, 4)  # one more axis than the input
+    data = CalibrationData.from_source({"x": x, "ids": np.arange(2)[:, None]})
+    copy = data.materialize(tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["00000000.npz", "00000001.npz"]
+    got = [f["x"] for _, f in copy.feeds(model)]
+    np.testing.assert_array_equal(got[1], x[1])
