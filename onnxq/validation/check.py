@@ -32,6 +32,7 @@ import onnx
 import onnx.helper
 import onnx.shape_inference
 import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.errors import OptionError, first_line
 from onnxq.validation.fusion import (
@@ -125,30 +126,33 @@ def check(model: ir.Model | str | os.PathLike[str], *, target: str = "ort-cpu") 
 
 def _check(path: Path, model: ir.Model, where: str, target: str) -> CheckReport:
     findings: list[Finding] = []
-    findings.extend(_checker(path))
+    findings.extend(_checker(path, model))
     findings.extend(_opset(model))
     findings.extend(_initializers(model))
     findings.extend(_unused(model))
     findings.extend(qdq_findings(model))
     report = CheckReport(where, target, findings)
     if target == "ort-cpu":
-        findings.extend(_ort_cpu(model, report))
+        findings.extend(_ort_cpu(model, path, report))
     else:
         findings.extend(_tensorrt(model))
     return report
 
 
 # --- onnx ---------------------------------------------------------------------------------
-def _checker(path: Path) -> Iterator[Finding]:
+def _checker(path: Path, model: ir.Model) -> Iterator[Finding]:
     try:
         onnx.checker.check_model(os.fspath(path), full_check=False)
     except Exception as e:  # noqa: BLE001  # onnx raises ValidationError and assorted others
         yield Finding("onnx-checker", first_line(e))
         return
+
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+
     try:
-        # NOTE: weights in external data stay on disk; inference needs only small shape constants.
-        proto = onnx.load(os.fspath(path), load_external_data=False)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+        # NOTE: onnx_ir's helper strips large weights before the C++ call (as infer-shapes does).
+        _c_api_utils.call_onnx_api(infer, model)
     except Exception as e:  # noqa: BLE001  # InferenceError and friends
         yield Finding("shape-inference", first_line(e))
 
@@ -331,10 +335,11 @@ def _biases(graph: ir.Graph, names: dict[ir.Node, str]) -> Iterator[Finding]:
 
 
 # --- targets ------------------------------------------------------------------------------
-def _ort_cpu(model: ir.Model, report: CheckReport) -> Iterator[Finding]:
+def _ort_cpu(model: ir.Model, path: Path, report: CheckReport) -> Iterator[Finding]:
     # NOTE: every model goes through onnxruntime: a node without a CPU kernel fails here.
     try:
-        fusion = fusion_report(model)
+        # NOTE: from the file: no second in-memory copy of the weights.
+        fusion = fusion_report(path)
     except FusionCheckError as e:
         yield Finding("ort-cpu-load", str(e))
         return

@@ -202,6 +202,9 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
     opts.optimized_model_filepath = os.fspath(out)
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    # NOTE: only the optimized graph's nodes are read back; its weights go to a side file unread.
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
         ort.InferenceSession(os.fspath(src), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  # onnxruntime raises its own exception types
