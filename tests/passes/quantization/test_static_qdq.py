@@ -640,3 +640,25 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
     _, ops = quantize_and_check(model, tol=0.03, include=("conv_b",))
     assert ops["QLinearConv"] == 1
     assert "wa" in model.graph.initializers and "wb" not in model.graph.initializers
+
+
+def test_conv_before_an_unfolded_batchnorm_stays_float() -> None:
+    model = build(
+        H18
+        + """
+g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
+  c = Conv<pads=[1,1,1,1]>(x, w)
+  n = BatchNormalization(c, gamma, beta, mean, var)
+  r = Relu(n)
+  y = Conv(r, w2)
+}""",
+        w=(4, 3, 3, 3),
+        gamma=np.array([1.0, 50.0, 0.01, 2.0], np.float32),
+        beta=np.zeros(4, np.float32),
+        mean=np.zeros(4, np.float32),
+        var=np.ones(4, np.float32),
+        w2=(4, 4, 1, 1),
+    )
+    result, ops = quantize_and_check(model, tol=0.03)
+    assert any("BatchNormalization that is not folded" in d.message for d in result.diagnostics)
+    assert ops["QLinearConv"] == 1  # only the Conv after the BatchNorm
