@@ -146,7 +146,7 @@ def index_bound(value: ir.Value, *, depth: int = 8) -> int | None:
     return bound
 
 
-def _known_shape(value: ir.Value | None) -> ir.Shape | None:
+def _known_shape(value: ir.Value | None) -> ir.ShapeProtocol | None:
     """The value's shape, or that of the constant behind it (before any shape inference ran)."""
     if value is None:
         return None
