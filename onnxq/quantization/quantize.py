@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxq.calibration import CalibrationData, calibrate
@@ -38,6 +39,12 @@ _METHOD_NAMES = {"moving-average": "moving_average"}
 PER_CHANNEL_OPSET = 13
 #: Held-back samples the self-check compares on (never used for calibration).
 HOLDOUT = 8
+#: Above this many bytes of weights the self-check is skipped: it holds the float and the
+#: quantized model in memory at once (use ``onnxq compare`` / ``onnxq bench`` on the files).
+SELF_CHECK_MAX_BYTES = 1 << 30
+#: Weights built by constant subgraphs (exporters slice and concatenate LSTM/GRU gates) are
+#: folded up to this many elements before quantizing, so the quantizers see initializers.
+FOLD_WEIGHTS_LIMIT = 1 << 24
 
 
 @dataclasses.dataclass
@@ -146,6 +153,11 @@ def quantize(
         cpu_note=getattr(profile, "cpu_note", None),
     )
     report.ops_before = _op_histogram(model)
+    if self_check and reference is None and _weight_bytes(model) > SELF_CHECK_MAX_BYTES:
+        self_check = False
+        report.diagnostics.append(Diagnostic(
+            f"self-check skipped: {_weight_bytes(model) / 2**30:.1f} GiB of weights would be held twice in "
+            "memory; check the output with 'onnxq compare' and 'onnxq bench'", Severity.WARNING))
     if self_check and reference is None:
         reference = ir.from_proto(ir.to_proto(model))
     clock = _Clock(report.seconds)
@@ -203,8 +215,12 @@ def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_cha
     # NOTE: the fusions use the target's name only to pick its GELU form; other profiles get the
     # portable ONNX one.
     fusion_target = target.name if target.name in ("ort-cpu", "tensorrt") else "onnx"
-    prepare = optimize_pipeline(fusion_target) if optimize else Pipeline([registry.create("infer-shapes")])
-    _run(model, prepare, [target], report)
+    fold = registry.create("fold-constants", {"input_size_limit": str(FOLD_WEIGHTS_LIMIT),
+                                              "output_size_limit": str(FOLD_WEIGHTS_LIMIT)})
+    if _weight_bytes(model) > SELF_CHECK_MAX_BYTES:
+        fold = registry.create("infer-shapes")  # NOTE: keep large models lazy; folding reads weights
+    prepare = [fold, optimize_pipeline(fusion_target)] if optimize else [registry.create("infer-shapes")]
+    _run(model, Pipeline(prepare), [target], report)
     opset = model.opset_imports.get("", 0)
     if per_channel and opset < PER_CHANNEL_OPSET:
         try:
@@ -264,6 +280,15 @@ def _self_check(model: ir.Model, reference: Any, held: CalibrationData | None, t
                 report.diagnostics.append(Diagnostic(f"did not fuse, Q/DQ removed: {group}", Severity.INFO))
             check = self_check(reference, model, samples, target=target)
     report.self_check = check
+
+
+def _weight_bytes(model: ir.Model) -> int:
+    """Bytes of the main graph's initializers, from their types and shapes (nothing is read)."""
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.dtype is not None and value.shape is not None and value.shape.is_static():
+            total += value.dtype.itemsize * int(np.prod(value.shape.numpy(), dtype=np.int64))
+    return total
 
 
 def _op_histogram(model: ir.Model) -> dict[str, int]:
