@@ -353,6 +353,8 @@ def _ort_cpu(model: ir.Model, path: Path, report: CheckReport) -> Iterator[Findi
         else:
             yield Finding("ort-cpu-float-op", f"stays float on ORT CPU ({group.kernel}): {group.reason}; "
                           "its Q/DQ serve fused neighbours", group.node, "info")
+    for text in fusion.notes:
+        yield Finding("ort-cpu-subgraphs", text, None, "info")
     for text in fusion.warnings:
         rule = "ort-cpu-saturation" if text.startswith("u8s8") else "ort-cpu-slow-kernel"
         yield Finding(rule, text, None, "warning")

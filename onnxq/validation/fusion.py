@@ -112,6 +112,8 @@ class FusionReport:
     #: Op histogram of the optimized graph (domain-qualified for non-ONNX ops).
     optimized_ops: dict[str, int]
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: What the report does not cover (Q/DQ inside If/Loop/Scan bodies).
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def fused(self) -> list[Group]:
@@ -138,6 +140,7 @@ class FusionReport:
             "unfused": [dataclasses.asdict(g) for g in self.unfused],
             "optimized_ops": dict(self.optimized_ops),
             "warnings": list(self.warnings),
+            "notes": list(self.notes),
         }
 
     def lines(self) -> list[str]:
@@ -149,6 +152,7 @@ class FusionReport:
         ]
         out.extend(f"  {g}" for g in self.unfused)
         out.extend(f"  warning: {w}" for w in self.warnings)
+        out.extend(f"  note: {n}" for n in self.notes)
         return out
 
 
@@ -302,7 +306,10 @@ def _report(graph: ir.Graph, opt: onnx.GraphProto, *, cpu_flags: Iterable[str] |
         warnings.append(f"{slow} present ({kernels[slow]} nodes): slow on x86, slower than float; "
                         "quantize Conv statically (QDQ) instead")
     warnings.extend(_saturation_warnings(graph, groups, cpu_flags))
+    nested = sum(1 for n in ir.traversal.RecursiveGraphIterator(graph) if n.graph is not graph and (is_q(n) or is_dq(n)))
+    notes = [f"{nested} Q/DQ node(s) inside If/Loop/Scan bodies are not analysed (main graph only)"] if nested else []
     return FusionReport(
+        notes=notes,
         kernels=dict(sorted(kernels.items())),
         quantize_linear=histogram.get("QuantizeLinear", 0),
         dequantize_linear=histogram.get("DequantizeLinear", 0),

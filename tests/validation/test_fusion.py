@@ -252,3 +252,19 @@ def test_remove_unfused_qdq_is_deterministic_and_idempotent() -> None:
     assert remove_unfused_qdq(first, fusion_report(first)) == remove_unfused_qdq(second, fusion_report(second))
     assert ir.to_proto(first).SerializeToString() == ir.to_proto(second).SerializeToString()
     assert remove_unfused_qdq(first, fusion_report(first)) == 0
+
+
+def test_qdq_inside_subgraphs_is_said_not_analysed() -> None:
+    from tests.conftest import parse
+
+    m = parse("""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (bool c, float[2] x) => (float[2] y) <float s = {0.1}, uint8 zp = {128}> {
+      y = If(c) <
+        then_branch = t () => (float[2] a) { q = QuantizeLinear(x, s, zp)  a = DequantizeLinear(q, s, zp) },
+        else_branch = e () => (float[2] b) { b = Relu(x) }
+      >
+    }""")
+    report = fusion_report(m)
+    assert report.notes == ["2 Q/DQ node(s) inside If/Loop/Scan bodies are not analysed (main graph only)"]
+    assert report.groups == [] and "note: 2 Q/DQ" in report.lines()[-1]
