@@ -662,3 +662,34 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
     result, ops = quantize_and_check(model, tol=0.03)
     assert any("BatchNormalization that is not folded" in d.message for d in result.diagnostics)
     assert ops["QLinearConv"] == 1  # only the Conv after the BatchNorm
+
+
+def test_yolo_like_neck_split_silu_resize_concat() -> None:
+    model = build(
+        H18
+        + """
+g (float[1,4,8,8] x) => (float[1,4,16,16] y, float[1,4,8,8] z) {
+  c = Conv<pads=[1,1,1,1]>(x, w1)
+  s = Sigmoid(c)
+  a = Mul(c, s)
+  p, q = Split<axis = 1, num_outputs = 2>(a)
+  scales = Constant<value_floats = [1.0, 1.0, 2.0, 2.0]>()
+  u = Resize<mode = "nearest">(p, , scales)
+  l = Resize<mode = "linear">(q, , scales)
+  k = Concat<axis = 1>(u, l)
+  y = Conv(k, w2)
+  z = Conv(a, w3)
+}""",
+        w1=(4, 4, 3, 3),
+        w2=(4, 4, 1, 1),
+        w3=(4, 4, 1, 1),
+    )
+    _, ops = quantize_and_check(model, tol=0.04)
+    quantized = {n.inputs[0].name: n for n in model.graph if n.op_type == "QuantizeLinear"}
+    # nearest Resize and Split run on int8: they share the SiLU output's scale; linear does not
+    assert quantized["u"].inputs[1] is quantized["a"].inputs[1]
+    assert quantized["p"].inputs[1] is quantized["a"].inputs[1]
+    assert quantized["l"].inputs[1] is not quantized["a"].inputs[1]
+    assert "q" not in quantized  # linear Resize stays float: no QDQ on its input
+    assert ops["QLinearSigmoid"] == 1 and ops["QLinearMul"] == 1 and ops["QLinearConcat"] == 1
+    assert ops["QLinearConv"] == 3 and ops.get("Conv", 0) == 0
