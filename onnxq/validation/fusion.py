@@ -180,8 +180,8 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
     """The (named) input and the graph onnxruntime CPU runs after ``ORT_ENABLE_ALL``.
 
     Returns:
-        The input with every main-graph node uniquely named, and onnxruntime's optimized model
-        (weights stripped from the latter is not attempted: it is read back as saved).
+        The input with every main-graph node uniquely named (above 2 GB its weights stay in
+        ``folder``), and onnxruntime's optimized model without its weights (left in ``folder``).
     """
     if isinstance(model, ir.Model):
         proto = inline_proto(model)
@@ -261,7 +261,12 @@ def fusion_report(model: ir.Model | str | os.PathLike[str], *, cpu_flags: Iterab
     """
     with tempfile.TemporaryDirectory(prefix="onnxq-fusion-") as tmp:
         named, optimized = optimized_model(model, tmp)
-    return _report(ir.serde.deserialize_graph(named.graph), optimized.graph, cpu_flags=cpu_flags)
+        graph = ir.serde.deserialize_graph(named.graph)
+        # NOTE: above 2 GB the weights went to the temp folder; they are read from there, lazily.
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                value.const_value.base_dir = tmp
+        return _report(graph, optimized.graph, cpu_flags=cpu_flags)
 
 
 def unfused_groups(model_or_report: ir.Model | str | os.PathLike[str] | FusionReport) -> list[Group]:
