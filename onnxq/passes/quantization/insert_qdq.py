@@ -151,6 +151,7 @@ def _emit(
     graph = model.graph
     order = {node: i for i, node in enumerate(graph)}
     owners = _owners(graph)
+    fused_producers = set(plan.quantized) | _absorbers(plan)
     scale_inits: dict[ir.Value, tuple[ir.Value, ir.Value]] = {}
     after: dict[ir.Node | None, list[ir.Node]] = defaultdict(list)
     before: dict[ir.Node, list[ir.Node]] = defaultdict(list)
@@ -208,11 +209,7 @@ def _emit(
             stats["dq_inserted"] += 1
             for node, idx in consumers[owner]:
                 node.replace_input_with(idx, dq.outputs[0])
-        if (
-            value.is_graph_output()
-            and producer is not None
-            and producer in set(plan.quantized) | _absorbers(plan)
-        ):
+        if value.is_graph_output() and producer is not None and producer in fused_producers:
             # NOTE: the producer fuses only when Q is its sole consumer, so the graph output is
             # re-read through a DQ that takes over the output's name.
             dq = make_node(
