@@ -693,3 +693,29 @@ g (float[1,4,8,8] x) => (float[1,4,16,16] y, float[1,4,8,8] z) {
     assert "q" not in quantized  # linear Resize stays float: no QDQ on its input
     assert ops["QLinearSigmoid"] == 1 and ops["QLinearMul"] == 1 and ops["QLinearConcat"] == 1
     assert ops["QLinearConv"] == 3 and ops.get("Conv", 0) == 0
+
+
+def test_loop_body_reading_a_quantized_tensor_stays_valid() -> None:
+    model = build(
+        H18
+        + """
+g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] acc_out) {
+  c = Conv<pads=[1,1,1,1]>(x, w)
+  r = Relu(c)
+  y = Conv(r, w2)
+  n = Constant<value = int64 {3}>()
+  acc_out = Loop(n, , r) <
+    body = b (int64 i, bool cond_in, float[1,4,8,8] acc) => (bool cond_out, float[1,4,8,8] acc2) {
+      cond_out = Identity(cond_in)
+      acc2 = Add(acc, r)
+    }
+  >
+}""",
+        w=(4, 3, 3, 3),
+        w2=(4, 4, 1, 1),
+    )
+    _, ops = quantize_and_check(model, tol=0.03)
+    assert ops["QLinearConv"] == 2
+    loop = next(n for n in model.graph if n.op_type == "Loop")
+    body_ops = [n.op_type for n in loop.attributes["body"].as_graph()]
+    assert body_ops == ["Identity", "Add"]  # the body stays float
