@@ -176,13 +176,16 @@ def node_names(graph: ir.Graph) -> list[str]:
 
 
 def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.PathLike[str],
-                    *, threads: int = 1) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+                    *, threads: int = 1) -> tuple[onnx.ModelProto, onnx.ModelProto, str]:
     """The (named) input and the graph onnxruntime CPU runs after ``ORT_ENABLE_ALL``.
 
     Returns:
-        The input with every main-graph node uniquely named (above 2 GB its weights stay in
-        ``folder``), and onnxruntime's optimized model without its weights (left in ``folder``).
+        The input with every main-graph node uniquely named, onnxruntime's optimized model without
+        its weights (left in ``folder``), and the folder the input's external weights (if any) are in.
     """
+    folder = Path(folder)
+    src, out = folder / "named.onnx", folder / "optimized.onnx"
+    direct: Path | None = None
     if isinstance(model, ir.Model):
         proto = inline_proto(model)
     else:
@@ -190,17 +193,24 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
         if not path.is_file():
             raise UserError(f"{path}: no such file")
         try:
-            proto = onnx.load(os.fspath(path))
+            proto = onnx.load(os.fspath(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001  # protobuf raises assorted types on bad files
             raise UserError(f"{path}: not a valid ONNX model ({first_line(e)})") from None
-    graph = ir.serde.deserialize_graph(proto.graph)
-    for node_proto, name in zip(proto.graph.node, node_names(graph), strict=True):
-        node_proto.name = name
-    folder = Path(folder)
-    src, out = folder / "named.onnx", folder / "optimized.onnx"
-    # NOTE: protobuf cannot serialize 2 GB; larger models go to the session with external data.
-    big = not _small_enough(proto) or proto.ByteSize() > 2**31 - 2**20
-    onnx.save_model(proto, src, save_as_external_data=big, location="named.onnx.data")
+        if _all_named(proto):
+            # NOTE: every node has its own name already: the session reads the file itself, weights
+            # and all, without a copy.
+            direct = path
+        else:
+            onnx.external_data_helper.load_external_data_for_model(proto, os.fspath(path.parent))
+    if direct is None:
+        graph = ir.serde.deserialize_graph(proto.graph)
+        for node_proto, name in zip(proto.graph.node, node_names(graph), strict=True):
+            node_proto.name = name
+        # NOTE: protobuf cannot serialize 2 GB; larger models go to the session with external data.
+        big = not _small_enough(proto) or proto.ByteSize() > 2**31 - 2**20
+        onnx.save_model(proto, src, save_as_external_data=big, location="named.onnx.data")
+        if big:
+            proto = onnx.load(os.fspath(src), load_external_data=False)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.optimized_model_filepath = os.fspath(out)
@@ -210,13 +220,16 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
     opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
     opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
-        ort.InferenceSession(os.fspath(src), opts, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(os.fspath(direct or src), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  # onnxruntime raises its own exception types
         raise FusionCheckError(f"onnxruntime cannot load the model: {first_line(e)}") from None
     optimized = onnx.load(os.fspath(out), load_external_data=False)
-    if big:
-        proto = onnx.load(os.fspath(src), load_external_data=False)
-    return proto, optimized
+    return proto, optimized, os.fspath(direct.parent if direct is not None else folder)
+
+
+def _all_named(proto: onnx.ModelProto) -> bool:
+    names = [n.name for n in proto.graph.node]
+    return all(names) and len(set(names)) == len(names)
 
 
 def inline_proto(model: ir.Model) -> onnx.ModelProto:
@@ -260,12 +273,13 @@ def fusion_report(model: ir.Model | str | os.PathLike[str], *, cpu_flags: Iterab
         FusionCheckError: onnxruntime refused the model.
     """
     with tempfile.TemporaryDirectory(prefix="onnxq-fusion-") as tmp:
-        named, optimized = optimized_model(model, tmp)
+        named, optimized, base = optimized_model(model, tmp)
         graph = ir.serde.deserialize_graph(named.graph)
-        # NOTE: above 2 GB the weights went to the temp folder; they are read from there, lazily.
+        # NOTE: weights left in external data (the input's, or the temp copy's above 2 GB) are read
+        # lazily from where they are.
         for value in graph.initializers.values():
             if isinstance(value.const_value, ir.ExternalTensor):
-                value.const_value.base_dir = tmp
+                value.const_value.base_dir = base
         return _report(graph, optimized.graph, cpu_flags=cpu_flags)
 
 

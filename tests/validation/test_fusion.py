@@ -268,3 +268,16 @@ def test_qdq_inside_subgraphs_is_said_not_analysed() -> None:
     report = fusion_report(m)
     assert report.notes == ["2 Q/DQ node(s) inside If/Loop/Scan bodies are not analysed (main graph only)"]
     assert report.groups == [] and "note: 2 Q/DQ" in report.lines()[-1]
+
+
+def test_named_file_with_external_data_is_read_in_place(tmp_path) -> None:
+    from onnxq.ir.io import save_model
+
+    m = _conv_u8s8(127)
+    for i, node in enumerate(m.graph):
+        node.name = f"n{i}"
+    save_model(m, tmp_path / "m.onnx", external_data=True)
+    report = fusion_report(tmp_path / "m.onnx", cpu_flags={"avx2"})
+    assert report.kernels == {"QLinearConv": 1}
+    # The saturation rule read the int8 weights from the input's own data file.
+    assert "n3" in report.warnings[0]
