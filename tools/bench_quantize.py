@@ -193,11 +193,10 @@ def thirdparty_source(name: str) -> dict[str, Any]:
     import onnxruntime as ort
     import thirdparty  # tools/thirdparty.py
 
-    info = thirdparty.fetch(name)
-    path = Path(info["onnx"])
-    with np.load(info["calib"]) as data:
+    path = thirdparty.fetch(name)
+    with np.load(path.with_suffix(".calib.npz")) as data:
         calib = {k: data[k] for k in data.files}
-    with np.load(info["eval"]) as data:
+    with np.load(path.with_suffix(".eval.npz")) as data:
         evals = {k: data[k] for k in data.files}
     ref_sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     samples = [{k: v[i:i + 1] for k, v in evals.items()} for i in range(min(len(v) for v in evals.values()))]
