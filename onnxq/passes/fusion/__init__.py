@@ -11,11 +11,12 @@ from __future__ import annotations
 from onnxq.framework.base import Pass
 from onnxq.framework.pipeline import Pipeline
 from onnxq.framework.registry import Preset
-from onnxq.passes.cleanup import CLEANUP
+from onnxq.passes.cleanup import CLEANUP, FoldConstants
 from onnxq.passes.fusion._rewrite import Miss, RewritePass
 from onnxq.passes.fusion.cancel_transposes import CancelTransposes
 from onnxq.passes.fusion.canonicalize_activations import CanonicalizeActivations
 from onnxq.passes.fusion.collapse_reshapes import CollapseReshapes
+from onnxq.passes.fusion.eliminate_no_ops import EliminateNoOps
 from onnxq.passes.fusion.fold_batchnorm import FoldBatchNorm
 from onnxq.passes.fusion.fold_conv_add_bias import FoldConvAddBias
 from onnxq.passes.fusion.fold_mul_into_weights import FoldMulIntoWeights
@@ -23,9 +24,11 @@ from onnxq.passes.fusion.fold_pad_into_conv import FoldPadIntoConv
 from onnxq.passes.fusion.fold_transpose_into_gemm import FoldTransposeIntoGemm
 from onnxq.passes.fusion.fuse_gelu import TARGETS, FuseGelu
 from onnxq.passes.fusion.fuse_layer_norm import FuseLayerNorm
+from onnxq.passes.fusion.lift_constants import LiftConstants
 from onnxq.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
 
-PASSES: tuple[type[RewritePass], ...] = (
+PASSES: tuple[type[Pass], ...] = (
+    EliminateNoOps,
     FoldBatchNorm,
     FoldPadIntoConv,
     FoldConvAddBias,
@@ -37,6 +40,7 @@ PASSES: tuple[type[RewritePass], ...] = (
     CollapseReshapes,
     FoldTransposeIntoGemm,
     MatMulAddToGemm,
+    LiftConstants,
 )
 DEFAULT_TARGET = "ort-cpu"
 OPTIMIZE_MAX_ITERATIONS = 10
@@ -47,9 +51,20 @@ def fusion_passes(target: str = DEFAULT_TARGET) -> list[Pass]:
     return [FuseGelu(target=target) if cls is FuseGelu else cls() for cls in PASSES]
 
 
+#: Folding limits of the optimize preset: weights are folded whole (a Transpose or Slice of a
+#: weight), while results stay bounded so folding cannot blow the model up.
+FOLD_INPUT_SIZE_LIMIT = 1 << 24
+FOLD_OUTPUT_SIZE_LIMIT = 1 << 20
+
+
 def optimize_passes(target: str = DEFAULT_TARGET) -> list[Pass]:
-    """Cleanup then fusions: one round of the ``optimize`` preset."""
-    return [*CLEANUP.build(), *fusion_passes(target)]
+    """Cleanup (with folding limits for weights) then fusions: one round of the ``optimize`` preset."""
+    cleanup = [
+        FoldConstants(input_size_limit=FOLD_INPUT_SIZE_LIMIT, output_size_limit=FOLD_OUTPUT_SIZE_LIMIT)
+        if isinstance(p, FoldConstants) else p
+        for p in CLEANUP.build()
+    ]
+    return [*cleanup, *fusion_passes(target)]
 
 
 def optimize_pipeline(target: str = DEFAULT_TARGET) -> Pipeline:
@@ -87,6 +102,7 @@ __all__ = [
     "CancelTransposes",
     "CanonicalizeActivations",
     "CollapseReshapes",
+    "EliminateNoOps",
     "FoldBatchNorm",
     "FoldConvAddBias",
     "FoldMulIntoWeights",
@@ -94,6 +110,7 @@ __all__ = [
     "FoldTransposeIntoGemm",
     "FuseGelu",
     "FuseLayerNorm",
+    "LiftConstants",
     "MatMulAddToGemm",
     "Miss",
     "RewritePass",

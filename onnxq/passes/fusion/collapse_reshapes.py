@@ -7,7 +7,13 @@
   is written here;
 - ``Unsqueeze(Unsqueeze(x))`` -> one Unsqueeze: the shipped ``unsqueeze_unsqueeze`` rule
   (it declines negative axes);
-- a Reshape to the shape its input already has (known static shapes) -> removed.
+- a Reshape to the shape its input already has (known static shapes) -> removed;
+- a Reshape whose shape is computed at run time (Shape -> Slice -> Concat...) but whose
+  output shape is known with at most one symbolic dim: the shipped
+  ``materialize_reshape_shape`` rule makes it a constant (``-1`` for the symbolic dim), and
+  the shape computation becomes dead. The shipped rewrite adds ``allowzero=1``, an opset-14
+  attribute; here a dim of 0 is declined instead (``-1`` could not be inferred next to it), so
+  the new shape has no 0 entries, needs no ``allowzero`` and is valid at every opset.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from typing import ClassVar
 
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
-from onnxscript.rewriter.rules.common import _basic_rules
+from onnxscript.rewriter.rules.common import _basic_rules, _materialize_reshape_shape
 
-from onnxq.passes.fusion._rewrite import RewritePass, Rule, constant
+from onnxq.passes.fusion._rewrite import RewritePass, Rule, constant, named
 
 _FAMILY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
@@ -70,6 +76,18 @@ class _NoOpReshape(RewriteRuleClassBase):
         return op.Identity(x)
 
 
+class _MaterializeShape(_materialize_reshape_shape.MaterializeReshapeShape):
+    def check(self, context, data, shape):  # type: ignore[no-untyped-def]
+        output = context.output_values[0]
+        if output.shape is not None and any(isinstance(d, int) and d == 0 for d in output.shape):
+            return MatchResult().fail("output shape has a 0 dim")
+        return super().check(context, data, shape)
+
+    def rewrite(self, op, data, shape):  # type: ignore[no-untyped-def]
+        dims = ir.tensor(self._new_dims, dtype=ir.DataType.INT64)
+        return op.Reshape(data, op.Constant(value=dims))
+
+
 class CollapseReshapes(RewritePass):
     name: ClassVar[str] = "collapse-reshapes"
     summary: ClassVar[str] = "Collapse Reshape/Flatten/Squeeze/Unsqueeze chains"
@@ -80,4 +98,6 @@ class CollapseReshapes(RewritePass):
             Rule(_basic_rules.UnsqueezeUnsqueeze.rule(name="collapse-reshapes:unsqueeze-unsqueeze"),
                  "reshapes_collapsed", min_opset=13),
             Rule(_NoOpReshape.rule(name="collapse-reshapes:no-op"), "reshapes_removed"),
+            Rule(named(_MaterializeShape.rule(), "collapse-reshapes:materialize-shape"), "reshape_shapes_materialized",
+                 needs_ops=("Reshape",)),
         )

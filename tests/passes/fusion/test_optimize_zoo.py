@@ -28,14 +28,18 @@ pytestmark = pytest.mark.slow
 ZOO = (
     "bert_like", "crnn_ocr", "digits_cnn", "dynamic_transformer", "keras_cnn_savedmodel", "keras_cnn_tflite",
     "lstm_gru", "mobilenetv2_digits", "resnet_digits", "transformer_digits",
+    # old-opset variants (legacy torch exporter, tf2onnx at 11)
+    "keras_cnn_op11", "lstm_gru_op12", "mobilenetv2_digits_op13", "resnet_digits_op11",
 )
 #: Fused ops each model must end with (what the preset is for on these graphs).
 EXPECTED_OPS = {
     "bert_like": {"Gelu": 6},
     "transformer_digits": {"Gelu": 2},
     "dynamic_transformer": {"Gelu": 2},
-    "keras_cnn_savedmodel": {"Gemm": 2},
-    "resnet_digits": {"BatchNormalization": 0},
+    "keras_cnn_savedmodel": {"Gemm": 2, "Shape": 0},
+    "resnet_digits": {"BatchNormalization": 0, "Shape": 0},
+    "crnn_ocr": {"Shape": 1},
+    "lstm_gru_op12": {"Constant": 0},
 }
 
 
