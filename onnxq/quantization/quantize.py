@@ -272,11 +272,11 @@ def _self_check(model: ir.Model, reference: Any, held: CalibrationData | None, t
     samples = [f for _, f in itertools.islice(held.feeds(model), HOLDOUT)] if held is not None else None
     check = self_check(reference, model, samples, target=target)
     fusion = check.fusion
-    if fusion is not None and fusion.unfused and not keep_unfused:
+    if fusion is not None and fusion.wasted and not keep_unfused:
         removed = remove_unfused_qdq(model, fusion)
         if removed:
             report.stats["self-check.unfused_qdq_removed"] = removed
-            for group in fusion.unfused:
+            for group in fusion.wasted:
                 report.diagnostics.append(Diagnostic(f"did not fuse, Q/DQ removed: {group}", Severity.INFO))
             check = self_check(reference, model, samples, target=target)
     report.self_check = check

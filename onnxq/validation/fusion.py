@@ -316,9 +316,11 @@ def _report(graph: ir.Graph, opt: onnx.GraphProto, *, cpu_flags: Iterable[str] |
     touched: set[str] = set()
     for q, dq in removable_pairs(graph, names, {g.node for g in groups if g.fused}):
         producer = q.inputs[0].producer() if q.inputs[0] is not None else None
-        if producer is not None:
+        if producer is not None and producer in names:
             touched.add(names[producer])
-        touched.update(names[u.node] for u in dq.outputs[0].uses())
+        # NOTE: a consumer inside an If/Loop body reads the DQ from the outer scope; it is not
+        # one of the main graph's groups.
+        touched.update(names[u.node] for u in dq.outputs[0].uses() if u.node in names)
     groups = [dataclasses.replace(g, wasted=True) if not g.fused and g.node in touched else g for g in groups]
     warnings = []
     for slow in sorted(SLOW_KERNELS & set(kernels)):
