@@ -719,3 +719,27 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] acc_out) {
     loop = next(n for n in model.graph if n.op_type == "Loop")
     body_ops = [n.op_type for n in loop.attributes["body"].as_graph()]
     assert body_ops == ["Identity", "Add"]  # the body stays float
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"), [(0.0, 0.0), (1e-30, 2e-30), (-3.0, -1.0), (2.0, 5.0), (-1e-12, 1e-12), (-7.5, 2.5)]
+)
+def test_activation_scales_are_positive_finite_and_cover_zero(lo: float, hi: float) -> None:
+    from onnxq.passes.quantization._common import activation_qparams
+
+    p = activation_qparams(lo, hi, dtype=ir.DataType.UINT8, qrange=(0, 255), symmetric=False)
+    assert np.isfinite(p.scale) and p.scale > 0 and 0 <= p.zero_point <= 255
+    low, high = p.real_range(0, 255)
+    assert low <= min(lo, 0.0) + p.scale and high >= max(hi, 0.0) - p.scale  # 0 and the range fit
+    assert low <= 0.0 <= high
+
+
+def test_clip_bounds_shrink_the_scale_until_ort_removes_the_clip() -> None:
+    from onnxq.passes.quantization._common import activation_qparams, fit_inside
+
+    p = activation_qparams(-1.0, 1.0, dtype=ir.DataType.UINT8, qrange=(0, 255), symmetric=False)
+    fitted = fit_inside(p, (0, 255), -1.0, 1.0)
+    assert fitted is not None
+    # onnxruntime's ClipQuantFusion condition (half a step inside each bound)
+    assert -1.0 <= (0 - fitted.zero_point + 0.5) * fitted.scale
+    assert (255 - fitted.zero_point - 0.5) * fitted.scale <= 1.0
