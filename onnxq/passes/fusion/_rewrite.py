@@ -118,24 +118,29 @@ class RewritePass(Pass):
         opset = model_opset(model)
         misses: list[Miss] = []
         present = _op_types(model)
+        seen: set[tuple[str, str]] = set()
+
+        def add(rule: str, node: str, reason: str) -> None:
+            # NOTE: one line per place and reason, even when several rules of the pass report it.
+            if (node, reason) not in seen:
+                seen.add((node, reason))
+                misses.append(Miss(self.name, rule, node, reason))
+
         for entry in self.rules(model):
-            if not present.issuperset(entry.needs_ops):
+            absent = [op for op in entry.needs_ops if op not in present]
+            if absent:
+                add(entry.name, "model", f"no {absent[0]} node")
                 continue
             if opset < entry.min_opset:
-                misses.append(Miss(self.name, entry.name, "model", f"needs opset >= {entry.min_opset}, model has {opset}"))
+                add(entry.name, "model", f"needs opset >= {entry.min_opset}, model has {opset}")
                 continue
             tracer = MatchingTracer()
             RewriteRuleSet([entry.rule], commute=entry.commute).apply_to_model(model, tracer=tracer)
-            seen: set[tuple[str, str]] = set()
             for matches in tracer.best_matches_map.values():
                 for info in matches:
-                    if info.status == MatchStatus.SUCCESS:
-                        continue
-                    node = node_label(info.root_node)
-                    reason = _reason(info.match_result, info.root_node) or info.status.name.lower().replace("_", " ")
-                    if (node, reason) not in seen:
-                        seen.add((node, reason))
-                        misses.append(Miss(self.name, entry.name, node, reason))
+                    if info.status != MatchStatus.SUCCESS:
+                        reason = _reason(info.match_result, info.root_node) or info.status.name.lower().replace("_", " ")
+                        add(entry.name, node_label(info.root_node), reason)
         return misses
 
 
