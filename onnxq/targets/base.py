@@ -110,7 +110,7 @@ class Target(Resource):
     requires_bias_int32: bool = True
     cpu: str | None = None
     cpu_note: str = ""
-    notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    notes: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
     # --- quantized integer ranges ---------------------------------------------------
     def activation_qrange(self) -> tuple[int, int]:

@@ -141,3 +141,8 @@ g (float[1, 2, 4, 4] x, float[4] s) => (float[1, 2, 8, 8] a, float[1, 2, 8, 8] b
     nearest, linear = list(model.graph)
     assert t.is_data_movement(nearest)
     assert not t.is_data_movement(linear)
+
+
+def test_targets_are_hashable_values() -> None:
+    assert get_target("ort-cpu", cpu="avx2") == get_target("ort-cpu", cpu="avx2")
+    assert len({get_target("ort-cpu", cpu="avx2"), get_target("ort-cpu", cpu="vnni")}) == 2
