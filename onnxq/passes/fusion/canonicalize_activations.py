@@ -83,16 +83,20 @@ class CanonicalizeActivations(RewritePass):
                 name="canonicalize-activations:hardsigmoid-mul"), "hardswish_fused", min_opset=HARDSWISH_OPSET,
                  commute=True, needs_ops=("HardSigmoid",)),
         ]
-        for cls in (_min_max_to_clip.FuseMaxMinToClip, _min_max_to_clip.FuseMinMaxToClip,
-                    _min_max_to_clip.FuseSuccessiveMin, _min_max_to_clip.FuseSuccessiveMax):
+        min_max: tuple[type[RewriteRuleClassBase], ...] = (
+            _min_max_to_clip.FuseMaxMinToClip, _min_max_to_clip.FuseMinMaxToClip,
+            _min_max_to_clip.FuseSuccessiveMin, _min_max_to_clip.FuseSuccessiveMax)
+        for cls in min_max:
             rules.append(Rule(cls.rule(name=f"canonicalize-activations:{cls.__name__}"), "min_max_to_clip",
                               min_opset=clip))
         rules.append(Rule(MaxZeroToRelu.rule(name="canonicalize-activations:max-to-relu"), "relus_made",
                           commute=True, min_opset=clip))
         rules.append(Rule(ClipToRelu.rule(name="canonicalize-activations:clip-to-relu"), "relus_made",
                           min_opset=clip))
-        for cls in (_fuse_relus_clips.FuseSuccessiveRelu, _fuse_relus_clips.FuseSuccessiveClip,
-                    _fuse_relus_clips.FuseSuccessiveClipRelu, _fuse_relus_clips.FuseSuccessiveReluClip):
+        chains: tuple[type[RewriteRuleClassBase], ...] = (
+            _fuse_relus_clips.FuseSuccessiveRelu, _fuse_relus_clips.FuseSuccessiveClip,
+            _fuse_relus_clips.FuseSuccessiveClipRelu, _fuse_relus_clips.FuseSuccessiveReluClip)
+        for cls in chains:
             rules.append(Rule(cls.rule(name=f"canonicalize-activations:{cls.__name__}"), "activations_merged",
                               min_opset=clip))
         return tuple(rules)

@@ -53,7 +53,7 @@ class _ReshapeOfReshapeLike(RewriteRuleClassBase):
 
 
 def _rule(op_type: str) -> Rule:
-    cls = type(f"ReshapeOf{op_type}", (_ReshapeOfReshapeLike,), {"op_type": op_type})
+    cls: type[_ReshapeOfReshapeLike] = type(f"ReshapeOf{op_type}", (_ReshapeOfReshapeLike,), {"op_type": op_type})
     return Rule(cls.rule(name=f"collapse-reshapes:reshape-of-{op_type.lower()}"), "reshapes_collapsed",
                 needs_ops=("Reshape", op_type))
 

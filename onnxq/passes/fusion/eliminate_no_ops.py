@@ -56,7 +56,7 @@ class _NoOp(RewriteRuleClassBase):
 
 
 def _rule(op_type: str, neutral: float, commute: bool) -> Rule:
-    cls = type(f"{op_type}NoOp", (_NoOp,), {"op_type": op_type, "neutral": neutral})
+    cls: type[_NoOp] = type(f"{op_type}NoOp", (_NoOp,), {"op_type": op_type, "neutral": neutral})
     return Rule(cls.rule(name=f"eliminate-no-ops:{op_type.lower()}"), "no_ops_removed", commute=commute,
                 needs_ops=(op_type,))
 

@@ -34,7 +34,7 @@ def _check_bn(context: Any, inbound_out: ir.Value, batchnorm_out: ir.Value) -> M
     bn = batchnorm_out.producer()
     inbound = inbound_out.producer()
     assert bn is not None and inbound is not None
-    if len(bn.outputs) != 1 or bn.attributes.get_int("training_mode", 0):
+    if len(bn.outputs) != 1 or bn.attributes.get_int("training_mode"):
         return result.fail("BatchNormalization is in training mode")
     weights = [v for v in inbound.inputs[1:3] if v is not None]
     for value in [*weights, *bn.inputs[1:]]:
@@ -47,7 +47,7 @@ def _check_bn(context: Any, inbound_out: ir.Value, batchnorm_out: ir.Value) -> M
     return result
 
 
-def _with_checks(base: type) -> type:
+def _with_checks(base: type[RewriteRuleClassBase]) -> type[RewriteRuleClassBase]:
     """The shipped rule class with our checks run before its own."""
 
     class Checked(base):  # type: ignore[misc, valid-type]
@@ -113,7 +113,7 @@ class DecomposeBatchNorm(RewriteRuleClassBase):
     def check(self, context, x, batchnorm_out):  # type: ignore[no-untyped-def]
         result = MatchResult()
         bn = batchnorm_out.producer()
-        if len(bn.outputs) != 1 or bn.attributes.get_int("training_mode", 0):
+        if len(bn.outputs) != 1 or bn.attributes.get_int("training_mode"):
             return result.fail("BatchNormalization is in training mode")
         for value in bn.inputs[1:]:
             if local_constant(value, context.graph_or_function) is None:

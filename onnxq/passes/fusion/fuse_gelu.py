@@ -40,7 +40,7 @@ class _GeluBase(RewriteRuleClassBase):
         self.target = target
         self.opset = opset
 
-    def check(self, context: Any, x: ir.Value, **_: Any) -> MatchResult:
+    def check(self, context: Any, x: ir.Value, **_: Any) -> MatchResult:  # type: ignore[override]
         result = MatchResult()
         if x.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16):
             return result.fail("input is not floating point")

@@ -45,7 +45,9 @@ class _LayerNorm(shipped.LayerNormFusion):
         normalized = pattern.OrValue([op.Mul(deviation, op.Reciprocal(std_dev)), op.Div(deviation, std_dev)])
         return op.Mul(normalized, scale)
 
-    def check(self, context: Any, x: ir.Value, epsilon: ir.Value, scale: ir.Value, **kw: Any) -> MatchResult:
+    def check(  # type: ignore[override]
+        self, context: Any, x: ir.Value, epsilon: ir.Value, scale: ir.Value, **kw: Any
+    ) -> MatchResult:
         for reduced in (kw.get("mean"), kw.get("variance")):
             node = reduced.producer() if reduced is not None else None
             if node is None or node.attributes.get_int("keepdims", 1) != 1 or \
@@ -63,7 +65,9 @@ class _LayerNormBias(shipped.LayerNormBiasFusion):
         # NOTE: LayerNormalization with 3 inputs (a bias already) must not match.
         return op.LayerNormalization(x, scale, _allow_other_attributes=True, _outputs=["normalized"]) + bias
 
-    def check(self, context: Any, x: ir.Value, scale: ir.Value, bias: ir.Value, **kw: Any) -> MatchResult:
+    def check(  # type: ignore[override]
+        self, context: Any, x: ir.Value, scale: ir.Value, bias: ir.Value, **kw: Any
+    ) -> MatchResult:
         why = _last_axis_vector(bias, x)
         return MatchResult().fail(f"bias {why}") if why else MatchResult()
 

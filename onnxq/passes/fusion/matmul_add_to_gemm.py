@@ -24,7 +24,7 @@ from onnxq.passes.fusion._rewrite import RewritePass, Rule, fresh_name, local_co
 _GEMM_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
-def _with_bias_check(base: type) -> type:
+def _with_bias_check(base: type[RewriteRuleClassBase]) -> type[RewriteRuleClassBase]:
     class Checked(base):  # type: ignore[misc, valid-type]
         def check(self, context: Any, input_a: ir.Value, input_b: ir.Value, input_c: ir.Value, **kw: Any) -> Any:
             result = super().check(context, input_a, input_b, **kw)
