@@ -7,7 +7,8 @@ ops kept) of a few zoo architectures with seeded random weights. For each model 
 * node count (all graphs) before and after;
 * onnxruntime CPU latency of the result with onnxruntime's own optimizations on
   (``ORT_ENABLE_ALL``, 1 thread), median of ``--runs`` (>= 30) runs interleaved across the
-  input and the three outputs, batch 1 (held-out samples for zoo models);
+  input and the three outputs in an order that rotates every round, batch 1 (held-out
+  samples for zoo models);
 * max abs difference of every float output against the input model's;
 * the tool's wall time from file to file (load, transform, save).
 
@@ -191,10 +192,12 @@ def bench_model(name: str, src: Path, feeds: dict[str, np.ndarray], workdir: Pat
     times: dict[str, list[float]] = collections.defaultdict(list)
     for sess in sessions.values():  # warm-up
         sess.run(None, feeds)
-    for _ in range(runs):
-        for key, sess in sessions.items():
+    order = list(sessions)
+    for index in range(runs):
+        # NOTE: the order rotates every round, so no variant always runs first (warm caches, clocks).
+        for key in order[index % len(order):] + order[: index % len(order)]:
             start = time.perf_counter()
-            sess.run(None, feeds)
+            sessions[key].run(None, feeds)
             times[key].append(time.perf_counter() - start)
     base = statistics.median(times["input"])
     row["input_ms"] = base * 1000
