@@ -45,6 +45,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                    help="write weights to <output>.data (auto: only above 2 GB)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    # Mixed precision (onnxq.quantization.mixed_precision): with --calib, the budget is what the search meets.
+    p.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                   help="mixed precision: leave the fewest nodes in float so the metric drops at most X "
+                        "(metric units, e.g. 0.01 = 1 point) against FP32")
+    p.add_argument("--data", type=Path, metavar="PATH",
+                   help="held set the budget is measured on (.npz with a sample axis, may hold 'labels'; or a "
+                        "folder); default: calibration samples held back")
+    p.add_argument("--labels", type=Path, metavar="FILE", help="labels of --data (.npy, .npz or text)")
+    p.add_argument("--metric", metavar="MODULE:FUNCTION",
+                   help="fn(outputs, labels) -> float, higher is better (default: top-1 agreement with FP32)")
+    p.add_argument("--overrides", type=Path, metavar="FILE",
+                   help="JSON node -> int8|float pins (as written by --save-overrides)")
+    p.add_argument("--save-overrides", type=Path, metavar="FILE",
+                   help="mixed precision: write the chosen assignment with its sensitivities")
+    p.add_argument("--curve", type=Path, metavar="FILE.png",
+                   help="mixed precision: plot accuracy drop against speedup, the chosen point marked")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="mixed precision: sensitivity cache (default: beside --ranges/--save-ranges, "
+                        "else $ONNXQ_CACHE_DIR or ~/.cache/onnxq)")
+    # Acceptance gate on the written model (onnxq.validation.compare.gate_files); exit 1 on failure.
+    p.add_argument("--min-speedup", type=float, metavar="S",
+                   help="gate: p50 speedup of the output over the input must be >= S (on the first --data sample)")
+    p.add_argument("--max-size", metavar="BYTES|MB", help="gate: the output's size on disk must be <= this")
     p.set_defaults(func=run)
 
 
@@ -61,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     if args.percentile is not None:
         options["percentile"] = args.percentile
     out = console(args.json)
+    if getattr(args, "overrides", None) is not None and not args.overrides.is_file():
+        raise OptionError(f"--overrides {args.overrides}: no such file")
+    _check_gate(args)
+    if getattr(args, "max_accuracy_drop", None) is not None and args.mode == "static":
+        return _run_mixed(args, out)
     with stderr.status(f"loading {args.model}"):
         model = load_model(args.model)
     model, report = quantize(
@@ -79,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         self_check=args.self_check,
         method_options=options,
         progress=not (args.json or args.quiet),
+        overrides=str(args.overrides) if getattr(args, "overrides", None) else None,
     )
     external = {"auto": None, "yes": True, "no": False}[args.external_data]
     with stderr.status(f"saving {args.output}"):
@@ -86,12 +115,100 @@ def run(args: argparse.Namespace) -> int:
     doc = report.to_json()
     doc.update(input=str(args.model), output=str(args.output),
                size_bytes={"input": _size(args.model), "output": _size(args.output)})
+    verdict = _gate(args, doc, accuracy=True)
     if args.json:
         print_json(doc)
     elif not args.quiet:
         for line in summary_lines(doc):
             out.print(line, markup=False)
-    return 0
+    if verdict is not None and not args.json:
+        out.print(verdict.line, markup=False)
+    return 0 if verdict is None or verdict.passed else 1
+
+
+def _check_gate(args: argparse.Namespace) -> None:
+    """Refuses gate flags that cannot be measured, before any work is done."""
+    from onnxq.errors import OptionError
+    from onnxq.validation.bench import parse_size
+
+    if getattr(args, "max_size", None) is not None:
+        parse_size(args.max_size)
+    dynamic_drop = getattr(args, "max_accuracy_drop", None) is not None and args.mode == "dynamic"
+    if (dynamic_drop or getattr(args, "min_speedup", None) is not None) and (args.data or args.calib) is None:
+        raise OptionError("--max-accuracy-drop / --min-speedup need samples to measure on: give --data PATH")
+    if args.data is not None and not args.data.exists():
+        raise OptionError(f"--data {args.data}: no such file or folder")
+
+
+def _gate(args: argparse.Namespace, doc: dict[str, Any], *, accuracy: bool) -> Any:
+    """The acceptance gate on the written output against the input; ``None`` without criteria.
+
+    ``accuracy``: also judge ``--max-accuracy-drop`` (the mixed-precision path meets it itself).
+    """
+    from onnxq.validation.bench import parse_size
+    from onnxq.validation.compare import gate_files
+
+    drop = getattr(args, "max_accuracy_drop", None) if accuracy else None
+    min_speedup = getattr(args, "min_speedup", None)
+    max_size = parse_size(args.max_size) if getattr(args, "max_size", None) is not None else None
+    if drop is None and min_speedup is None and max_size is None:
+        return None
+    with stderr.status("gate: measuring the output against the input"):
+        verdict, figures = gate_files(args.model, args.output, args.data or args.calib, labels=args.labels,
+                                      metric=args.metric, max_accuracy_drop=drop, min_speedup=min_speedup,
+                                      max_size=max_size)
+    doc["gate"] = figures
+    return verdict
+
+
+def _run_mixed(args: argparse.Namespace, out: Any) -> int:
+    """``--max-accuracy-drop`` with calibration: the mixed-precision search meets the budget."""
+    import os
+
+    from onnxq.errors import OptionError
+    from onnxq.quantization.mixed_precision import plot_curve, quantize_mixed, save_overrides
+
+    if args.percentile is not None:
+        raise OptionError("--percentile is not supported with --max-accuracy-drop yet; use --method minmax|entropy|mse")
+    if args.labels is not None and args.data is None:
+        raise OptionError("--labels needs --data PATH (the samples they label)")
+    if args.labels is not None and not args.labels.is_file():
+        raise OptionError(f"--labels {args.labels}: no such file")
+    overrides = str(args.overrides) if args.overrides is not None else None
+    cache = args.cache_dir
+    if cache is None:
+        beside = args.ranges or args.save_ranges
+        cache = (beside.parent / ".onnxq-cache") if beside is not None else Path(
+            os.environ.get("ONNXQ_CACHE_DIR") or Path.home() / ".cache" / "onnxq")
+    with stderr.status(f"loading {args.model}"):
+        model = load_model(args.model)
+    model, mixed = quantize_mixed(
+        model, args.calib, max_accuracy_drop=args.max_accuracy_drop, target=args.target, method=args.method,
+        per_channel=args.per_channel, cpu=args.cpu, exclude=args.exclude, overrides=overrides,
+        ranges=str(args.ranges) if args.ranges else None,
+        save_ranges=str(args.save_ranges) if args.save_ranges else None,
+        data=args.data, labels=args.labels, metric=args.metric, optimize=args.optimize,
+        self_check=args.self_check, cache_dir=cache, progress=not (args.json or args.quiet))
+    external = {"auto": None, "yes": True, "no": False}[args.external_data]
+    with stderr.status(f"saving {args.output}"):
+        save_model(model, args.output, external_data=external)
+    if args.save_overrides is not None:
+        save_overrides(args.save_overrides, mixed)
+    if args.curve is not None:
+        plot_curve(mixed, args.curve)
+    doc = mixed.quantize.to_json()
+    doc.update(input=str(args.model), output=str(args.output), mixed=mixed.to_json(),
+               size_bytes={"input": _size(args.model), "output": _size(args.output)})
+    verdict = _gate(args, doc, accuracy=False)
+    if args.json:
+        print_json(doc)
+    elif not args.quiet:
+        for line in [*summary_lines(doc), *mixed.lines()]:
+            out.print(line, markup=False)
+    if verdict is not None and not args.json:
+        out.print(verdict.line, markup=False)
+    # NOTE: exit 1 when no assignment meets the budget, like the other gates: the model is still written.
+    return 0 if mixed.met and (verdict is None or verdict.passed) else 1
 
 
 def _size(path: Path) -> int:

@@ -113,6 +113,7 @@ def quantize(
     reference: ir.Model | str | None = None,
     method_options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    overrides: Mapping[str, str] | str | None = None,
 ) -> tuple[ir.Model, QuantizeReport]:
     """Quantizes ``model`` in place to INT8 for ``target`` and returns it with a report.
 
@@ -137,6 +138,9 @@ def quantize(
             ``model`` taken before any change).
         method_options: Extra options of the calibration method (``percentile=99.99``...).
         progress: Show progress bars (calibration samples).
+        overrides: Node -> ``"int8"`` | ``"float"`` pins, or an overrides JSON file
+            (``onnxq.quantization.mixed_precision``): float pins join ``exclude``, int8 pins are
+            removed from it (exact names); names are checked after the optimize preset.
     """
     if mode not in MODES:
         raise OptionError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -164,6 +168,13 @@ def quantize(
 
     with clock("optimize"):
         _prepare(model, report, optimize=optimize, per_channel=per_channel, target=profile)
+    if overrides is not None:
+        from onnxq.quantization import mixed_precision as mp
+
+        where = overrides if isinstance(overrides, str) else "overrides"
+        pins = mp.load_overrides(overrides) if isinstance(overrides, str) else mp.parse_overrides(overrides)
+        mp.check_override_nodes(model, pins, where=where)
+        exclude = mp.overrides_patterns(pins, exclude)
 
     data = held = None
     if calibration is not None:
