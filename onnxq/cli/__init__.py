@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from onnxq.errors import OnnxqError
 
 #: Modules under onnxq.cli, one per command; each has ``add_parser(subparsers)``.
-COMMANDS = ("run", "passes", "inspect", "convert", "check", "bench", "optimize", "quantize")
+COMMANDS = ("run", "passes", "inspect", "convert", "check", "bench", "optimize", "quantize", "compare", "sweep")
 
 
 class _Parser(argparse.ArgumentParser):

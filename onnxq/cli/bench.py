@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--min-speedup", type=float, metavar="X",
                    help="gate: every candidate's p50 speedup over the first model must be >= X")
     p.add_argument("--max-size", metavar="BYTES|MB", help="gate: every candidate's size on disk must be <= this")
+    p.add_argument("--report", type=Path, metavar="FILE.html|FILE.md",
+                   help="write an HTML (plots embedded) or Markdown report")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run)
 
@@ -49,10 +51,18 @@ def run(args: argparse.Namespace) -> int:
     if args.inputs is not None and not args.inputs.exists():
         raise OptionError(f"--inputs {args.inputs}: no such file or folder")
     batches = _ints("--batch", args.batch) if args.batch is not None else None
+    if getattr(args, "report", None) is not None:
+        from onnxq.validation.report import check_report_path
+
+        check_report_path(args.report)
     report = bench(args.models, threads=_ints("--threads", args.threads), runs=args.runs, warmup=args.warmup,
                    inputs=args.inputs, memory=args.memory, batches=batches)
     gated = args.min_speedup is not None or max_size is not None
     verdict = gate(report, min_speedup=args.min_speedup, max_size=max_size) if gated else None
+    if getattr(args, "report", None) is not None:
+        from onnxq.validation.report import bench_document, write_report
+
+        write_report(bench_document(report, verdict), args.report)
     if args.json:
         doc = report.to_json()
         doc["gate"] = verdict.to_json() if verdict else None

@@ -1,0 +1,82 @@
+"""``onnxq sweep MODEL --calib PATH --data PATH``: several quantization strategies, measured, one recommended."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from onnxq.cli._common import console, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("sweep", help="quantize with several strategies, plot accuracy vs speedup, recommend one")
+    p.add_argument("model", type=Path, help="float .onnx file (never modified)")
+    p.add_argument("--calib", type=Path, required=True, metavar="PATH",
+                   help="calibration samples: a folder of .npz or one .npz with a leading sample axis")
+    p.add_argument("--data", type=Path, required=True, metavar="PATH",
+                   help="evaluation samples, same formats (a 'labels' array in it serves as labels)")
+    p.add_argument("--labels", type=Path, metavar="FILE", help=".npy/.npz labels, one per row of the data")
+    p.add_argument("--metric", metavar="MODULE:FUNCTION",
+                   help="accuracy = function(outputs: list[np.ndarray], labels or None) -> float, higher is better")
+    p.add_argument("--strategies", metavar="NAME[,NAME...]", help="strategies to run (default: all; see --list)")
+    p.add_argument("--list", action="store_true", help="list the strategies and exit")
+    p.add_argument("--out-dir", type=Path, metavar="DIR",
+                   help="quantized models and cached results (default: <model stem>-sweep beside the model)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="strategies quantized in parallel processes")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="X",
+                   help="gate: accuracy drop against FP32 must be <= X (default 0.01 for the recommendation)")
+    p.add_argument("--min-speedup", type=float, metavar="S", help="gate: p50 speedup over FP32 must be >= S")
+    p.add_argument("--min-sqnr", type=float, metavar="DB",
+                   help="gate when accuracy is the output SQNR (default 20 dB for the recommendation)")
+    p.add_argument("--latency-budget", type=float, default=2.0, metavar="S",
+                   help="timed seconds per strategy, interleaved with FP32 (default 2)")
+    p.add_argument("--report", type=Path, metavar="FILE.html|FILE.md", help="write an HTML or Markdown report")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxq.errors import OptionError
+    from onnxq.validation.report import check_report_path, sweep_document, write_report
+    from onnxq.validation.sweep import StrategyRegistry, sweep
+
+    registry = StrategyRegistry.default()
+    if args.list:
+        out = console(args.json)
+        if args.json:
+            print_json([{"name": n, "summary": registry.get(n).summary} for n in registry.names()])
+        else:
+            for name in registry.names():
+                out.print(f"{name}: {registry.get(name).summary}", markup=False)
+        return 0
+    if not args.model.is_file():
+        raise OptionError(f"MODEL {args.model}: no such file")
+    for flag, path in (("--calib", args.calib), ("--data", args.data), ("--labels", args.labels)):
+        if path is not None and not path.exists():
+            raise OptionError(f"{flag} {path}: no such file or folder")
+    if args.report is not None:
+        check_report_path(args.report)
+    if args.latency_budget <= 0:
+        raise OptionError(f"--latency-budget must be positive, got {args.latency_budget}")
+    names = [n.strip() for n in args.strategies.split(",") if n.strip()] if args.strategies else None
+    out_dir = args.out_dir or args.model.with_name(f"{args.model.stem}-sweep")
+    report = sweep(args.model, args.calib, args.data, out_dir=out_dir, strategies=names, labels=args.labels,
+                   metric=args.metric, jobs=args.jobs, max_accuracy_drop=args.max_accuracy_drop,
+                   min_speedup=args.min_speedup, min_sqnr_db=args.min_sqnr, latency_budget_s=args.latency_budget,
+                   registry=registry, progress=not (args.json or args.quiet))
+    doc = report.to_json()
+    if args.report is not None:
+        write_report(sweep_document(doc), args.report)
+    if args.json:
+        doc["report"] = str(args.report) if args.report else None
+        print_json(doc)
+    else:
+        out = console(False)
+        if not args.quiet:
+            for line in report.lines():
+                out.print(line, markup=False)
+            if args.report is not None:
+                out.print(f"report: {args.report}", markup=False)
+        if report.gated:
+            out.print(report.gate_line(), markup=False)
+    return 0 if not report.gated or report.passed else 1

@@ -1,0 +1,487 @@
+"""``sweep``: quantize one model with several strategies, measure each, recommend one.
+
+Each strategy (a function ``fn(model, calibration) -> model`` in a :class:`StrategyRegistry`;
+later strategies such as mixed precision call :func:`register_strategy`) quantizes a copy of the
+float model into the out dir. Its accuracy follows the rules of :func:`onnxq.validation.compare.
+compare` (user metric, labels, else agreement with FP32) and its size is the file's. Strategies run
+in parallel worker processes with ``jobs > 1``; latency is measured afterwards in this process, one
+strategy at a time, interleaved with the FP32 model (:func:`onnxq.validation.bench.interleaved_times`),
+so parallel work never disturbs a timing.
+
+A finished strategy's result is cached as ``<out_dir>/<name>.json`` under a key made of the model's
+fingerprint and file digest, the strategy's name and the options (data files' names, sizes and
+times, labels, metric); a rerun with the same key reuses it without quantizing again.
+
+The recommendation is the fastest strategy that passes the gate (``max_accuracy_drop``,
+``min_speedup``, ``min_sqnr_db``; with none given: a drop of at most one point, or 20 dB SQNR when
+accuracy is an SQNR).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.errors import OnnxqError, OptionError, UserError, first_line
+
+logger = logging.getLogger(__name__)
+
+StrategyFn = Callable[[ir.Model, Any], ir.Model]
+#: Bump when the cached result's meaning changes.
+CACHE_VERSION = 1
+LATENCY_BUDGET_S = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """A named way to quantize: ``fn(float_model, calibration) -> quantized model`` (may work in place).
+
+    ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one) for
+    ``jobs > 1``.
+    """
+
+    name: str
+    fn: StrategyFn
+    summary: str = ""
+
+
+def _quantize_with(model: ir.Model, calibration: Any, *, mode: str, method: str = "minmax",
+                   per_channel: bool = True) -> ir.Model:
+    from onnxq.quantization.quantize import quantize
+
+    quantized, _ = quantize(model, calibration, mode=mode, method=method, per_channel=per_channel,
+                            self_check=False)
+    return quantized
+
+
+_BUILTINS: tuple[Strategy, ...] = (
+    Strategy("dynamic", functools.partial(_quantize_with, mode="dynamic"),
+             "dynamic int8: weights per-channel, activations at run time"),
+    Strategy("static-minmax", functools.partial(_quantize_with, mode="static", method="minmax"),
+             "static QDQ, min/max ranges, per-channel weights"),
+    Strategy("static-percentile", functools.partial(_quantize_with, mode="static", method="percentile"),
+             "static QDQ, percentile ranges, per-channel weights"),
+    Strategy("static-entropy", functools.partial(_quantize_with, mode="static", method="entropy"),
+             "static QDQ, entropy (KL) ranges, per-channel weights"),
+    Strategy("static-mse", functools.partial(_quantize_with, mode="static", method="mse"),
+             "static QDQ, MSE ranges, per-channel weights"),
+    Strategy("static-minmax-per-tensor",
+             functools.partial(_quantize_with, mode="static", method="minmax", per_channel=False),
+             "static QDQ, min/max ranges, per-tensor weights"),
+)
+
+
+class StrategyRegistry:
+    """Strategies by name; :meth:`default` holds the built-ins and what :func:`register_strategy` adds."""
+
+    def __init__(self, strategies: Iterable[Strategy] = ()) -> None:
+        self._strategies: dict[str, Strategy] = {}
+        for strategy in strategies:
+            self.add(strategy)
+
+    def add(self, strategy: Strategy) -> None:
+        if not strategy.name or any(c in strategy.name for c in ", /\\"):
+            raise OptionError(f"strategy name {strategy.name!r}: use letters, digits and '-'")
+        self._strategies[strategy.name] = strategy
+
+    def get(self, name: str) -> Strategy:
+        try:
+            return self._strategies[name]
+        except KeyError:
+            raise OptionError(f"unknown strategy {name!r}; choose from {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        return list(self._strategies)
+
+    @classmethod
+    def default(cls) -> StrategyRegistry:
+        """The process-wide registry (built-ins first, then registered strategies)."""
+        global _DEFAULT
+        if _DEFAULT is None:
+            _DEFAULT = cls(_BUILTINS)
+        return _DEFAULT
+
+
+# NOTE: the one process-wide registry, so a plugin's register_strategy() call is seen by the CLI.
+_DEFAULT: StrategyRegistry | None = None
+
+
+def register_strategy(name: str, fn: StrategyFn, *, summary: str = "") -> None:
+    """Adds (or replaces) a strategy in the default registry."""
+    StrategyRegistry.default().add(Strategy(name, fn, summary))
+
+
+@dataclasses.dataclass
+class StrategyResult:
+    """One strategy's figures (``None`` until measured, or when it failed: see ``error``)."""
+
+    name: str
+    path: str | None = None
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    size_bytes: int | None = None
+    p50_ms: float | None = None
+    fp32_p50_ms: float | None = None
+    speedup: float | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    cached: bool = False
+    passes: bool = False
+    pareto: bool = False
+    recommended: bool = False
+    verdict: str | None = None
+
+
+@dataclasses.dataclass
+class SweepReport:
+    model: str
+    out_dir: str
+    accuracy_kind: str
+    accuracy_description: str
+    reference_accuracy: float | None
+    strategies: list[StrategyResult]
+    acceptance: str
+    min_accuracy: float | None
+    min_speedup: float | None
+    recommended: str | None
+    gated: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.recommended is not None
+
+    def gate_line(self) -> str:
+        if self.recommended is None:
+            return f"FAIL: no strategy passes ({self.acceptance})"
+        best = next(s for s in self.strategies if s.name == self.recommended)
+        return f"PASS: {best.name} ({best.verdict.removeprefix('PASS: ') if best.verdict else self.acceptance})"
+
+    def to_json(self) -> dict[str, Any]:
+        fp32 = [s.fp32_p50_ms for s in self.strategies if s.fp32_p50_ms is not None]
+        return {
+            "model": self.model,
+            "out_dir": self.out_dir,
+            "accuracy_kind": self.accuracy_kind,
+            "accuracy_description": self.accuracy_description,
+            "reference_accuracy": self.reference_accuracy,
+            "reference_p50_ms": float(np.median(fp32)) if fp32 else None,
+            "acceptance": self.acceptance,
+            "min_accuracy": self.min_accuracy,
+            "min_speedup": self.min_speedup,
+            "recommended": self.recommended,
+            "gate": {"passed": self.passed, "line": self.gate_line()} if self.gated else None,
+            "strategies": [_finite(dataclasses.asdict(s)) for s in self.strategies],
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"{self.model}: {len(self.strategies)} strategies; accuracy = {self.accuracy_description}"
+               + ("" if self.reference_accuracy is None else f" (FP32 {self.reference_accuracy:.4f})"),
+               f"acceptance: {self.acceptance}"]
+        for s in self.strategies:
+            if s.error is not None:
+                out.append(f"  {s.name}: failed: {s.error}")
+                continue
+            flags = [f for f, on in (("passes", s.passes), ("pareto", s.pareto), ("RECOMMENDED", s.recommended),
+                                     ("cached", s.cached)) if on]
+            out.append(f"  {s.name}: accuracy {_fmt(s.accuracy)}, drop {_fmt(s.accuracy_drop)}, "
+                       f"p50 {_fmt(s.p50_ms, '{:.3f}')} ms, speedup {_fmt(s.speedup, '{:.2f}')}x, "
+                       f"size {(s.size_bytes or 0) / 1e6:.3f} MB" + (f" [{', '.join(flags)}]" if flags else ""))
+        out.append(f"recommended: {self.recommended or 'none: no strategy passes the gate'}")
+        return out
+
+
+def _fmt(value: float | None, fmt: str = "{:.4f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+# --- cache keys --------------------------------------------------------------------------
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_key(source: Any) -> Any:
+    """What identifies a data source: files' names, sizes and times (contents are not read)."""
+    if source is None:
+        return None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).resolve()
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
+    if callable(source):
+        return f"{getattr(source, '__module__', '')}:{getattr(source, '__qualname__', repr(source))}"
+    # NOTE: in-memory data has no stable identity; its digest is its bytes.
+    h = hashlib.sha256()
+    items = source.items() if isinstance(source, dict) else enumerate(source)
+    for key, value in items:
+        h.update(str(key).encode())
+        if isinstance(value, dict):
+            for k in sorted(value):
+                h.update(k.encode() + np.ascontiguousarray(value[k]).tobytes())
+        else:
+            h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(model_digest: str, strategy: str, options: dict[str, Any]) -> str:
+    doc = json.dumps({"version": CACHE_VERSION, "model": model_digest, "strategy": strategy, "options": options},
+                     sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+# --- one strategy (in a worker process when jobs > 1) ---------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    name: str
+    fn: StrategyFn
+    model: str
+    calibration: Any
+    data: Any
+    labels: Any
+    metric: Any
+    output: str
+
+
+def _run_strategy(task: _Task) -> dict[str, Any]:
+    """Quantizes and measures accuracy and size; errors of the user's kind are returned, not raised."""
+    import time
+
+    from onnxq.ir.io import load_model, save_model
+    from onnxq.validation.bench import model_size
+    from onnxq.validation.compare import compare
+
+    start = time.perf_counter()
+    try:
+        model = load_model(task.model)
+        quantized = task.fn(model, task.calibration)
+        save_model(quantized, task.output)
+        report = compare(task.model, task.output, task.data, labels=task.labels, metric=task.metric, layers=False)
+    except OnnxqError as e:
+        return {"name": task.name, "error": first_line(e), "seconds": time.perf_counter() - start}
+    acc = report.accuracy
+    return {"name": task.name, "path": task.output, "accuracy": acc.candidate,
+            "accuracy_drop": None if acc.kind == "sqnr" else acc.drop, "reference_accuracy": acc.reference,
+            "kind": acc.kind, "description": acc.description, "size_bytes": model_size(task.output),
+            "seconds": time.perf_counter() - start}
+
+
+def sweep(
+    model: str | os.PathLike[str],
+    calibration: Any,
+    data: Any,
+    *,
+    out_dir: str | os.PathLike[str],
+    strategies: Sequence[str] | None = None,
+    labels: Any = None,
+    metric: Any = None,
+    jobs: int = 1,
+    max_accuracy_drop: float | None = None,
+    min_speedup: float | None = None,
+    min_sqnr_db: float | None = None,
+    latency_budget_s: float = LATENCY_BUDGET_S,
+    registry: StrategyRegistry | None = None,
+    progress: bool = False,
+) -> SweepReport:
+    """Runs the strategies on ``model`` and recommends the fastest that passes the gate.
+
+    Args:
+        model: The float .onnx file (never modified).
+        calibration: Calibration samples for static strategies (any ``--calib`` format).
+        data: Evaluation samples (any ``--calib`` format; a ``labels`` array in it is used as labels).
+        out_dir: Where the quantized models and the cached results go (created).
+        strategies: Names to run (default: every strategy in the registry).
+        labels / metric: As for :func:`onnxq.validation.compare.compare`.
+        jobs: Strategies quantized in parallel worker processes (latency is measured afterwards,
+            one at a time, in this process).
+        max_accuracy_drop / min_speedup / min_sqnr_db: The gate (see the module docstring).
+        latency_budget_s: Timed seconds per strategy (interleaved with FP32).
+        registry: Where strategy names are looked up (default: :meth:`StrategyRegistry.default`).
+        progress: Show a progress display on stderr.
+
+    Raises:
+        OptionError: Unknown strategy, bad ``jobs``, or a gate that does not fit the accuracy kind.
+    """
+    from onnxq.calibration.ranges import model_fingerprint
+    from onnxq.ir.io import load_model
+
+    registry = registry or StrategyRegistry.default()
+    names = list(strategies) if strategies else registry.names()
+    if len(set(names)) != len(names):
+        raise OptionError(f"--strategies lists a strategy twice: {', '.join(names)}")
+    chosen = [registry.get(n) for n in names]
+    if jobs < 1:
+        raise OptionError(f"--jobs must be at least 1, got {jobs}")
+    model_path = Path(model)
+    if not model_path.is_file():
+        raise UserError(f"{model_path}: no such file")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = model_fingerprint(load_model(model_path)) + ":" + _file_digest(model_path)
+    options = {"calibration": _source_key(calibration), "data": _source_key(data), "labels": _source_key(labels),
+               "metric": metric if isinstance(metric, str) else _source_key(metric)}
+    results: dict[str, dict[str, Any]] = {}
+    keys: dict[str, str] = {}
+    todo: list[_Task] = []
+    for strategy in chosen:
+        keys[strategy.name] = cache_key(digest, strategy.name, options)
+        cached = _load_cache(out / f"{strategy.name}.json", keys[strategy.name])
+        if cached is not None:
+            cached["cached"] = True
+            results[strategy.name] = cached
+            continue
+        todo.append(_Task(strategy.name, strategy.fn, os.fspath(model_path), calibration, data, labels, metric,
+                          os.fspath(out / f"{strategy.name}.onnx")))
+
+    with _Progress(progress, len(todo) + len(chosen)) as bar:
+        for done in _map(todo, jobs, bar):
+            results[done["name"]] = done
+            if done.get("error") is None:
+                _save_cache(out / f"{done['name']}.json", keys[done["name"]], done)
+        for strategy in chosen:
+            result = results[strategy.name]
+            bar.step(f"timing {strategy.name}")
+            if result.get("error") is None and result.get("p50_ms") is None:
+                result.update(_latency(model_path, Path(result["path"]), data, latency_budget_s))
+                _save_cache(out / f"{strategy.name}.json", keys[strategy.name], result)
+    return _decide(os.fspath(model_path), os.fspath(out), [results[s.name] for s in chosen],
+                   max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, min_sqnr_db=min_sqnr_db)
+
+
+def _map(tasks: list[_Task], jobs: int, bar: _Progress) -> Iterable[dict[str, Any]]:
+    if not tasks:
+        return
+    if jobs == 1 or len(tasks) == 1:
+        for task in tasks:
+            bar.step(f"quantizing {task.name}")
+            yield _run_strategy(task)
+        return
+    # NOTE: spawn, not fork: forking a process that holds onnxruntime thread pools can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+        futures = {pool.submit(_run_strategy, task): task for task in tasks}
+        for future in concurrent.futures.as_completed(futures):
+            bar.step(f"quantized {futures[future].name}")
+            yield future.result()
+
+
+def _latency(model: Path, candidate: Path, data: Any, budget_s: float) -> dict[str, Any]:
+    from onnxq.validation.compare import measure_speedup
+
+    return measure_speedup(model, candidate, data, budget_s=budget_s)
+
+
+def _decide(model: str, out_dir: str, rows: list[dict[str, Any]], *, max_accuracy_drop: float | None,
+            min_speedup: float | None, min_sqnr_db: float | None) -> SweepReport:
+    from onnxq.validation.compare import Accuracy, accuracy_gate, default_floor
+    from onnxq.validation.report import pareto_front
+
+    ok = [r for r in rows if r.get("error") is None]
+    kind = ok[0]["kind"] if ok else "top1-agreement"
+    gated = max_accuracy_drop is not None or min_speedup is not None or min_sqnr_db is not None
+    if max_accuracy_drop is None and min_sqnr_db is None:
+        max_accuracy_drop, min_sqnr_db = default_floor(kind)
+    if kind == "sqnr" and max_accuracy_drop is not None and gated:
+        raise OptionError("--max-accuracy-drop needs an accuracy: the outputs are not class scores; "
+                          "give --labels or --metric, or gate on --min-sqnr")
+    if kind == "sqnr":
+        max_accuracy_drop = None
+    ref_acc = ok[0]["reference_accuracy"] if ok and kind != "sqnr" else None
+    parts = []
+    if max_accuracy_drop is not None:
+        parts.append(f"accuracy drop <= {max_accuracy_drop:g}")
+    if min_sqnr_db is not None and kind == "sqnr":
+        parts.append(f"SQNR >= {min_sqnr_db:g} dB")
+    if min_speedup is not None:
+        parts.append(f"speedup >= {min_speedup:g}x")
+    results = []
+    for row in rows:
+        fields = {f.name for f in dataclasses.fields(StrategyResult)}
+        result = StrategyResult(**{k: v for k, v in row.items() if k in fields})
+        if result.error is None:
+            acc = Accuracy(kind, row["reference_accuracy"], row["accuracy"], row["description"])
+            verdict = accuracy_gate(acc, max_accuracy_drop=max_accuracy_drop,
+                                    min_sqnr_db=min_sqnr_db if kind == "sqnr" else None,
+                                    speedup=result.speedup, min_speedup=min_speedup)
+            result.passes, result.verdict = verdict.passed, verdict.line
+        results.append(result)
+    measured = [r for r in results if r.error is None]
+    for i in pareto_front([(r.speedup or 0.0, r.accuracy or 0.0) for r in measured]):
+        measured[i].pareto = True
+    passing = [r for r in measured if r.passes]
+    best = max(passing, key=lambda r: (r.speedup or 0.0, r.accuracy or 0.0), default=None)
+    if best is not None:
+        best.recommended = True
+    min_accuracy = None
+    if ref_acc is not None and max_accuracy_drop is not None:
+        min_accuracy = ref_acc - max_accuracy_drop
+    elif kind == "sqnr":
+        min_accuracy = min_sqnr_db
+    return SweepReport(model, out_dir, kind, ok[0]["description"] if ok else "n/a", ref_acc, results,
+                       ", ".join(parts) or "none", min_accuracy, min_speedup, best.name if best else None, gated)
+
+
+def _load_cache(path: Path, key: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    result = doc.get("result") if isinstance(doc, dict) and doc.get("key") == key else None
+    if not isinstance(result, dict) or not Path(result.get("path") or "").is_file():
+        return None
+    return result
+
+
+def _save_cache(path: Path, key: str, result: dict[str, Any]) -> None:
+    row = {k: v for k, v in result.items() if k != "cached"}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "result": _finite(row)}, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class _Progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+        self._progress: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.description}"), TimeElapsedColumn(),
+                                      console=Console(stderr=True), transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("", total=self.total)
+        return self
+
+    def step(self, description: str) -> None:
+        logger.debug("sweep: %s", description)
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=description)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
