@@ -5,6 +5,8 @@
   every op of the family keeps the row-major element order, so only the last shape counts.
   onnxscript's ``reshape_reshape`` rule covers only Reshape after Reshape, so this rule
   is written here;
+- ``Reshape(Transpose(x), shape)`` where the Transpose only moves axes of size 1 (the other
+  axes keep their order, so the data order is unchanged) -> ``Reshape(x, shape)`` (no shipped rule);
 - ``Unsqueeze(Unsqueeze(x))`` -> one Unsqueeze: the shipped ``unsqueeze_unsqueeze`` rule
   (it declines negative axes);
 - a Reshape to the shape its input already has (known static shapes) -> removed;
@@ -52,6 +54,22 @@ class _ReshapeOfReshapeLike(RewriteRuleClassBase):
         return op.Reshape(x, shape, **out.producer().attributes)
 
 
+class _ReshapeOfTranspose(_ReshapeOfReshapeLike):
+    op_type: ClassVar[str] = "Transpose"
+
+    def check(self, context, x, shape, inner, out):  # type: ignore[no-untyped-def]
+        result = super().check(context, x, shape, inner, out)
+        if not result:
+            return result
+        perm = inner.producer().attributes.get_ints("perm")
+        if perm is None or x.shape is None:
+            return result.fail("Transpose perm or input shape is unknown")
+        moved = [axis for axis in perm if not (isinstance(x.shape[axis], int) and x.shape[axis] == 1)]
+        if moved != sorted(moved):
+            return result.fail("Transpose reorders axes larger than 1")
+        return result
+
+
 def _rule(op_type: str) -> Rule:
     cls: type[_ReshapeOfReshapeLike] = type(f"ReshapeOf{op_type}", (_ReshapeOfReshapeLike,), {"op_type": op_type})
     return Rule(cls.rule(name=f"collapse-reshapes:reshape-of-{op_type.lower()}"), "reshapes_collapsed",
@@ -95,6 +113,8 @@ class CollapseReshapes(RewritePass):
     def rules(self, model: ir.Model) -> Sequence[Rule]:
         return (
             *(_rule(op_type) for op_type in _FAMILY),
+            Rule(_ReshapeOfTranspose.rule(name="collapse-reshapes:reshape-of-transpose"), "reshapes_collapsed",
+                 needs_ops=("Reshape", "Transpose")),
             Rule(_basic_rules.UnsqueezeUnsqueeze.rule(name="collapse-reshapes:unsqueeze-unsqueeze"),
                  "reshapes_collapsed", min_opset=13),
             Rule(_NoOpReshape.rule(name="collapse-reshapes:no-op"), "reshapes_removed"),

@@ -78,3 +78,26 @@ twice (x) => (y) {
     feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
     model = assert_fires(CancelTransposes(), text, {"transposes_merged": 2}, feeds=feeds)
     assert "Transpose" not in ops(model)
+
+
+def test_transpose_of_unit_axes_before_reshape_folds() -> None:
+    text = HEADER + """
+g (float[8, 1, 2, 4] x) => (float[8, 8] y, float[4, 16] z) <int64[2] s = {8, 8}, int64[2] s2 = {4, 16}> {
+  t = Transpose<perm = [0, 2, 1, 3]>(x)
+  y = Reshape(t, s)
+  u = Transpose<perm = [1, 0, 2, 3]>(x)
+  z = Reshape(u, s2)
+}
+"""
+    model = assert_fires(CollapseReshapes(), text, {"reshapes_collapsed": 2})
+    assert ops(model) == ["Reshape", "Reshape"]
+
+
+def test_transpose_that_moves_data_is_kept() -> None:
+    text = HEADER + """
+g (float[8, 2, 4] x) => (float[64] y) <int64[1] s = {64}> {
+  t = Transpose<perm = [1, 0, 2]>(x)
+  y = Reshape(t, s)
+}
+"""
+    assert_declines(CollapseReshapes(), text, "Transpose reorders axes larger than 1")
