@@ -223,8 +223,10 @@ def table(results: dict[str, Any]) -> str:
                              f"{row['rss_mib']:.0f}" if row.get("rss_mib") else "-", row["error"][:60]])
                 continue
             drop = base["metric"] - row["metric"]
+            fidelity = result["metric_name"] == "SQNR dB"
             rows.append([
-                model, label, f"{row['metric']:.4g}", f"{drop:+.3f}" if label != "fp32" else "",
+                model, label, "-" if fidelity and label == "fp32" else f"{row['metric']:.4g}",
+                f"{drop:+.3f}" if label != "fp32" and not fidelity else "",
                 f"{row['ms_1t']:.3f}", f"{base['ms_1t'] / row['ms_1t']:.2f}",
                 f"{row['ms_2t']:.3f}", f"{base['ms_2t'] / row['ms_2t']:.2f}",
                 f"{row['size_bytes'] / 1e6:.2f}", f"{row['wall_s']:.1f}" if label != "fp32" else "",
@@ -244,18 +246,23 @@ def summary(results: dict[str, Any]) -> list[str]:
             lines.append(f"- {model}: onnxq INVALID: {ours['error']}")
             continue
         base = v["fp32"]
-        higher_is_better = True
-        drop = base["metric"] - ours["metric"]
-        ort_ok = [k for k, r in v.items() if k.startswith("ort") and not r.get("error")
-                  and base["metric"] - r["metric"] <= (0.01 if result["metric_name"] != "SQNR dB" else 1e9)]
+        speed = f"speed-up vs fp32 {base['ms_1t'] / ours['ms_1t']:.2f}x (1t)"
         if base["ms_1t"] >= MIN_LATENCY_MS:
             speedups.append(base["ms_1t"] / ours["ms_1t"])
         ort_static = v.get("ort-static-minmax", {})
         if not ort_static.get("error") and "ms_1t" in ort_static:
             vs_ort.append(ours["ms_1t"] / ort_static["ms_1t"])
-        lines.append(f"- {model}: drop {drop:+.4f} ({'within' if drop <= 0.01 or not higher_is_better else 'OUTSIDE'}"
-                     f" 1 point; ORT variants within: {', '.join(ort_ok) or 'none'}), "
-                     f"speed-up vs fp32 {base['ms_1t'] / ours['ms_1t']:.2f}x (1t)")
+        if result["metric_name"] == "SQNR dB":
+            ort = {k: r["metric"] for k, r in v.items() if k.startswith("ort") and not r.get("error")}
+            best = max(ort, key=ort.__getitem__) if ort else None
+            lines.append(f"- {model}: SQNR vs FP32 {ours['metric']:.1f} dB; onnxruntime best "
+                         + (f"{ort[best]:.1f} dB ({best})" if best else "none valid") + f"; {speed}")
+            continue
+        drop = base["metric"] - ours["metric"]
+        ort_ok = [k for k, r in v.items() if k.startswith("ort") and not r.get("error")
+                  and base["metric"] - r["metric"] <= 0.01]
+        lines.append(f"- {model}: drop {drop:+.4f} ({'within' if drop <= 0.01 else 'OUTSIDE'}"
+                     f" 1 point; ORT variants within: {', '.join(ort_ok) or 'none'}), {speed}")
     if speedups:
         lines.append(f"- geomean speed-up over FP32 (1 thread, models with FP32 >= {MIN_LATENCY_MS} ms): "
                      f"{math.exp(statistics.mean(math.log(s) for s in speedups)):.2f}x over {len(speedups)} models")
