@@ -1,0 +1,56 @@
+"""``onnxq sweep``: JSON with every strategy and a recommendation, HTML report, gate exit codes, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from onnxq.cli import main
+from onnxq.examples import example_inputs_path, example_model_path
+
+MODEL, DATA = str(example_model_path()), str(example_inputs_path())
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return ["sweep", MODEL, "--calib", DATA, "--data", DATA, "--out-dir", str(out), "--latency-budget", "0.2",
+            "--strategies", "dynamic,static-minmax", *extra]
+
+
+def test_sweep_json_report_and_resume(tmp_path: Path, capsys) -> None:
+    report = tmp_path / "sweep.html"
+    code = main(_args(tmp_path / "out", "--jobs", "1", "--json", "--report", str(report), "--max-accuracy-drop",
+                      "0.05"))
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    names = [s["name"] for s in doc["strategies"]]
+    assert names == ["dynamic", "static-minmax"]
+    for s in doc["strategies"]:
+        assert {"accuracy", "p50_ms", "speedup", "size_bytes", "recommended"} <= set(s)
+    [best] = [s for s in doc["strategies"] if s["recommended"]]
+    assert best["passes"] and doc["gate"]["passed"] and doc["recommended"] == best["name"]
+    text = report.read_text()
+    assert re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', text)
+    assert "http://" not in text and "https://" not in text and f"Recommended: {best['name']}." in text
+    # Rerun: both strategies come from the cache.
+    assert main(_args(tmp_path / "out", "-q", "--max-accuracy-drop", "0.05")) == 0
+    assert capsys.readouterr().out.startswith(f"PASS: {best['name']} (accuracy drop")
+    assert main(_args(tmp_path / "out", "--json")) == 0
+    assert all(s["cached"] for s in json.loads(capsys.readouterr().out)["strategies"])
+
+
+def test_gate_failure_exits_1_and_keeps_the_models(tmp_path: Path, capsys) -> None:
+    code = main(_args(tmp_path, "--strategies", "static-minmax", "--min-speedup", "1000"))
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAIL: no strategy passes" in out.splitlines()[-1]
+    assert (tmp_path / "static-minmax.onnx").is_file()
+
+
+def test_list_and_user_errors(tmp_path: Path, capsys) -> None:
+    assert main(["sweep", MODEL, "--calib", DATA, "--data", DATA, "--list"]) == 0
+    assert "static-entropy: static QDQ, entropy (KL) ranges" in capsys.readouterr().out
+    assert main(_args(tmp_path, "--strategies", "nope")) == 2
+    assert "unknown strategy 'nope'" in capsys.readouterr().err
+    assert main(["sweep", MODEL, "--calib", str(tmp_path / "none.npz"), "--data", DATA]) == 2
+    assert "--calib" in capsys.readouterr().err
