@@ -183,3 +183,22 @@ def test_models_with_other_outputs_are_refused(tmp_path: Path) -> None:
     onnx.save(onnx.parser.parse_model(_NOT_SCORES.format(c=1.0)), tmp_path / "other.onnx")
     with pytest.raises(CompareError, match="differ from the reference"):
         compare(example_model_path(), tmp_path / "other.onnx", example_inputs_path())
+
+
+@pytest.mark.slow
+def test_zoo_resnet_compare_points_at_its_worst_layer(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # NOTE: models/ is scripts, not installed
+    from models import zoo
+
+    zoo.ensure_built(["resnet_digits"])
+    path = zoo.model_path("resnet_digits")
+    model, _ = onnxq.quantize(load_model(path), str(path.with_name("resnet_digits.calib.npz")), self_check=False)
+    save_model(model, tmp_path / "q.onnx")
+    report = compare(path, tmp_path / "q.onnx", path.with_name("resnet_digits.eval.npz"))
+    assert report.samples == 450 and report.accuracy.kind == "labels"
+    assert report.accuracy.reference == pytest.approx(zoo.entry("resnet_digits")["metric"]["value"], abs=1e-6)
+    assert report.accuracy.drop <= 0.02
+    assert len(report.layers) >= 10
+    worst = min(report.layers, key=lambda layer: layer.sqnr_db)
+    assert report.layers[0] == worst
+    assert f"worst layers (of {len(report.layers)}): {worst.node} ('{worst.tensor}')" in "\n".join(report.lines())

@@ -93,3 +93,25 @@ def test_failing_gate_recommends_nothing(tmp_path: Path) -> None:
     report = _run(tmp_path, strategies=["static-minmax"], min_speedup=1000.0)
     assert report.recommended is None and not report.passed
     assert report.gate_line().startswith("FAIL: no strategy passes (accuracy drop <= 0.05, speedup >= 1000x)")
+
+
+@pytest.mark.slow
+def test_zoo_sweep_writes_a_report_with_a_recommendation(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # NOTE: models/ is scripts, not installed
+    from models import zoo
+    from onnxq.validation.report import sweep_document, write_report
+
+    zoo.ensure_built(["resnet_digits"])
+    path = zoo.model_path("resnet_digits")
+    report = sweep(path, str(path.with_name("resnet_digits.calib.npz")),
+                   str(path.with_name("resnet_digits.eval.npz")), out_dir=tmp_path / "out",
+                   strategies=["dynamic", "static-minmax", "static-percentile"], jobs=2, latency_budget_s=0.5,
+                   max_accuracy_drop=0.02)
+    assert all(s.error is None for s in report.strategies)
+    assert report.recommended is not None
+    best = next(s for s in report.strategies if s.recommended)
+    assert best.passes and best.accuracy_drop is not None and best.accuracy_drop <= 0.02
+    text = write_report(sweep_document(report.to_json()), tmp_path / "sweep.html").read_text()
+    assert 'src="data:image/png;base64,' in text and f"Recommended: {best.name}." in text
