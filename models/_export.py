@@ -248,14 +248,18 @@ def _renumber_unknown_dims(model: ir.Model) -> None:
     """``unk__152`` -> ``unk__0``...: tf2onnx numbers unknown dims from a process-wide counter."""
     import re
 
-    mapping: dict[str, str] = {}
     values = [*model.graph.inputs, *(v for node in model.graph for v in node.outputs), *model.graph.outputs]
-    for value in values:
-        if value.shape is None:
-            continue
-        dims = []
-        for dim in value.shape:
+    # NOTE: each value once (graph outputs are node outputs too), names mapped before any is
+    # rewritten, so a new name never meets an old one that happens to be spelled the same
+    unique = list({id(v): v for v in values if v.shape is not None}.values())
+    mapping: dict[str, str] = {}
+    for value in unique:
+        for dim in value.shape or ():
             if isinstance(dim, ir.SymbolicDim) and dim.value and re.fullmatch(r"unk__\d+", dim.value):
-                dim = mapping.setdefault(dim.value, f"unk__{len(mapping)}")
-            dims.append(dim)
+                mapping.setdefault(dim.value, f"unk__{len(mapping)}")
+    for value in unique:
+        dims = [
+            mapping.get(dim.value, dim) if isinstance(dim, ir.SymbolicDim) and dim.value else dim
+            for dim in value.shape or ()
+        ]
         value.shape = ir.Shape(dims)
