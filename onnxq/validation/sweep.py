@@ -1,12 +1,15 @@
 """``sweep``: quantize one model with several strategies, measure each, recommend one.
 
 Each strategy (a function ``fn(model, calibration) -> model`` in a :class:`StrategyRegistry`;
-later strategies such as mixed precision call :func:`register_strategy`) quantizes a copy of the
-float model into the out dir. Its accuracy follows the rules of :func:`onnxq.validation.compare.
-compare` (user metric, labels, else agreement with FP32) and its size is the file's. Strategies run
-in parallel worker processes with ``jobs > 1``; latency is measured afterwards in this process, one
-strategy at a time, interleaved with the FP32 model (:func:`onnxq.validation.bench.interleaved_times`),
-so parallel work never disturbs a timing.
+more register themselves with :func:`register_strategy` or the ``onnxq.strategies`` entry point)
+quantizes a copy of the float model into the out dir. Built-ins: dynamic; static with minmax,
+percentile, entropy or MSE ranges; static per-tensor; mixed precision (the fewest nodes in float for
+the gate's accuracy budget, :mod:`onnxq.quantization.mixed_precision`). A result's accuracy follows
+the rules of :func:`onnxq.validation.compare.compare` (user metric, labels, else agreement with
+FP32) and its size is the file's. Strategies run in parallel worker processes with ``jobs > 1``;
+latency is measured afterwards in this process, one strategy at a time, interleaved with the FP32
+model (:func:`onnxq.validation.compare.measure_speedup`, on ``bench``'s interleaved timer), so
+parallel work never disturbs a timing.
 
 A finished strategy's result is cached as ``<out_dir>/<name>.json`` under a key made of the model's
 fingerprint and file digest, the strategy's name and the options (data files' names, sizes and
@@ -23,6 +26,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -39,18 +43,30 @@ from onnxq.errors import OnnxqError, OptionError, UserError, first_line
 
 logger = logging.getLogger(__name__)
 
-StrategyFn = Callable[[ir.Model, Any], ir.Model]
+StrategyFn = Callable[..., ir.Model]
+#: Entry-point group of strategy plugins.
+ENTRY_POINT_GROUP = "onnxq.strategies"
 #: Bump when the cached result's meaning changes.
 CACHE_VERSION = 1
 LATENCY_BUDGET_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy may want beyond the model and calibration data (passed as ``context=``)."""
+
+    #: The gate's accuracy budget (``None``: not given).
+    max_accuracy_drop: float | None
+    #: A folder the strategy may keep caches in (inside the sweep's out dir).
+    cache_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Strategy:
     """A named way to quantize: ``fn(float_model, calibration) -> quantized model`` (may work in place).
 
-    ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one) for
-    ``jobs > 1``.
+    A ``fn`` with a ``context`` parameter also gets a :class:`StrategyContext`. ``fn`` must be
+    picklable (a module-level function or a ``functools.partial`` of one) for ``jobs > 1``.
     """
 
     name: str
@@ -64,6 +80,17 @@ def _quantize_with(model: ir.Model, calibration: Any, *, mode: str, method: str 
 
     quantized, _ = quantize(model, calibration, mode=mode, method=method, per_channel=per_channel,
                             self_check=False)
+    return quantized
+
+
+def _mixed_precision(model: ir.Model, calibration: Any, *, context: StrategyContext) -> ir.Model:
+    from onnxq.quantization.mixed_precision import quantize_mixed
+
+    # NOTE: the search scores on calibration samples it holds back (agreement with FP32), never on the
+    # sweep's evaluation data, so the accuracy the sweep reports is not tuned on.
+    budget = context.max_accuracy_drop if context.max_accuracy_drop is not None else 0.01
+    quantized, _ = quantize_mixed(model, calibration, max_accuracy_drop=budget, self_check=False,
+                                  measure_latency=False, cache_dir=context.cache_dir)
     return quantized
 
 
@@ -81,6 +108,9 @@ _BUILTINS: tuple[Strategy, ...] = (
     Strategy("static-minmax-per-tensor",
              functools.partial(_quantize_with, mode="static", method="minmax", per_channel=False),
              "static QDQ, min/max ranges, per-tensor weights"),
+    Strategy("mixed-precision", _mixed_precision,
+             "static QDQ (min/max), the fewest nodes left in float so agreement with FP32 drops at most "
+             "the gate's --max-accuracy-drop (default 0.01)"),
 )
 
 
@@ -106,12 +136,30 @@ class StrategyRegistry:
     def names(self) -> list[str]:
         return list(self._strategies)
 
+    def load_entry_points(self) -> None:
+        """Strategies of installed packages (group ``onnxq.strategies``): each entry point is a
+        :class:`Strategy` or a callable returning some; a broken one is logged and skipped."""
+        from importlib import metadata
+
+        if os.environ.get("ONNXQ_NO_PLUGINS"):
+            return
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            try:
+                obj = ep.load()
+                for strategy in [obj] if isinstance(obj, Strategy) else list(obj()):
+                    if not isinstance(strategy, Strategy):
+                        raise TypeError(f"{strategy!r} is not an onnxq Strategy")
+                    self.add(strategy)
+            except Exception as e:  # noqa: BLE001  # a broken plugin must not break the tool
+                logger.warning("strategy plugin '%s' not loaded: %s", ep.name, e)
+
     @classmethod
     def default(cls) -> StrategyRegistry:
-        """The process-wide registry (built-ins first, then registered strategies)."""
+        """The process-wide registry: built-ins, then plugins, then what :func:`register_strategy` adds."""
         global _DEFAULT
         if _DEFAULT is None:
             _DEFAULT = cls(_BUILTINS)
+            _DEFAULT.load_entry_points()
         return _DEFAULT
 
 
@@ -260,6 +308,7 @@ class _Task:
     labels: Any
     metric: Any
     output: str
+    context: StrategyContext
 
 
 def _run_strategy(task: _Task) -> dict[str, Any]:
@@ -273,7 +322,8 @@ def _run_strategy(task: _Task) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         model = load_model(task.model)
-        quantized = task.fn(model, task.calibration)
+        quantized = (task.fn(model, task.calibration, context=task.context) if _takes_context(task.fn)
+                     else task.fn(model, task.calibration))
         save_model(quantized, task.output)
         report = compare(task.model, task.output, task.data, labels=task.labels, metric=task.metric, layers=False)
     except OnnxqError as e:
@@ -283,6 +333,14 @@ def _run_strategy(task: _Task) -> dict[str, Any]:
             "accuracy_drop": None if acc.kind == "sqnr" else acc.drop, "reference_accuracy": acc.reference,
             "kind": acc.kind, "description": acc.description, "size_bytes": model_size(task.output),
             "seconds": time.perf_counter() - start}
+
+
+def _takes_context(fn: StrategyFn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "context" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def sweep(
@@ -343,14 +401,17 @@ def sweep(
     keys: dict[str, str] = {}
     todo: list[_Task] = []
     for strategy in chosen:
-        keys[strategy.name] = cache_key(digest, strategy.name, options)
+        # NOTE: a strategy that reads the budget gives another model for another budget.
+        budget = {"max_accuracy_drop": max_accuracy_drop} if _takes_context(strategy.fn) else {}
+        keys[strategy.name] = cache_key(digest, strategy.name, options | budget)
         cached = _load_cache(out / f"{strategy.name}.json", keys[strategy.name])
         if cached is not None:
             cached["cached"] = True
             results[strategy.name] = cached
             continue
+        context = StrategyContext(max_accuracy_drop, os.fspath(out / ".cache"))
         todo.append(_Task(strategy.name, strategy.fn, os.fspath(model_path), calibration, data, labels, metric,
-                          os.fspath(out / f"{strategy.name}.onnx")))
+                          os.fspath(out / f"{strategy.name}.onnx"), context))
 
     with _Progress(progress, len(todo) + len(chosen)) as bar:
         for done in _map(todo, jobs, bar):

@@ -115,3 +115,12 @@ def test_zoo_sweep_writes_a_report_with_a_recommendation(tmp_path: Path) -> None
     assert best.passes and best.accuracy_drop is not None and best.accuracy_drop <= 0.02
     text = write_report(sweep_document(report.to_json()), tmp_path / "sweep.html").read_text()
     assert 'src="data:image/png;base64,' in text and f"Recommended: {best.name}." in text
+
+
+def test_mixed_precision_strategy_reads_the_budget(tmp_path: Path) -> None:
+    report = _run(tmp_path, strategies=["mixed-precision"], max_accuracy_drop=0.02)
+    [mixed] = report.strategies
+    assert mixed.error is None and mixed.accuracy is not None and (tmp_path / "mixed-precision.onnx").is_file()
+    assert _run(tmp_path, strategies=["mixed-precision"], max_accuracy_drop=0.02).strategies[0].cached
+    # Another budget may give another model: not served from the cache.
+    assert not _run(tmp_path, strategies=["mixed-precision"], max_accuracy_drop=0.03).strategies[0].cached
