@@ -11,10 +11,10 @@ from onnxq.cli._common import console, print_json
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("sweep", help="quantize with several strategies, plot accuracy vs speedup, recommend one")
     p.add_argument("model", type=Path, help="float .onnx file (never modified)")
-    p.add_argument("--calib", type=Path, required=True, metavar="PATH",
-                   help="calibration samples: a folder of .npz or one .npz with a leading sample axis")
-    p.add_argument("--data", type=Path, required=True, metavar="PATH",
-                   help="evaluation samples, same formats (a 'labels' array in it serves as labels)")
+    p.add_argument("--calib", type=Path, metavar="PATH",
+                   help="calibration samples (required): a folder of .npz or one .npz with a leading sample axis")
+    p.add_argument("--data", type=Path, metavar="PATH",
+                   help="evaluation samples (required), same formats (a 'labels' array in it serves as labels)")
     p.add_argument("--labels", type=Path, metavar="FILE", help=".npy/.npz labels, one per row of the data")
     p.add_argument("--metric", metavar="MODULE:FUNCTION",
                    help="accuracy = function(outputs: list[np.ndarray], labels or None) -> float, higher is better")
@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
             for name in registry.names():
                 out.print(f"{name}: {registry.get(name).summary}", markup=False)
         return 0
+    for flag, value in (("--calib", args.calib), ("--data", args.data)):
+        if value is None:
+            raise OptionError(f"sweep needs {flag} PATH")
     if not args.model.is_file():
         raise OptionError(f"MODEL {args.model}: no such file")
     for flag, path in (("--calib", args.calib), ("--data", args.data), ("--labels", args.labels)):

@@ -84,3 +84,12 @@ def test_quantize_gate_flags(tmp_path: Path, capsys) -> None:
     assert doc["gate"]["gate"]["line"].startswith("FAIL: size") and out.is_file()  # still written
     assert main([*common[:-3], "--no-self-check", "--min-speedup", "1"]) == 2
     assert "need samples" in capsys.readouterr().err
+
+
+def test_bench_markdown_report(quantized: str, tmp_path: Path, capsys) -> None:
+    report = tmp_path / "bench.md"
+    assert main(["bench", MODEL, quantized, "--runs", "5", "--warmup", "1", "--no-memory", "--report", str(report),
+                 "--max-size", "1MB", "-q"]) == 0
+    text = report.read_text()
+    assert text.startswith("# onnxq bench\n") and "**PASS: " in text and "![p50 latency per model](bench-1.png)" in text
+    assert (tmp_path / "bench-1.png").read_bytes()[:4] == b"\x89PNG"

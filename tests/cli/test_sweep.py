@@ -48,9 +48,11 @@ def test_gate_failure_exits_1_and_keeps_the_models(tmp_path: Path, capsys) -> No
 
 
 def test_list_and_user_errors(tmp_path: Path, capsys) -> None:
-    assert main(["sweep", MODEL, "--calib", DATA, "--data", DATA, "--list"]) == 0
+    assert main(["sweep", MODEL, "--list"]) == 0
     assert "static-entropy: static QDQ, entropy (KL) ranges" in capsys.readouterr().out
     assert main(_args(tmp_path, "--strategies", "nope")) == 2
     assert "unknown strategy 'nope'" in capsys.readouterr().err
     assert main(["sweep", MODEL, "--calib", str(tmp_path / "none.npz"), "--data", DATA]) == 2
     assert "--calib" in capsys.readouterr().err
+    assert main(["sweep", MODEL, "--calib", DATA]) == 2
+    assert "sweep needs --data PATH" in capsys.readouterr().err
