@@ -27,6 +27,8 @@ from onnxq.errors import MissingExtraError, OptionError
 SUFFIXES = {".html": "html", ".htm": "html", ".md": "markdown", ".markdown": "markdown"}
 #: Per-layer rows shown in a compare report's table.
 LAYER_ROWS = 30
+#: Above this many layers the per-layer plot leaves out the node names.
+MAX_TICK_LABELS = 60
 
 
 @dataclasses.dataclass
@@ -177,7 +179,11 @@ def layer_plot(layers: Sequence[dict[str, Any]], *, floor_db: float, start: str 
               for layer, v in zip(ordered, values, strict=True)]
     ax.bar(range(len(ordered)), values, color=colors)
     ax.axhline(floor_db, color="#888", linestyle="--", linewidth=1, label=f"{floor_db:g} dB floor")
-    ax.set_xticks(range(len(ordered)), [layer["node"] for layer in ordered], rotation=60, ha="right", fontsize=7)
+    if len(ordered) <= MAX_TICK_LABELS:
+        ax.set_xticks(range(len(ordered)), [layer["node"] for layer in ordered], rotation=60, ha="right", fontsize=7)
+    else:
+        # NOTE: hundreds of names would print over each other; the table names the worst ones.
+        ax.set_xlabel(f"{len(ordered)} layers in graph order (the table below names the worst)")
     ax.set_ylabel("SQNR (dB)")
     ax.set_title("Per-layer SQNR, graph order")
     ax.legend(loc="best", fontsize=8)
