@@ -93,3 +93,12 @@ def test_bench_markdown_report(quantized: str, tmp_path: Path, capsys) -> None:
     text = report.read_text()
     assert text.startswith("# onnxq bench\n") and "**PASS: " in text and "![p50 latency per model](bench-1.png)" in text
     assert (tmp_path / "bench-1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quantize_size_gate_after_the_mixed_precision_search(tmp_path: Path, capsys) -> None:
+    # Static + --max-accuracy-drop runs the mixed-precision search; --max-size still gates the output.
+    out = tmp_path / "mixed.onnx"
+    code = main(["quantize", MODEL, "-o", str(out), "--calib", DATA, "--no-self-check", "--max-accuracy-drop", "0.05",
+                 "--max-size", "1kB", "--cache-dir", str(tmp_path / "cache"), "-q"])
+    assert code == 1 and out.is_file()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("FAIL: size")
