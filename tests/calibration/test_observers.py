@@ -245,3 +245,14 @@ def test_entropy_matches_a_plain_reference_implementation(seed: int) -> None:
     expected = _reference_entropy_stop(hist, 128, stops)
     r = obs.range("entropy")
     assert r.max == pytest.approx(min(expected * width, float(data.max())))
+
+
+def test_entropy_keeps_most_of_a_post_relu_range() -> None:
+    # Half the mass is exact zeros, the rest a smooth positive tail, as after every ReLU: the zero
+    # bin must not make a short threshold look lossless (it clipped resnet_digits' ReLUs to a third).
+    rng = np.random.default_rng(0)
+    obs = HistogramObserver()
+    for _ in range(20):
+        obs.update(np.maximum(rng.standard_normal(20000).astype(np.float32) * 2.0, 0.0))
+    full = obs.range("minmax").max
+    assert obs.range("entropy").max > 0.5 * full
