@@ -212,7 +212,7 @@ def export_torch_legacy(
         torch.onnx.export(
             module,
             example_inputs,
-            buffer,
+            buffer,  # type: ignore[arg-type]  # NOTE: the legacy exporter writes file objects too
             dynamo=False,
             opset_version=opset,
             input_names=list(input_names),
@@ -221,8 +221,12 @@ def export_torch_legacy(
         )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto, full_check=True)
-    logger.info("exported %s with the legacy exporter in %.1f s", type(module).__name__, time.perf_counter() - start)
-    return Exported(ir.serde.deserialize_model(proto), f"torch.onnx.export(dynamo=False, opset_version={opset})")
+    logger.info(
+        "exported %s with the legacy exporter in %.1f s", type(module).__name__, time.perf_counter() - start
+    )
+    return Exported(
+        ir.serde.deserialize_model(proto), f"torch.onnx.export(dynamo=False, opset_version={opset})"
+    )
 
 
 def export_tf_function(fn: Any, input_signature: Sequence[Any], *, opset: int) -> Exported:

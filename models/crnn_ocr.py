@@ -95,7 +95,11 @@ def train_net(seed: int = _common.SEED) -> CRNN:
     _torch_utils.setup(seed)
     net = CRNN()
     _torch_utils.train_steps(
-        net, _batches(np.random.default_rng(seed), _common.digits_split()), steps=STEPS, lr=LR, loss_fn=ctc_loss
+        net,
+        _batches(np.random.default_rng(seed), _common.digits_split()),
+        steps=STEPS,
+        lr=LR,
+        loss_fn=ctc_loss,
     )
     return net
 

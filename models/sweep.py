@@ -69,7 +69,9 @@ def _worker(scripts: Sequence[str], seeds: Sequence[int]) -> None:
     for script in scripts:
         for seed in seeds:
             value, seconds = score(script, seed)
-            print(json.dumps({"script": script, "seed": seed, "metric": value, "seconds": seconds}), flush=True)
+            print(
+                json.dumps({"script": script, "seed": seed, "metric": value, "seconds": seconds}), flush=True
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -197,8 +197,10 @@ MODELS: dict[str, ThirdPartyModel] = {
             "[batch, 3, height, width], no intermediate shapes",
             preprocessing="RGB / 255 in [0, 1], letterboxed (zero pad bottom/right) to 320x320, NCHW",
             shapes={"images": (1, 3, 320, 320)},
-            outputs={"output0": "[batch, 4 + 18, 2100 anchors]: box cx, cy, w, h (input pixels), then "
-                     "18 class scores (sigmoid); NMS is done outside the model"},  # fmt: skip
+            outputs={
+                "output0": "[batch, 4 + 18, 2100 anchors]: box cx, cy, w, h (input pixels), then "
+                "18 class scores (sigmoid); NMS is done outside the model"
+            },  # fmt: skip
             sample=nudenet_sample,
             calib_samples=32,
             eval_samples=16,
@@ -211,8 +213,10 @@ MODELS: dict[str, ThirdPartyModel] = {
             "export, opset 13 with the 'Paddle' domain declared, fixed input [1, 3, 800, 608]",
             preprocessing="RGB page resized to 800x608, /255, minus ImageNet mean, over ImageNet std, NCHW",
             shapes={"image": (1, 3, 800, 608)},
-            outputs={"*": "transpose_0/2/4/6: class scores [1, anchors, 10] at strides 8/16/32/64; "
-                     "transpose_1/3/5/7: box side distributions [1, anchors, 4 x 8 bins] (GFL)"},  # fmt: skip
+            outputs={
+                "*": "transpose_0/2/4/6: class scores [1, anchors, 10] at strides 8/16/32/64; "
+                "transpose_1/3/5/7: box side distributions [1, anchors, 4 x 8 bins] (GFL)"
+            },  # fmt: skip
             sample=layout_sample,
             calib_samples=16,
             eval_samples=8,
@@ -225,7 +229,9 @@ MODELS: dict[str, ThirdPartyModel] = {
             "'onnxq convert' (tf2onnx, opset 18), NHWC input",
             preprocessing="grey face crop resized to 64x64, (x / 255 - 0.5) * 2 in [-1, 1], NHWC",
             shapes={"input_1": (1, 64, 64, 1)},
-            outputs={"predictions": "[batch, 7] softmax over angry, disgust, fear, happy, sad, surprise, neutral"},
+            outputs={
+                "predictions": "[batch, 7] softmax over angry, disgust, fear, happy, sad, surprise, neutral"
+            },
             sample=fer_sample,
             calib_samples=256,
             eval_samples=64,
@@ -444,7 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs = ", ".join(f"{i['name']}{i['declared_shape']}->{i['shape']}" for i in info["inputs"])
         rows.append((name, info["requirement"], info["opset"], info["nodes"], inputs,
                      latency_ms(path, feed, args.runs), path))  # fmt: skip
-    print(f"| model | wheel | opset | nodes | inputs (declared -> used) | ORT FP32 ms (1 thread, median of {args.runs}) |")
+    print(
+        f"| model | wheel | opset | nodes | inputs (declared -> used) | ORT FP32 ms (1 thread, median of {args.runs}) |"
+    )
     print("|---|---|---:|---:|---|---:|")
     for name, requirement, opset, nodes, inputs, ms, _ in rows:
         print(f"| {name} | {requirement} | {opset} | {nodes} | {inputs} | {ms:.2f} |")

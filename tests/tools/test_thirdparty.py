@@ -47,7 +47,9 @@ def test_generation_is_seeded() -> None:
 
 
 def test_unknown_model_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(thirdparty.ThirdPartyError, match="unknown third-party model 'yolo'; known: nudenet_320n"):
+    with pytest.raises(
+        thirdparty.ThirdPartyError, match="unknown third-party model 'yolo'; known: nudenet_320n"
+    ):
         thirdparty.fetch("yolo", tmp_path)
 
 
