@@ -45,11 +45,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = console(False)
     table = Table(title="passes", show_lines=False)
-    for col in ("name", "summary", "options"):
-        table.add_column(col)
+    # NOTE: names are what users type: never cut or wrapped; the plugin origin gets its own line.
+    table.add_column("name", no_wrap=True)
+    table.add_column("summary", min_width=32)
+    table.add_column("options")
     for p in info["passes"]:
         opts = ", ".join(f"{o['name']}={format_option(o['default'])}" for o in p["options"])
-        origin = f" [plugin: {p['plugin']}]" if p["plugin"] else ""
+        origin = f"\n[plugin: {p['plugin']}]" if p["plugin"] else ""
         table.add_row(escape(p["name"]), escape(p["summary"] + origin), escape(opts))
     out.print(table)
     for preset in info["presets"]:
