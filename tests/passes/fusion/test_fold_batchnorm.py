@@ -96,3 +96,24 @@ g (float[1, 3, 6, 6] x, float[4, 3, 3, 3] w) => (float[1, 4, 4, 4] y)""" + BN_PA
 """
     model = assert_declines(FoldBatchNorm(decompose=False), text, "Conv weight 'w' is not a constant of this graph")
     assert ops(model) == ["Conv", "BatchNormalization"]
+
+
+def test_fires_into_conv_transpose() -> None:
+    text = HEADER + """
+g (float[1, 2, 3, 3] x) => (float[1, 4, 5, 5] y)
+  <float[2, 4, 3, 3] w = {""" + ",".join(str((i % 9) * 0.05 - 0.2) for i in range(72)) + """},
+   float[4] s = {1.5, 0.5, -1.0, 2.0}, float[4] b = {0.1, 0.2, 0.3, -0.4},
+   float[4] m = {0.5, -0.5, 0.0, 1.0}, float[4] v = {1.0, 2.0, 0.5, 0.25}> {
+  c = ConvTranspose(x, w)
+  y = BatchNormalization(c, s, b, m, v)
+}
+"""
+    model = assert_fires(FoldBatchNorm(), text, {"batchnorms_folded": 1})
+    assert ops(model) == ["ConvTranspose"]
+
+
+def test_declines_training_mode() -> None:
+    text = CONV.replace("BatchNormalization<epsilon = 0.001>", "BatchNormalization<epsilon = 0.001, training_mode = 1>")
+    text = text.replace("(float[1, 4, 6, 6] y)", "(float[1, 4, 6, 6] y, float[4] rm, float[4] rv)").replace(
+        "  y = BatchNormalization", "  y, rm, rv = BatchNormalization")
+    assert_declines(FoldBatchNorm(), text, "BatchNormalization")
