@@ -197,16 +197,19 @@ def quantize(
             pipeline = static_pipeline(profile, per_channel=report.per_channel, exclude=tuple(exclude),
                                        include=tuple(include))
             _run(model, pipeline, [profile, found], report)
+            if profile.name == "ort-cpu" and not include and _has_op(model, "LSTM"):
+                # NOTE: QDQ has no LSTM kernel; ORT's DynamicQuantizeLSTM is the integer path for it.
+                from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic
+
+                _run(model, Pipeline([QuantizeDynamic(per_channel=report.per_channel, include=("LSTM",),
+                                                      exclude=tuple(exclude))]), [profile], report)
     else:
         with clock("quantize"):
-            registry = PassRegistry.default()
-            options: dict[str, Any] = {"per_channel": report.per_channel}
-            if exclude:
-                options["exclude"] = ",".join(exclude)
-            if include:
-                options["include"] = ",".join(include)
-            pipeline = Pipeline([registry.create("quantize-dynamic", options),
-                                 registry.create("eliminate-dead-code")])
+            from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic
+
+            pipeline = Pipeline([QuantizeDynamic(per_channel=report.per_channel, include=tuple(include),
+                                                 exclude=tuple(exclude)),
+                                 PassRegistry.default().create("eliminate-dead-code")])
             _run(model, pipeline, [profile], report)
 
     if self_check:
@@ -291,6 +294,10 @@ def _self_check(model: ir.Model, reference: Any, held: CalibrationData | None, t
                 report.diagnostics.append(Diagnostic(f"did not fuse, Q/DQ removed: {group}", Severity.INFO))
             check = self_check(reference, model, samples, target=target)
     report.self_check = check
+
+
+def _has_op(model: ir.Model, op_type: str) -> bool:
+    return any(node.op_type == op_type for node in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def _weight_bytes(model: ir.Model) -> int:
