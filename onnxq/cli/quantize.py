@@ -212,8 +212,10 @@ def _run_mixed(args: argparse.Namespace, out: Any) -> int:
 
 
 def _size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    """Bytes on disk with the external-data files the model references (whatever their names)."""
+    from onnxq.validation.bench import model_size
+
+    return model_size(path)
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
