@@ -64,6 +64,10 @@ HELD_SAMPLES = 64
 #: Seconds of interleaved timed runs per curve point.
 CURVE_LATENCY_S = 0.4
 OVERRIDES_FORMAT = "onnxq-overrides/1"
+#: Greedy steps taken one node at a time before the search bisects over the order.
+LINEAR_STEPS = 4
+#: Largest float set the pruning pass tries node by node (one evaluation each).
+PRUNE_MAX = 16
 
 
 class OverridesError(UserError):
@@ -473,26 +477,44 @@ def quantize_mixed(
     seconds["sensitivity"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    curve: list[CurvePoint] = [CurvePoint(0, uniform_drop, search.speedup(variants.build()) if measure_latency else None)]
-    floats: list[str] = []
     order = _order(sensitivity.nodes) if sensitivity is not None else []
     by_name = {n.node: n for n in order}
-    remaining = list(order)
-    drop = uniform_drop
-    while drop > max_accuracy_drop and remaining:
-        step = remaining.pop(0)
-        floats.append(step.node)
-        drop = search.drop(frozenset(floats))
-        curve.append(CurvePoint(len(floats), drop, search.speedup(variants.build(floats)) if measure_latency else None,
-                                step.node))
+    names = [n.node for n in order]
+    points = {0: uniform_drop}
+
+    def prefix(k: int) -> float:
+        points[k] = search.drop(frozenset(names[:k]))
+        return points[k]
+
+    # The first few nodes one at a time (the common case: a handful of fragile layers), then
+    # bisection over the greedy order's prefix length (the drop falls, roughly monotonically, as
+    # the prefix grows): log2(N) evaluations instead of N when the error is spread over many nodes.
+    chosen = len(names)
+    if uniform_drop <= max_accuracy_drop:
+        chosen = 0
+    else:
+        k = next((k for k in range(1, min(LINEAR_STEPS, len(names)) + 1) if prefix(k) <= max_accuracy_drop), None)
+        if k is not None:
+            chosen = k
+        elif len(names) > LINEAR_STEPS and prefix(len(names)) <= max_accuracy_drop:
+            lo, hi = LINEAR_STEPS, len(names)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if prefix(mid) <= max_accuracy_drop else (mid, hi)
+            chosen = hi
+    floats = names[:chosen]
+    remaining = names[chosen:]
+    drop = points.get(chosen, uniform_drop)
     # Pruning: least sensitive first, back to int8 while the budget holds.
-    if drop <= max_accuracy_drop and len(floats) > 1:
+    if drop <= max_accuracy_drop and 1 < len(floats) <= PRUNE_MAX:
         for name in sorted(floats, key=lambda n: (by_name[n].recovered, floats.index(n))):
             trial = [f for f in floats if f != name]
             trial_drop = search.drop(frozenset(trial))
             if trial_drop <= max_accuracy_drop:
                 floats, drop = trial, trial_drop
-                remaining.insert(0, by_name[name])
+                remaining.insert(0, name)
+    curve = [CurvePoint(k, d, search.speedup(variants.build(names[:k])) if measure_latency else None,
+                        names[k - 1] if k else None) for k, d in sorted(points.items())]
 
     # Final model through quantize() (self-check cleans stranded QDQ), verified by a real evaluation.
     while True:
@@ -505,7 +527,7 @@ def quantize_mixed(
         search.evaluations += 1
         if final_drop <= max_accuracy_drop or not remaining:
             break
-        floats.append(remaining.pop(0).node)
+        floats.append(remaining.pop(0))
     seconds["search"] = time.perf_counter() - clock
     if qreport.self_check is not None:
         qreport.holdout_samples = 0  # NOTE: the self-check compared on a generated input, not a held set
