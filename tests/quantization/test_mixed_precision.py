@@ -241,3 +241,27 @@ def test_api_overrides_errors_name_the_file(tmp_path: Path) -> None:
         load_overrides(tmp_path / "missing.json")
     with pytest.raises(OverridesError, match="overrides: node 'nope' is not in the model"):
         quantize_mixed(_fragile.model(), _feeds(32), max_accuracy_drop=0.01, overrides={"nope": "float"})
+
+
+def test_bisection_over_the_order_finds_the_same_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxq.quantization import mixed_precision
+
+    monkeypatch.setattr(mixed_precision, "LINEAR_STEPS", 0)  # NOTE: bisect from the first step
+    _, report = quantize_mixed(_fragile.model(), _feeds(96), max_accuracy_drop=0.02, cpu="avx2",
+                               measure_latency=False)
+    assert [f.node for f in report.float_nodes] == ["branch"] and report.met
+    # uniform, all candidates in float, one bisection step, the final model
+    assert report.search_evaluations == 4
+    assert [p.floats for p in report.curve] == [0, 1, 3, 1]
+
+
+def test_tensorrt_target_keeps_the_fragile_node_in_float() -> None:
+    model, report = quantize_mixed(_fragile.model(), _feeds(96), max_accuracy_drop=0.02, target="tensorrt",
+                                   measure_latency=False)
+    assert [f.node for f in report.float_nodes] == ["branch"] and report.met
+    quantized = _quantized_inputs(model)
+    assert quantized["branch"] is False and quantized["spread"] is True
+    # TensorRT's profile: int8 symmetric activations (zero point 0)
+    zps = [ir.convenience.get_const_tensor(n.inputs[2]).numpy() for n in model.graph
+           if n.op_type == "QuantizeLinear" and len(n.inputs) > 2 and n.inputs[2] is not None]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
