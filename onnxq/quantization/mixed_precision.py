@@ -66,8 +66,8 @@ CURVE_LATENCY_S = 0.4
 OVERRIDES_FORMAT = "onnxq-overrides/1"
 #: Greedy steps taken one node at a time before the search bisects over the order.
 LINEAR_STEPS = 4
-#: Largest float set the pruning pass tries node by node (one evaluation each).
-PRUNE_MAX = 16
+#: Most evaluations the pruning pass spends moving float nodes back to int8.
+PRUNE_EVALUATIONS = 48
 
 
 class OverridesError(UserError):
@@ -357,6 +357,33 @@ def _order(nodes: Sequence[NodeSensitivity]) -> list[NodeSensitivity]:
     return sorted(nodes, key=key)
 
 
+def _prune(floats: list[str], drop: float, by_name: Mapping[str, NodeSensitivity], search: _Search,
+           budget: float) -> tuple[list[str], float, list[str]]:
+    """Moves float nodes back to int8 while the budget holds; returns (floats, drop, moved back)."""
+    todo = sorted(floats, key=lambda n: (by_name[n].recovered, floats.index(n)))
+    kept = list(floats)
+    returned: list[str] = []
+    chunk = max(1, len(todo) // 2)
+    spent = 0
+    while todo and spent < PRUNE_EVALUATIONS:
+        i = 0
+        while i < len(todo) and spent < PRUNE_EVALUATIONS:
+            group = set(todo[i:i + chunk])
+            trial = [f for f in kept if f not in group]
+            trial_drop = search.drop(frozenset(trial))
+            spent += 1
+            if trial_drop <= budget:
+                kept, drop = trial, trial_drop
+                returned.extend(n for n in todo[i:i + chunk])
+                del todo[i:i + chunk]
+            else:
+                i += chunk
+        if chunk == 1:
+            break
+        chunk = max(1, chunk // 2)
+    return kept, drop, returned
+
+
 def quantize_mixed(
     model: ir.Model,
     calibration: Any,
@@ -505,14 +532,12 @@ def quantize_mixed(
     floats = names[:chosen]
     remaining = names[chosen:]
     drop = points.get(chosen, uniform_drop)
-    # Pruning: least sensitive first, back to int8 while the budget holds.
-    if drop <= max_accuracy_drop and 1 < len(floats) <= PRUNE_MAX:
-        for name in sorted(floats, key=lambda n: (by_name[n].recovered, floats.index(n))):
-            trial = [f for f in floats if f != name]
-            trial_drop = search.drop(frozenset(trial))
-            if trial_drop <= max_accuracy_drop:
-                floats, drop = trial, trial_drop
-                remaining.insert(0, name)
+    # Pruning: back to int8 while the budget holds, least sensitive first, in halving chunks (a
+    # delta-debugging pass: a whole chunk goes back at once when it can, single nodes at the end),
+    # so every node left in float is one that had to be; at most PRUNE_EVALUATIONS evaluations.
+    if drop <= max_accuracy_drop and len(floats) > 1:
+        floats, drop, returned = _prune(floats, drop, by_name, search, max_accuracy_drop)
+        remaining[:0] = returned
     curve = [CurvePoint(k, d, search.speedup(variants.build(names[:k])) if measure_latency else None,
                         names[k - 1] if k else None) for k, d in sorted(points.items())]
 
