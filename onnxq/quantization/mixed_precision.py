@@ -236,6 +236,9 @@ class MixedReport:
         chosen = next((p for p in self.curve if p.chosen), None)
         if chosen is not None and chosen.speedup is not None:
             out.append(f"  speedup over FP32 (1 thread, interleaved medians): {chosen.speedup:.2f}x")
+            if chosen.speedup < 1.0:
+                out.append("  warning: the chosen model is slower than FP32 here; the float model meets the budget "
+                           "too (rerun on an idle machine, or keep FP32)")
         return out
 
 
