@@ -11,6 +11,7 @@ samples), removing QDQ groups that did not fuse because they only add time.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import logging
 import time
@@ -267,6 +268,9 @@ def _ranges(model: ir.Model, target: Target, data: CalibrationData | None, *, ra
     found = calibrate(model, data, method=_METHOD_NAMES.get(method, method), tensors=tensors, progress=progress,
                       **dict(options))
     report.calibration_samples = found.samples
+    # NOTE: the calibration session and its copy of the model are garbage now; collect them before
+    # the quantized model and the self-check's sessions are built (peak RSS, not only speed).
+    gc.collect()
     return found
 
 
