@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(TOOLS))
 
 import benchlib  # noqa: E402
-from bench_quantize import latencies, ort_worker, write_calib_folder  # noqa: E402
+from bench_quantize import _load_error, latencies, ort_worker, write_calib_folder  # noqa: E402
 
 BUDGET = 0.01
 
@@ -155,8 +155,13 @@ def bench_model(name: str, work: Path, args: argparse.Namespace) -> dict[str, An
     folder = write_calib_folder(calib, work / "calib", count)
     try:
         ort_worker("minmax", str(paths["fp32"]), str(folder), str(work / "ort_static.onnx"))
-        paths["ort-static"] = work / "ort_static.onnx"
-        result["variants"]["ort-static"] = {"wall_s": time.perf_counter() - start}
+        wall = time.perf_counter() - start
+        error = _load_error(work / "ort_static.onnx")
+        if error:
+            result["variants"]["ort-static"] = {"error": f"onnxruntime cannot load it: {error[:160]}"}
+        else:
+            paths["ort-static"] = work / "ort_static.onnx"
+            result["variants"]["ort-static"] = {"wall_s": wall}
     except Exception as e:  # noqa: BLE001  # a peer's failure is a result, not a crash
         result["variants"]["ort-static"] = {"error": str(e).splitlines()[0][:200]}
 
