@@ -6,10 +6,12 @@ The search, on the optimized float model and ONE calibration (``Ranges`` shared 
    float without cause).
 2. Otherwise the sensitivity of every candidate node is measured (:mod:`.sensitivity`, cached),
    and nodes move to float greedily by metric recovered per unit of compute (MACs from shapes:
-   a cheap, sensitive layer goes first), each step a real evaluation, until the budget holds.
-   Every step is a point of the accuracy-drop / speedup curve.
-3. Pruning: each float node, least sensitive first, is tried back in INT8 and stays there when
-   the budget still holds, so every node left in float is one that had to be.
+   a cheap, sensitive layer goes first): the first LINEAR_STEPS one at a time, then a bisection
+   over the length of that order's prefix; each point a real evaluation and a point of the
+   accuracy-drop / speedup curve.
+3. Pruning: float nodes, least sensitive first, go back to INT8 in halving chunks (delta
+   debugging) and stay there when the budget still holds, so every node left in float is one
+   that had to be (within PRUNE_EVALUATIONS evaluations).
 4. The final model goes through ``quantize()`` (its self-check removes QDQ groups that no longer
    fuse, such as a lone pair stranded between float nodes) and is evaluated again; while it
    misses the budget the next node in the order moves to float (verified, not assumed).
