@@ -198,11 +198,14 @@ def quantize(
             pipeline = static_pipeline(profile, per_channel=report.per_channel, exclude=tuple(exclude),
                                        include=tuple(include))
             _run(model, pipeline, [profile, found], report)
-            if profile.name == "ort-cpu" and not include and _has_op(model, "LSTM"):
-                # NOTE: QDQ has no LSTM kernel; ORT's DynamicQuantizeLSTM is the integer path for it.
+            extra = tuple(op for op in ("LSTM", "Gather") if _has_op(model, op))
+            if profile.name == "ort-cpu" and not include and extra:
+                # NOTE: QDQ has no LSTM kernel (ORT's DynamicQuantizeLSTM is the integer path for it),
+                # and a float embedding table would stay the largest tensor of an NLP model: both
+                # take their weight-only / dynamic form.
                 from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic
 
-                _run(model, Pipeline([QuantizeDynamic(per_channel=report.per_channel, include=("LSTM",),
+                _run(model, Pipeline([QuantizeDynamic(per_channel=report.per_channel, include=extra,
                                                       exclude=tuple(exclude))]), [profile], report)
     else:
         with clock("quantize"):
