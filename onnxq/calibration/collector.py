@@ -324,6 +324,10 @@ def collect(
             if bar is not None:
                 bar.start()
             for label, feeds in data.feeds(model):
+                if not outputs:
+                    # NOTE: onnxruntime reads an empty output list as "every output".
+                    samples += 1
+                    continue
                 try:
                     values = sess.run(outputs, feeds)
                 except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
@@ -130,3 +131,41 @@ def test_user_errors_are_one_line_exit_2(extra: list[str], message: str, tmp_pat
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_static_mode_shrinks_embeddings_and_quantizes_lstm() -> None:
+    import onnx.parser
+    from onnx import numpy_helper
+
+    import onnxq
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (int64[1, 12] ids) => (float[1, 4] y) {
+      e = Gather(table, ids)
+      s = Transpose<perm = [1, 0, 2]>(e)
+      h, hn, cn = LSTM<hidden_size = 8>(s, wx, wr)
+      last = Squeeze(hn)
+      y = MatMul(last, w)
+    }
+    """)
+    proto.graph.initializer.extend([
+        numpy_helper.from_array(rng.standard_normal((64, 16)).astype(np.float32), "table"),
+        numpy_helper.from_array(rng.standard_normal((1, 32, 16)).astype(np.float32) * 0.3, "wx"),
+        numpy_helper.from_array(rng.standard_normal((1, 32, 8)).astype(np.float32) * 0.3, "wr"),
+        numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w"),
+    ])
+    feeds = [{"ids": rng.integers(0, 64, (1, 12)).astype(np.int64)} for _ in range(16)]
+    model, _ = onnxq.quantize(ir.from_proto(proto), calibration=feeds)
+    out = ir.to_proto(model)
+    onnx.checker.check_model(out, full_check=True)
+    ops = {n.op_type for n in out.graph.node}
+    tables = [i for i in out.graph.initializer if tuple(i.dims) == (64, 16)]
+    assert tables and all(t.data_type == onnx.TensorProto.INT8 for t in tables), "embedding table left float"
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops, ops
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    for feed in feeds[:4]:
+        want = ref.run(None, feed)[0]
+        assert np.abs(got.run(None, feed)[0] - want).max() <= 0.05 * np.abs(want).max() + 1e-3
