@@ -356,8 +356,11 @@ def _order(nodes: Sequence[NodeSensitivity]) -> list[NodeSensitivity]:
     total = sum(n.flops for n in nodes) or 1.0
 
     def key(n: NodeSensitivity) -> tuple[int, float, float]:
+        # NOTE: with the drop of each node quantized alone measured, a node that hurts alone counts
+        # even when leaving it float alone recovers nothing (the error is spread over many nodes).
+        gain = max(n.recovered, n.alone or 0.0)
         share = max(n.flops / total, 1e-6)
-        return (0 if n.recovered > 0 else 1, -(n.recovered / share), -n.recovered)
+        return (0 if gain > 0 else 1, -(gain / share), -gain)
 
     return sorted(nodes, key=key)
 
