@@ -40,6 +40,8 @@ TOP1_FLOOR = 0.97
 #: Per-layer SQNR below this is named as a likely cause.
 LAYER_SQNR_FLOOR_DB = 15.0
 #: Layers are observed on at most this many samples.
+#: Layers whose activations one per-layer run returns at once.
+LAYER_GROUP = 64
 LAYER_SAMPLES = 4
 _CPU_FLAGS = {"avx2": ("avx2",), "vnni": ("avx2", "avx512_vnni"), "arm64": ()}
 
@@ -268,29 +270,39 @@ def _layers(float_model: ir.Model, quant_model: ir.Model,
     names = sorted(tensors)
     inner = [n for n in names if n not in graph_inputs]
     quant_names = [tensors[n][0] for n in names]
-    for proto, wanted in ((float_proto, inner), (quant_proto, quant_names)):
-        existing = {o.name for o in proto.graph.output}
-        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
-    # NOTE: signal and noise power are summed sample by sample, so memory holds one sample's
-    # activations, not every layer of every sample.
+    # NOTE: signal and noise power are summed sample by sample, and the layers are read a group at a
+    # time from sessions that expose only that group: onnxruntime keeps every declared graph output
+    # of a run alive, and all layers of an 800x608 detector at once held gigabytes. Each extra group
+    # costs one session of each model.
+    inner_set = set(inner)
     signal = np.zeros(len(names))
     noise = np.zeros(len(names))
+    base = {id(p): len(p.graph.output) for p in (float_proto, quant_proto)}
+    groups = [range(i, min(i + LAYER_GROUP, len(names))) for i in range(0, len(names), LAYER_GROUP)]
     try:
-        f_sess = _plain_session(float_proto)
-        q_sess = _plain_session(quant_proto)
-        del float_proto, quant_proto
-        for f in feeds:
-            values = dict(zip(inner, f_sess.run(inner, f), strict=True)) if inner else {}
-            gots = q_sess.run(quant_names, f)
-            for i, name in enumerate(names):
-                ref = np.asarray(values[name] if name in values else f[name], np.float64)
-                got = np.asarray(gots[i], np.float64)
-                if ref.shape != got.shape:
-                    signal[i] = noise[i] = np.nan
-                    continue
-                signal[i] += float(np.sum(ref**2))
-                noise[i] += float(np.sum((ref - got) ** 2))
-            del values, gots
+        for group in groups:
+            want_f = [names[i] for i in group if names[i] in inner_set]
+            want_q = [quant_names[i] for i in group]
+            for proto, wanted in ((float_proto, want_f), (quant_proto, want_q)):
+                del proto.graph.output[base[id(proto)]:]
+                existing = {o.name for o in proto.graph.output}
+                proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
+            f_sess = _plain_session(float_proto)
+            q_sess = _plain_session(quant_proto)
+            for f in feeds:
+                values = dict(zip(want_f, f_sess.run(want_f, f), strict=True)) if want_f else {}
+                gots = q_sess.run(want_q, f)
+                for i, got_value in zip(group, gots, strict=True):
+                    name = names[i]
+                    ref = np.asarray(values[name] if name in values else f[name], np.float64)
+                    got = np.asarray(got_value, np.float64)
+                    if ref.shape != got.shape:
+                        signal[i] = noise[i] = np.nan
+                        continue
+                    signal[i] += float(np.sum(ref**2))
+                    noise[i] += float(np.sum((ref - got) ** 2))
+                del values, gots
+            del f_sess, q_sess
     except Exception as e:  # noqa: BLE001  # per-layer figures are best effort; outputs are already checked
         return [], f"per-layer SQNR not measured: {first_line(e)}"
     layers = []
