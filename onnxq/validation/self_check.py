@@ -359,6 +359,7 @@ def _warn(report: SelfCheckReport, *, sqnr_floor_db: float, top1_floor: float) -
         reasons.extend(saturation)
         if not reasons:
             reasons.append("no single layer stands out; try another calibration method or per-channel weights")
+        reasons.append("'onnxq quantize --max-accuracy-drop X' keeps the layers that need it in float")
         report.warnings.append(f"output '{o.name}' below the fidelity floor ({', '.join(problems)}): {'; '.join(reasons)}")
     if saturation and not any("below the fidelity floor" in w for w in report.warnings):
         report.notes.extend(saturation)
