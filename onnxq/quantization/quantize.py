@@ -158,6 +158,11 @@ def quantize(
         cpu_note=getattr(profile, "cpu_note", None),
     )
     report.ops_before = _op_histogram(model)
+    if _weight_bytes(model) <= SELF_CHECK_MAX_BYTES:
+        # NOTE: the sessions below are built from serialized bytes, where a relative external-data
+        # path would resolve against the working directory, not the model's folder; weights of this
+        # size are read into memory once instead.
+        ir.external_data.load_to_model(model)
     if self_check and reference is None and _weight_bytes(model) > SELF_CHECK_MAX_BYTES:
         self_check = False
         report.diagnostics.append(Diagnostic(

@@ -169,3 +169,32 @@ def test_static_mode_shrinks_embeddings_and_quantizes_lstm() -> None:
     for feed in feeds[:4]:
         want = ref.run(None, feed)[0]
         assert np.abs(got.run(None, feed)[0] - want).max() <= 0.05 * np.abs(want).max() + 1e-3
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_external_data_model_from_another_working_directory(mode: str, tmp_path: Path, monkeypatch) -> None:
+    import onnx.parser
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 64] x) => (float[N, 64] y) { h = MatMul(x, w1)  r = Relu(h)  y = MatMul(r, w2) }
+    """)
+    proto.graph.initializer.extend([
+        numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32) * 0.1, "w1"),
+        numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32) * 0.1, "w2"),
+    ])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save(proto, folder / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    np.savez(folder / "calib.npz", x=rng.standard_normal((16, 1, 64)).astype(np.float32))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative external-data paths must resolve against the model's folder
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    assert main(["quantize", str(folder / "m.onnx"), "-o", str(out), "--mode", mode,
+                 "--calib", str(folder / "calib.npz"), "-q"]) == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    assert list(elsewhere.iterdir()) == []
