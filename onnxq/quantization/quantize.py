@@ -220,6 +220,11 @@ def quantize(
                                                  exclude=tuple(exclude)),
                                  PassRegistry.default().create("eliminate-dead-code")])
             _run(model, pipeline, [profile], report)
+            if not any(key.startswith("quantize-dynamic.quantized_") for key in report.stats):
+                report.diagnostics.append(Diagnostic(
+                    "dynamic mode quantized nothing: it covers MatMul, Gemm, LSTM, GRU and embeddings "
+                    "(Conv only with quantize-dynamic{conv=true}, slow on x86); for convolutional models "
+                    "use static mode (--calib PATH)", Severity.WARNING))
 
     if self_check:
         with clock("self-check"):

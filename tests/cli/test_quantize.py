@@ -83,11 +83,31 @@ def test_every_method_stays_accurate(method: str, tmp_path: Path) -> None:
     assert _accuracy(example_model_path()) - _accuracy(out) <= 2 * MAX_DROP
 
 
-def test_dynamic_mode_needs_no_calibration(tmp_path: Path) -> None:
+def test_dynamic_mode_needs_no_calibration(tmp_path: Path, capsys) -> None:
     out = tmp_path / "dyn.onnx"
-    assert main(["quantize", str(example_model_path()), "-o", str(out), "--mode", "dynamic", "-q"]) == 0
+    assert main(["quantize", str(example_model_path()), "-o", str(out), "--mode", "dynamic", "--json"]) == 0
     onnx.checker.check_model(str(out), full_check=True)
     assert _accuracy(example_model_path()) - _accuracy(out) <= MAX_DROP
+    # The example is a CNN whose only dynamic candidate is its final Gemm.
+    report = json.loads(capsys.readouterr().out)
+    assert report["stats"].get("quantize-dynamic.quantized_gemm") == 1
+    assert not any("quantized nothing" in d for d in report["diagnostics"])
+
+
+def test_dynamic_mode_says_when_it_quantized_nothing(tmp_path: Path, capsys) -> None:
+    import onnx.parser
+    from onnx import numpy_helper
+
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) { y = Conv<pads = [1, 1, 1, 1]>(x, w) }
+    """)
+    proto.graph.initializer.append(numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w"))
+    onnx.save(proto, tmp_path / "conv.onnx")
+    assert main(["quantize", str(tmp_path / "conv.onnx"), "-o", str(tmp_path / "q.onnx"), "--mode", "dynamic",
+                 "--json", "--no-self-check"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert any("dynamic mode quantized nothing" in d and "static mode" in d for d in report["diagnostics"])
 
 
 def test_tensorrt_target_gives_symmetric_int8(tmp_path: Path) -> None:
