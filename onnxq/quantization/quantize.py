@@ -170,6 +170,10 @@ def quantize(
             "memory; check the output with 'onnxq compare' and 'onnxq bench'", Severity.WARNING))
     if self_check and reference is None:
         reference = ir.from_proto(ir.to_proto(model))
+    elif isinstance(reference, str):
+        from onnxq.ir.io import load_model
+
+        reference = load_model(reference)
     clock = _Clock(report.seconds)
 
     with clock("optimize"):
