@@ -10,7 +10,7 @@ from onnxq.cli._common import console, print_json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("sweep", help="quantize with several strategies, plot accuracy vs speedup, recommend one")
-    p.add_argument("model", type=Path, help="float .onnx file (never modified)")
+    p.add_argument("model", type=Path, nargs="?", help="float .onnx file (never modified); not needed with --list")
     p.add_argument("--calib", type=Path, metavar="PATH",
                    help="calibration samples (required): a folder of .npz or one .npz with a leading sample axis")
     p.add_argument("--data", type=Path, metavar="PATH",
@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
             for name in registry.names():
                 out.print(f"{name}: {registry.get(name).summary}", markup=False)
         return 0
+    if args.model is None:
+        raise OptionError("sweep needs MODEL (or --list)")
     for flag, value in (("--calib", args.calib), ("--data", args.data)):
         if value is None:
             raise OptionError(f"sweep needs {flag} PATH")
