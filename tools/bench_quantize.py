@@ -26,7 +26,6 @@ import argparse
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(TOOLS))
 
 import benchlib  # noqa: E402
+
+from onnxq.validation.bench import interleaved_times  # noqa: E402
+from onnxq.validation.self_check import sqnr_db  # noqa: E402
 
 ORT_METHODS = ("minmax", "entropy", "percentile")
 ONNXQ_METHODS = ("percentile", "entropy", "mse")
@@ -84,18 +86,9 @@ def write_calib_folder(inputs: dict[str, np.ndarray], folder: Path, count: int) 
     return folder
 
 
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    noise = float(np.sum((ref - out.astype(np.float64)) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0:
-        return 99.0
-    return 10 * math.log10(max(signal, 1e-30) / noise)
-
-
 # --- latency -------------------------------------------------------------------------------
 def latencies(paths: dict[str, Path], feed: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, float]:
-    """Median ms per variant over interleaved rounds (every variant runs once per round trip)."""
+    """Median ms per variant over interleaved rounds (every variant runs once per round, order alternating)."""
     import onnxruntime as ort
 
     sessions = {}
@@ -106,17 +99,9 @@ def latencies(paths: dict[str, Path], feed: dict[str, np.ndarray], threads: int,
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         sessions[label] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    for sess in sessions.values():  # warm-up
-        for _ in range(3):
-            sess.run(None, feed)
-    times: dict[str, list[float]] = {label: [] for label in sessions}
-    rounds, per_round = 6, max(1, math.ceil(runs / 6))
-    for _ in range(rounds):
-        for label, sess in sessions.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                sess.run(None, feed)
-                times[label].append((time.perf_counter() - start) * 1000)
+    labels = list(sessions)
+    runs_each = interleaved_times([lambda s=sessions[k]: s.run(None, feed) for k in labels], warmup=3, runs=runs)
+    times = {label: [t * 1000 for t in ts] for label, ts in zip(labels, runs_each, strict=True)}
     return {label: statistics.median(t) for label, t in times.items()}
 
 
