@@ -238,3 +238,33 @@ def test_zoo_model_quantized_for_tensorrt_passes_the_walker(name: str, tmp_path:
     out = tmp_path / "trt.onnx"
     save_model(model, out)
     assert zoo.evaluate(name, out) >= zoo.evaluate(name) - 0.01
+
+
+def test_c2f_concat_reads_float_tensors_for_tensorrt() -> None:
+    # YOLOv8's C2f block: a Split output feeds a Conv (quantized input) and the Concat that joins
+    # the branches; the Concat must not mix that Conv's DQ with float inputs.
+    import onnxq
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[1, 8, 8, 8] x) => (float[1, 8, 8, 8] y) {
+      a, b = Split<axis = 1, num_outputs = 2>(x)
+      c = Conv<pads = [1, 1, 1, 1]>(b, w1)
+      r = Relu(c)
+      cat = Concat<axis = 1>(a, b, r)
+      y = Conv(cat, w2)
+    }
+    """)
+    proto.graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.2, "w1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((8, 12, 1, 1)).astype(np.float32) * 0.2, "w2"),
+    ])
+    feeds = [{"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)} for _ in range(8)]
+    model, _ = onnxq.quantize(ir.from_proto(proto), feeds, target="tensorrt", self_check=False)
+    assert not [v for v in check_tensorrt(model) if v.rule == "tensorrt-concat-scale"], check_tensorrt(model)
+    concat = next(n for n in model.graph if n.op_type == "Concat")
+    assert all(v.producer() is None or v.producer().op_type != "DequantizeLinear" for v in concat.inputs)
+    want = runtime.run(ir.from_proto(proto), feeds[0])["y"]
+    got = runtime.run(model, feeds[0])["y"]
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()

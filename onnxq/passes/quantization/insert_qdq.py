@@ -195,6 +195,12 @@ def _emit(
             if owner is None:
                 continue
             consumers[owner].append((use.node, use.idx))
+        if not target.data_movement_ops and (producer is None or producer not in fused_producers):
+            # NOTE: a target that runs no data movement on int8 (TensorRT) gains nothing from a float
+            # consumer reading the DQ, and a Concat fed by DQ'd and float inputs breaks its rule that
+            # joined branches share one scale: such consumers keep the float tensor.
+            for owner in [o for o in consumers if not target.is_integer_op(o)]:
+                del consumers[owner]
         for k, owner in enumerate(sorted(consumers, key=order.__getitem__)):
             dq = make_node(
                 pass_name,
