@@ -34,7 +34,14 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.errors import OptionError, UserError, first_line
-from onnxq.validation.self_check import LAYER_SAMPLES, LAYER_SQNR_FLOOR_DB, SQNR_FLOOR_DB, _fidelity, _layers
+from onnxq.validation.self_check import (
+    LAYER_SAMPLES,
+    LAYER_SQNR_FLOOR_DB,
+    SQNR_FLOOR_DB,
+    LayerFidelity,
+    _fidelity,
+    _layers,
+)
 
 Metric = Callable[[list[np.ndarray], "np.ndarray | None"], float]
 
@@ -59,15 +66,8 @@ class OutputMetrics:
     top1_agreement: float | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerMetrics:
-    """SQNR of one quantized tensor against its float counterpart."""
-
-    tensor: str
-    node: str
-    sqnr_db: float
-    #: Position in the reference graph (inputs first).
-    position: int
+#: One quantized tensor's SQNR against its float counterpart (the self-check's record).
+LayerMetrics = LayerFidelity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +299,7 @@ def compare(
                                 from_data=labels is None and label_array is not None)
     if layers:
         found, note = _layers(ref_model, cand_model, feeds[:LAYER_SAMPLES])
-        report.layers = [LayerMetrics(layer.tensor, layer.node, layer.sqnr_db, layer.position) for layer in found]
+        report.layers = list(found)
         if note:
             report.notes.append(note)
         elif not found:

@@ -597,11 +597,10 @@ def _conv(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
     return None
 
 
-def _lstm(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
-    if _attr_int(node, "layout", 0) != 0:
-        return "layout=1 (DynamicQuantizeLSTM takes sequence-first inputs only)"
+def _recurrent_weights(rw: _Rewriter, node: ir.Node) -> list[ir.TensorProtocol] | str:
+    """The constant 3-D W and R of an LSTM/GRU, or why they cannot be quantized."""
     if len(node.inputs) < 3:
-        return "malformed LSTM"
+        return f"malformed {node.op_type}"
     weights = []
     for slot in (1, 2):
         tensor, why = rw.constant(node.inputs[slot])
@@ -610,6 +609,15 @@ def _lstm(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
         if len(tensor.shape) != 3:
             return f"input {slot} is not 3-D"
         weights.append(tensor)
+    return weights
+
+
+def _lstm(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
+    if _attr_int(node, "layout", 0) != 0:
+        return "layout=1 (DynamicQuantizeLSTM takes sequence-first inputs only)"
+    weights = _recurrent_weights(rw, node)
+    if isinstance(weights, str):
+        return weights
     axes = (0, 1) if rw.options.per_channel else ()
     quantized = []
     for slot, tensor in zip((1, 2), weights, strict=True):
@@ -645,16 +653,9 @@ def _lstm(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
 
 
 def _gru(rw: _Rewriter, graph: ir.Graph, node: ir.Node) -> str | None:
-    if len(node.inputs) < 3:
-        return "malformed GRU"
-    found = []
-    for slot in (1, 2):
-        tensor, why = rw.constant(node.inputs[slot])
-        if tensor is None:
-            return why
-        if len(tensor.shape) != 3:
-            return f"input {slot} is not 3-D"
-        found.append(tensor)
+    found = _recurrent_weights(rw, node)
+    if isinstance(found, str):
+        return found
     # NOTE: DequantizeLinear has one axis: the gate axis 1 (scales shared by both directions).
     per_channel = rw.options.per_channel and rw.opset >= PER_CHANNEL_OPSET
     axes = (1,) if per_channel else ()
