@@ -90,14 +90,21 @@ def run_onnx(
     *,
     batch_size: int = EVAL_BATCH,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    optimize: bool = True,
 ) -> list[np.ndarray]:
     """Runs the model over inputs batched along axis 0; returns every output, concatenated.
+
+    ``optimize=False`` runs the graph as written (``ORT_DISABLE_ALL``): a QDQ graph then computes its
+    ONNX semantics exactly, with no fused integer kernel (for targets that do not run here, such as
+    TensorRT, whose int32 accumulation does not saturate the way u8s8 kernels on AVX2 do).
 
     A model with a fixed batch size gets batches of exactly that size (the last one padded
     by repeating its final sample, and the padding dropped from the outputs).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(os.fspath(onnx_path), options, providers=list(providers))
     fixed = {i.name: i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
     step = min(fixed.values()) if fixed else batch_size
@@ -167,6 +174,7 @@ def evaluate(
     *,
     out_dir: str | os.PathLike[str] | None = None,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    optimize: bool = True,
 ) -> float:
     """The model's primary metric with onnxruntime on its held-out split.
 
@@ -176,12 +184,13 @@ def evaluate(
             the input names and output 0's meaning.
         out_dir: Zoo folder (see :func:`zoo_dir`).
         providers: onnxruntime execution providers.
+        optimize: ``False`` scores the graph as written (see :func:`run_onnx`).
     """
     info = entry(name, out_dir)
     inputs, labels = load_eval(name, out_dir)
     path = onnx_path if onnx_path is not None else zoo_dir(out_dir) / info["files"]["onnx"]
     metric = info["metric"]
-    output = run_onnx(path, inputs, providers=providers)[metric.get("output", 0)]
+    output = run_onnx(path, inputs, providers=providers, optimize=optimize)[metric.get("output", 0)]
     return compute_metric(metric["kind"], output, labels)
 
 

@@ -237,7 +237,9 @@ def test_zoo_model_quantized_for_tensorrt_passes_the_walker(name: str, tmp_path:
     assert [str(v) for v in check_tensorrt(model)] == []
     out = tmp_path / "trt.onnx"
     save_model(model, out)
-    assert zoo.evaluate(name, out) >= zoo.evaluate(name) - 0.01
+    # NOTE: scored as written (no onnxruntime CPU fusion): TensorRT accumulates int8 products in int32,
+    # which the QDQ semantics compute exactly; onnxruntime's u8s8 kernels on AVX2 would saturate.
+    assert zoo.evaluate(name, out, optimize=False) >= zoo.evaluate(name) - 0.01
 
 
 def test_c2f_concat_reads_float_tensors_for_tensorrt() -> None:

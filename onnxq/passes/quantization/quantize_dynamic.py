@@ -79,7 +79,7 @@ class QuantizeDynamic(Pass):
         )
         reduce_range: bool | None = dataclasses.field(
             default=None,
-            metadata={"help": "7-bit weights (AVX2 without VNNI); default: the Target's choice, else no"},
+            metadata={"help": "7-bit weights (AVX2 without VNNI); default: the Target's choice, else this CPU's"},
         )
         include: tuple[str, ...] = dataclasses.field(
             default=(), metadata={"help": "quantize only nodes matching a name, op type or regex (a:b)"}
@@ -157,7 +157,13 @@ def _reduce_range(options: QuantizeDynamic.Options, ctx: PassContext) -> bool:
         )
     if options.reduce_range is not None:
         return options.reduce_range
-    return bool(target.reduce_range) if isinstance(target, Target) else False
+    if isinstance(target, Target):
+        return bool(target.reduce_range)
+    # NOTE: no target given: the output runs on onnxruntime CPU, most likely on this machine, so its
+    # CPU kind decides (full 8-bit weights saturate u8s8 products on AVX2 without VNNI).
+    from onnxq.targets import get_target
+
+    return bool(get_target("ort-cpu").reduce_range)
 
 
 # --- weight quantization --------------------------------------------------------------

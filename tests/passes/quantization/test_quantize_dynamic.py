@@ -313,11 +313,14 @@ def test_nan_weights_stay_float_and_leave_nothing_behind() -> None:
 def test_seven_bit_weights_from_the_target_or_the_option() -> None:
     from onnxq.targets import get_target
 
+    from onnxq.targets.ort_cpu import detect_cpu
+
+    host = detect_cpu()
     for resources, options, qmax in (
         ([get_target("ort-cpu", cpu="avx2")], "", 64),
         ([get_target("ort-cpu", cpu="vnni")], "", 127),
         ([get_target("ort-cpu", cpu="vnni")], "{reduce_range=true}", 64),
-        ([], "", 127),
+        ([], "", 64 if host == "avx2" else 127),  # no target: this machine's CPU kind decides
     ):
         model = _model(MATMUL_GEMM)
         feeds = {"x": _arr((5, 16), 1.0)}
@@ -325,6 +328,8 @@ def test_seven_bit_weights_from_the_target_or_the_option() -> None:
         REGISTRY.parse(f"quantize-dynamic{options}").passes[0].run(model, PassContext.with_resources(resources))
         q = model.graph.initializers["W_quantized"].const_value.numpy()
         assert np.abs(q).max() == qmax
+        if qmax == 127 and host == "avx2":
+            continue  # NOTE: full 8-bit weights saturate on this CPU; test_u8s8_arithmetic.py checks that
         assert max(_rel_err(want, runtime.run(model, feeds)).values()) < (0.05 if qmax == 64 else 0.03)
 
 

@@ -20,6 +20,7 @@ from onnxq.framework.registry import PassRegistry
 from onnxq.passes.quantization import InsertQDQ, QuantizeWeights, static_pipeline, tensors_to_calibrate
 from onnxq.targets import get_target
 from tests.passes.quantization.qdq_helpers import (
+    HOST,
     build,
     full_check,
     leftover_qdq,
@@ -31,6 +32,8 @@ from tests.passes.quantization.qdq_helpers import (
 
 VNNI = get_target("ort-cpu", cpu="vnni")
 AVX2 = get_target("ort-cpu", cpu="avx2")
+# NOTE: numeric checks quantize for the CPU that runs them (HOST); VNNI and AVX2 graphs made on any
+# machine get structure checks here and numpy references in tests/targets/test_u8s8_arithmetic.py.
 
 
 def feeds_for(model: ir.Model, n: int = 8, seed: int = 1, scale: float = 1.0) -> list[dict[str, np.ndarray]]:
@@ -95,7 +98,7 @@ g (float[1,3,16,16] x) => (float[1,8,16,16] y) {
         w=(8, 3, 3, 3),
         b=(8,),
     )
-    assert tensors_to_calibrate(model, VNNI) == ["x", "y"]  # Relu output, not the Conv's
+    assert tensors_to_calibrate(model, HOST) == ["x", "y"]  # Relu output, not the Conv's
     result, ops = quantize_and_check(model, tol=0.02)
     assert_all_fused(ops, QLinearConv=1)
     assert leftover_qdq(ops) == 2  # Q of the float input, DQ of the float output
@@ -239,7 +242,7 @@ g (float[1,3,8,8] x) => (float[1,10] y) {
         w=(4, 3, 3, 3),
         wf=(10, 64),
     )
-    assert tensors_to_calibrate(model, VNNI) == ["r", "x"]  # p and f share r's range
+    assert tensors_to_calibrate(model, HOST) == ["r", "x"]  # p and f share r's range
     _, ops = quantize_and_check(model, tol=0.03)
     assert_all_fused(ops, QLinearConv=1, QGemm=1)
     quantizers = {n.inputs[0].name: n for n in model.graph if n.op_type == "QuantizeLinear"}
@@ -309,7 +312,7 @@ g (float[2,8] x, float[2,8] z) => (float[2,8] y) {
     result = quantize(model, feeds_for(model))
     assert not result.modified
     assert ir.serde.serialize_model(model).SerializeToString() == before
-    assert tensors_to_calibrate(model, VNNI) == []
+    assert tensors_to_calibrate(model, HOST) == []
 
 
 def test_opset_11_falls_back_to_per_tensor_and_says_so() -> None:
@@ -457,8 +460,8 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
         w2=(4, 4, 1, 1),
     )
     ranges = Ranges({"x": TensorRange(-3.0, 3.0)})  # no range for r
-    ctx = PassContext.with_resources([VNNI, ranges])
-    result = apply(model, static_pipeline(VNNI), ctx)
+    ctx = PassContext.with_resources([HOST, ranges])
+    result = apply(model, static_pipeline(HOST), ctx)
     full_check(model)
     assert any("no calibrated range for tensor 'r'" in d.message for d in result.diagnostics)
     assert op_counts(model)["QuantizeLinear"] == 0  # both Convs need r: nothing quantized
@@ -480,9 +483,9 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
         quantize(model, feeds_for(model))
         blobs.append(ir.serde.serialize_model(model).SerializeToString())
     assert blobs[0] == blobs[1]
-    again = InsertQDQ().run(model, PassContext.with_resources([VNNI, Ranges({})]))
+    again = InsertQDQ().run(model, PassContext.with_resources([HOST, Ranges({})]))
     assert not again.modified
-    assert not QuantizeWeights().run(model, PassContext.with_resources([VNNI])).modified
+    assert not QuantizeWeights().run(model, PassContext.with_resources([HOST])).modified
     assert ir.serde.serialize_model(model).SerializeToString() == blobs[1]
 
 
@@ -496,10 +499,14 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
 }""",
         w=(4, 3, 3, 3),
     )
+    vnni = model.clone()
     _, ops = quantize_and_check(model, tol=0.03, target=AVX2)
     q = model.graph.initializers["w_quantized"].const_value.numpy()
     assert q.min() >= -64 and q.max() <= 64 and np.abs(q).max() == 64
     assert_all_fused(ops, QLinearConv=1)
+    # Structure only: full 8-bit weights are exact on VNNI, and saturate here when this is AVX2.
+    quantize(vnni, feeds_for(vnni), target=VNNI)
+    assert np.abs(vnni.graph.initializers["w_quantized"].const_value.numpy()).max() == 127
 
 
 def test_passes_are_registered_and_print_their_options() -> None:
@@ -561,8 +568,8 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
     )
     before = ir.serde.serialize_model(model).SerializeToString()
     # the last Conv's output is a graph output: quantized too, so the Conv runs on QLinearConv
-    assert tensors_to_calibrate(model, VNNI) == ["c", "t", "x", "y"]
-    assert tensors_to_calibrate(model, VNNI, exclude=("Conv",)) == []
+    assert tensors_to_calibrate(model, HOST) == ["c", "t", "x", "y"]
+    assert tensors_to_calibrate(model, HOST, exclude=("Conv",)) == []
     assert ir.serde.serialize_model(model).SerializeToString() == before
 
 
@@ -585,7 +592,7 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] z) {
     from tests.passes.quantization.qdq_helpers import minmax_ranges
 
     ranges = minmax_ranges(model, feeds, ["x", "r", "y"])  # nothing for z
-    result = apply(model, static_pipeline(VNNI), PassContext.with_resources([VNNI, ranges]))
+    result = apply(model, static_pipeline(HOST), PassContext.with_resources([HOST, ranges]))
     full_check(model)
     assert any("no calibrated range for tensor 'z'" in d.message for d in result.diagnostics)
     assert "w3" in model.graph.initializers and "w2" not in model.graph.initializers
@@ -636,7 +643,7 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
     )
     for node, name in zip(model.graph, ["conv_a", "relu", "conv_b"], strict=True):
         node.name = name
-    assert tensors_to_calibrate(model, VNNI, include=("conv_b",)) == ["r", "y"]
+    assert tensors_to_calibrate(model, HOST, include=("conv_b",)) == ["r", "y"]
     _, ops = quantize_and_check(model, tol=0.03, include=("conv_b",))
     assert ops["QLinearConv"] == 1
     assert "wa" in model.graph.initializers and "wb" not in model.graph.initializers
