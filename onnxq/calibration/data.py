@@ -90,8 +90,10 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
                 dtype = None
         shape = None
         if value.shape is not None:
+            # NOTE: legacy exporters write ``dim_value: -1`` for a dynamic axis; onnxruntime runs
+            # such a model with any size there, so a negative dim is dynamic, like an unnamed one.
             shape = tuple(
-                d if isinstance(d, int) else (str(d.value) if d.value is not None else None)
+                (d if d >= 0 else None) if isinstance(d, int) else (str(d.value) if d.value is not None else None)
                 for d in value.shape
             )
         specs.append(InputSpec(value.name, dtype, shape))
@@ -516,7 +518,7 @@ def check_sample(sample: Sample, specs: Sequence[InputSpec]) -> Feeds:
         if spec.shape is not None:
             rank = len(spec.shape)
             if sample.stacked and array.ndim == rank + 1:
-                array = array[0]
+                array = array[0, ...]  # NOTE: a 0-d array, not a numpy scalar, for a scalar input (sr)
             if array.ndim != rank:
                 raise CalibrationDataError(
                     f"sample {label}: input '{spec.name}' has rank {array.ndim} (shape {list(array.shape)}), "

@@ -16,7 +16,9 @@ import onnx_ir as ir
 def _dims(shape: ir.Shape | None) -> list[int | str | None] | None:
     if shape is None:
         return None
-    return [d if isinstance(d, int) else (d.value if d.value is not None else None) for d in shape]
+    # NOTE: a literal -1 (legacy exporters' dynamic axis) is dynamic, shown like an unnamed dim.
+    return [(d if d >= 0 else None) if isinstance(d, int) else (d.value if d.value is not None else None)
+            for d in shape]
 
 
 def _value_info(value: ir.Value) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from onnxq.calibration.ranges import Ranges
 from onnxq.errors import OptionError, UserError, first_line
 from onnxq.runtime import Feeds, select_inputs
 from onnxq.targets import Target
+from onnxq.validation import output_kinds
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,10 @@ def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
 class Evaluator:
     """Scores models on a fixed held set: higher is better, in the budget's units.
 
-    Without labels or a metric, the score is the agreement with the float reference on output 0:
-    top-1 agreement when it looks like class scores (last axis > 1), else the mean cosine
-    similarity per sample. With labels: top-1 accuracy of output 0 against them (any shape,
+    Without labels or a metric, the score is the agreement with the float reference on output 0,
+    by what it holds (:mod:`onnxq.validation.output_kinds`): top-1 agreement for class scores,
+    whole-sequence agreement for CTC-like sequences, else the mean cosine similarity per sample
+    (embeddings, probabilities, regressions). With labels: top-1 accuracy of output 0 against them (any shape,
     ``argmax(-1) == labels``). With ``metric``: ``metric(outputs, labels)``.
     """
 
@@ -141,17 +143,23 @@ class Evaluator:
         self.metric = metric
         self.evaluations = 0
         self.seconds = 0.0
-        self.reference_outputs = self.outputs(reference)
+        self.reference_runs = self._runs(reference)
+        self.reference_outputs = self._joined(self.reference_runs)
         self.kind: str
+        # NOTE: agreement on what output 0 decides, by what it holds (class scores, a CTC sequence),
+        # else closeness: an embedding's arg-max means nothing (output_kinds).
+        self.output_kind = output_kinds.kind_of_arrays(
+            output_kinds.output_kinds(reference).get(self.output_names[0], output_kinds.TENSOR),
+            [r[0] for r in self.reference_runs])
         if metric is not None:
             self.kind = metric_name or str(getattr(metric, "__name__", "metric"))
         elif self.labels is not None:
             self.kind = "top-1 accuracy against the labels"
         else:
-            first = self.reference_outputs[0]
-            self.kind = ("top-1 agreement with FP32" if first.ndim >= 2 and first.shape[-1] > 1
-                         else "cosine similarity to FP32")
-        self.reference_score = self._score(self.reference_outputs)
+            self.kind = {output_kinds.CLASS_SCORES: "top-1 agreement with FP32",
+                         output_kinds.SEQUENCE: "sequence agreement with FP32"}.get(
+                self.output_kind, "cosine similarity to FP32")
+        self.reference_score = self._score(self.reference_outputs, self.reference_runs)
         self.evaluations = 0  # NOTE: the reference run is not a candidate evaluation
 
     def digest(self) -> str:
@@ -166,20 +174,28 @@ class Evaluator:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()
 
-    def outputs(self, model: ir.Model | bytes) -> list[np.ndarray]:
-        """Every output of ``model`` over the held set, concatenated along axis 0."""
+    def _runs(self, model: ir.Model | bytes) -> list[list[np.ndarray]]:
+        """Every output of ``model``, per batch of the held set."""
         from onnxq.validation.bench import session
         from onnxq.validation.fusion import inline_proto
 
         start = time.perf_counter()
         data = model if isinstance(model, bytes) else inline_proto(model).SerializeToString()
         sess = session(data)
-        names = [o.name for o in sess.get_outputs()]
-        runs = [sess.run(names, b) for b in self.batches]
+        self.output_names = [o.name for o in sess.get_outputs()]
+        runs = [sess.run(self.output_names, b) for b in self.batches]
         self.seconds += time.perf_counter() - start
-        return [_concat([r[i] for r in runs]) for i in range(len(names))]
+        return runs
 
-    def _score(self, outputs: Sequence[np.ndarray]) -> float:
+    @staticmethod
+    def _joined(runs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+        return [_concat([r[i] for r in runs]) for i in range(len(runs[0]) if runs else 0)]
+
+    def outputs(self, model: ir.Model | bytes) -> list[np.ndarray]:
+        """Every output of ``model`` over the held set, concatenated along axis 0."""
+        return self._joined(self._runs(model))
+
+    def _score(self, outputs: Sequence[np.ndarray], runs: Sequence[Sequence[np.ndarray]] | None = None) -> float:
         if self.metric is not None:
             try:
                 value = float(self.metric(list(outputs), self.labels))
@@ -196,9 +212,11 @@ class Evaluator:
                                   f"{predicted.shape}: give --labels per sample (or a --metric)")
             return float(np.mean(predicted == self.labels))
         ref = np.asarray(self.reference_outputs[0])
-        if ref.shape != out.shape:
+        if ref.shape != out.shape or out.dtype != ref.dtype:
             return 0.0
-        if ref.ndim >= 2 and ref.shape[-1] > 1:
+        if self.output_kind == output_kinds.SEQUENCE and runs is not None:
+            return output_kinds.sequence_agreement([r[0] for r in self.reference_runs], [r[0] for r in runs])
+        if self.output_kind == output_kinds.CLASS_SCORES:
             return float(np.mean(ref.argmax(-1) == out.argmax(-1)))
         a = ref.reshape(max(len(ref), 1), -1).astype(np.float64)
         b = out.reshape(max(len(out), 1), -1).astype(np.float64)
@@ -208,7 +226,8 @@ class Evaluator:
     def score(self, model: ir.Model | bytes) -> float:
         """The metric of ``model`` on the held set (one evaluation)."""
         self.evaluations += 1
-        return self._score(self.outputs(model))
+        runs = self._runs(model)
+        return self._score(self._joined(runs), runs)
 
     def drop(self, score: float) -> float:
         """Accuracy drop of a score against the float reference (positive = worse)."""
@@ -241,7 +260,7 @@ class NodeSensitivity:
 def _dims(value: ir.Value | None) -> list[int]:
     if value is None or value.shape is None:
         return []
-    return [d if isinstance(d, int) else 1 for d in value.shape]
+    return [d if isinstance(d, int) and d >= 0 else 1 for d in value.shape]
 
 
 def node_flops(node: ir.Node) -> float:

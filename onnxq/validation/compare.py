@@ -34,6 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.errors import OptionError, UserError, first_line
+from onnxq.validation.output_kinds import output_kinds
 from onnxq.validation.self_check import (
     LAYER_SAMPLES,
     LAYER_SQNR_FLOOR_DB,
@@ -282,8 +283,12 @@ def compare(
     report = CompareReport(ref_name, cand_name, len(feeds), 0, [], [], Accuracy("sqnr", 0.0, 0.0, ""))
     per_output_ref = [[np.asarray(r[i]) for r in refs] for i in range(len(names))]
     per_output_got = [[np.asarray(g[i]) for g in gots] for i in range(len(names))]
+    declared = output_kinds(ref_model)
     for name, r, g in zip(names, per_output_ref, per_output_got, strict=True):
-        fid = _fidelity(name, r, g)
+        fid = _fidelity(name, r, g, declared.get(name))
+        if fid.mismatch:
+            raise CompareError(f"{cand_name}: output '{name}' differs in shape or dtype from {ref_name}'s: "
+                               f"{fid.mismatch}")
         mean_abs = _mean_abs(r, g)
         report.outputs.append(OutputMetrics(name, fid.sqnr_db, fid.cosine, fid.max_abs_error, mean_abs,
                                             fid.top1_agreement))

@@ -16,6 +16,9 @@
   the shape computation becomes dead. The shipped rewrite adds ``allowzero=1``, an opset-14
   attribute; here a dim of 0 is declined instead (``-1`` could not be inferred next to it), so
   the new shape has no 0 entries, needs no ``allowzero`` and is valid at every opset.
+
+Rules that rely on the Reshape's output shape decline at graph outputs, whose shape may be only
+the exporter's (possibly wrong) declaration, unless the input's shape proves it.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ class _NoOpReshape(RewriteRuleClassBase):
             return result.fail("shapes are not static")
         if list(x.shape) != list(out.shape):
             return result.fail("Reshape changes the shape")
-        if out.is_graph_output() and x.is_graph_input():
-            return result.fail("Reshape joins a graph input to a graph output")
+        if out.is_graph_output():
+            return result.fail("the Reshape output is a graph output (its shape may only be declared)")
         return result
 
     def rewrite(self, op, x, shape, out):  # type: ignore[no-untyped-def]
@@ -97,6 +100,12 @@ class _NoOpReshape(RewriteRuleClassBase):
 class _MaterializeShape(_materialize_reshape_shape.MaterializeReshapeShape):
     def check(self, context, data, shape):  # type: ignore[no-untyped-def]
         output = context.output_values[0]
+        if output.is_graph_output() and not _same_elements(data.shape, output.shape):
+            # NOTE: a graph output's shape may be the exporter's declaration, which can be wrong
+            # (a real export declares [1, seqlen] for [T, 1, C]); used only when the input's shape
+            # proves it (same named dims, same static product).
+            return MatchResult().fail("the Reshape output is a graph output whose shape does not follow "
+                                      "from the input's")
         if output.shape is not None and any(isinstance(d, int) and d == 0 for d in output.shape):
             return MatchResult().fail("output shape has a 0 dim")
         return super().check(context, data, shape)
@@ -104,6 +113,25 @@ class _MaterializeShape(_materialize_reshape_shape.MaterializeReshapeShape):
     def rewrite(self, op, data, shape):  # type: ignore[no-untyped-def]
         dims = ir.tensor(self._new_dims, dtype=ir.DataType.INT64)
         return op.Reshape(data, op.Constant(value=dims))
+
+
+def _same_elements(a: ir.Shape | None, b: ir.Shape | None) -> bool:
+    """Whether two shapes provably hold as many elements (named dims matched, static products equal)."""
+    if a is None or b is None:
+        return False
+    names: list[list[str]] = [[], []]
+    products = [1, 1]
+    for i, shape in enumerate((a, b)):
+        for d in shape:
+            if isinstance(d, int):
+                if d < 0:
+                    return False
+                products[i] *= d
+            elif d.value is None:
+                return False
+            else:
+                names[i].append(str(d.value))
+    return products[0] == products[1] and sorted(names[0]) == sorted(names[1])
 
 
 class CollapseReshapes(RewritePass):

@@ -312,7 +312,6 @@ def test_nan_weights_stay_float_and_leave_nothing_behind() -> None:
 
 def test_seven_bit_weights_from_the_target_or_the_option() -> None:
     from onnxq.targets import get_target
-
     from onnxq.targets.ort_cpu import detect_cpu
 
     host = detect_cpu()

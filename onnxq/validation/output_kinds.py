@@ -1,0 +1,119 @@
+"""What each model output holds, and the fidelity measure that fits it.
+
+Outputs are not all class scores. A measure that fits the wrong kind misjudges: the arg-max of an
+embedding vector says nothing about retrieval, and the raveled SQNR of a CTC sequence hides a
+changed transcription. Kinds, read from the output's rank and the ops that produce it:
+
+- ``class_scores``: ``[N, C]``, ``C > 1``, made by a linear layer (Gemm / MatMul / Conv, possibly
+  through Softmax, LogSoftmax, Sigmoid, Add, Reshape, Flatten, Squeeze): top-1 agreement.
+- ``sequence``: ``[T, N, C]`` / ``[N, T, C]``, ``C > 1``, made the same way (CTC heads, per-step
+  classifiers): whole-sequence agreement after greedy CTC decoding (repeats collapsed, the blank,
+  read as the class the float model emits most, removed), one sequence per sample and batch row.
+- ``tensor``: everything else (probabilities of one class, regressions, embeddings, detection
+  maps, masks): SQNR and cosine.
+
+Hand-written: no library classifies ONNX outputs; the rules are deliberately few and conservative
+(an embedding normalized by Div / LpNormalization / ReduceMean is never taken for class scores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+CLASS_SCORES = "class_scores"
+SEQUENCE = "sequence"
+TENSOR = "tensor"
+KINDS = (CLASS_SCORES, SEQUENCE, TENSOR)
+
+#: Ops a classifier head may end with after its linear layer. Not Sigmoid: per-class sigmoids are
+#: multi-label probabilities (a music transcriber's note maps), not one decision per row.
+_PASS_THROUGH = frozenset({"Softmax", "LogSoftmax", "Add", "Reshape", "Flatten", "Squeeze",
+                           "Identity", "Cast", "Transpose", "Relu", "Unsqueeze", "GlobalAveragePool"})
+_LINEAR = frozenset({"Gemm", "MatMul", "Conv", "QGemm", "QLinearMatMul", "MatMulInteger", "FusedMatMul",
+                     "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "Einsum"})
+
+
+def _linear_head(value: ir.Value, depth: int = 8) -> bool:
+    """Whether ``value`` comes from a linear layer through only classifier-head ops."""
+    for _ in range(depth):
+        node = value.producer()
+        if node is None:
+            return False
+        if node.op_type in _LINEAR:
+            return True
+        if node.op_type == "Div" and node.inputs[0] is not None and node.inputs[0].producer() is not None \
+                and node.inputs[0].producer().op_type == "Exp":  # type: ignore[union-attr]
+            # NOTE: a softmax written out (Exp / ReduceSum(Exp)), as some exporters emit it
+            value = node.inputs[0].producer().inputs[0]  # type: ignore[union-attr]
+            if value is None:
+                return False
+            continue
+        if node.op_type not in _PASS_THROUGH:
+            return False
+        inputs = [v for v in node.inputs if v is not None and v.const_value is None]
+        if not inputs:
+            return False
+        value = inputs[0]
+    return False
+
+
+def output_kinds(model: ir.Model) -> dict[str, str]:
+    """The kind of every graph output, by name (see the module docstring)."""
+    kinds = {}
+    for value in model.graph.outputs:
+        kind = TENSOR
+        rank = len(value.shape) if value.shape is not None else None
+        last = value.shape[-1] if value.shape is not None and rank else None
+        wide = not isinstance(last, int) or last > 1
+        if value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE) and wide and _linear_head(value):
+            # NOTE: the declared rank may be wrong (a CTC head declared [1, seqlen]); kind_of_arrays
+            # settles class scores against sequences on the real arrays.
+            kind = {3: SEQUENCE}.get(rank or 0, CLASS_SCORES)
+        kinds[str(value.name)] = kind
+    return kinds
+
+
+def kind_of_arrays(kind: str, refs: Sequence[np.ndarray]) -> str:
+    """``kind`` settled on the float model's real arrays (declared shapes can be wrong): a decision
+    output (class scores or sequence) is class scores when 2-D, a sequence when 3-D."""
+    if kind not in (CLASS_SCORES, SEQUENCE) or not refs:
+        return TENSOR
+    if all(np.ndim(r) == 2 and np.shape(r)[1] > 1 for r in refs):
+        return CLASS_SCORES
+    if all(np.ndim(r) == 3 and np.shape(r)[2] > 1 for r in refs):
+        return SEQUENCE
+    return TENSOR
+
+
+def top1_agreement(refs: Sequence[np.ndarray], gots: Sequence[np.ndarray]) -> float:
+    """Share of rows of ``[N, C]`` scores whose arg-max agrees."""
+    agree = sum(int(np.sum(np.argmax(r, -1) == np.argmax(g, -1))) for r, g in zip(refs, gots, strict=True))
+    return agree / max(sum(np.shape(r)[0] for r in refs), 1)
+
+
+def _decode(steps: np.ndarray, blank: int) -> tuple[int, ...]:
+    keep = np.ones(steps.shape, bool)
+    keep[1:] = steps[1:] != steps[:-1]
+    return tuple(int(s) for s in steps[keep & (steps != blank)])
+
+
+def sequence_agreement(refs: Sequence[np.ndarray], gots: Sequence[np.ndarray]) -> float:
+    """Share of sequences whose greedy CTC decoding agrees (one per sample and batch row).
+
+    The time axis is the longer of the two leading axes ``[T, N, C]`` / ``[N, T, C]`` (the batch
+    axis of a single sample is 1); the blank is the class the float model emits most.
+    """
+    counts = np.bincount(np.concatenate([np.argmax(r, -1).ravel() for r in refs]))
+    blank = int(np.argmax(counts)) if counts.size else 0
+    agree = total = 0
+    for r, g in zip(refs, gots, strict=True):
+        rs, gs = np.argmax(r, -1), np.argmax(g, -1)
+        if rs.shape[0] > rs.shape[1]:  # [T, N] -> [N, T]
+            rs, gs = rs.T, gs.T
+        for a, b in zip(rs, gs, strict=True):
+            agree += _decode(a, blank) == _decode(b, blank)
+            total += 1
+    return agree / max(total, 1)

@@ -1,0 +1,71 @@
+"""Output kinds pick the fidelity measure: class scores, CTC sequences, everything else."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx.numpy_helper
+import onnx.parser
+import onnx_ir as ir
+import pytest
+
+from onnxq.validation import output_kinds as kinds
+from onnxq.validation.self_check import _fidelity
+
+HEADS = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 16] x, float[T, N, 16] s) => (float[N, 10] scores, float[N, 10] probs, float[N, 16] emb,
+                                          float[T, N, 10] ctc, float[N, 10] written, float[N, 10] multi) {
+  l = Gemm<transB=1>(x, w, b)
+  scores = Identity(l)
+  probs = Softmax(l)
+  n = ReduceL2<keepdims=1>(x)
+  emb = Div(x, n)
+  m = MatMul(s, w2)
+  ctc = LogSoftmax(m)
+  e = Exp(l)
+  z = ReduceSum<keepdims=1>(e)
+  written = Div(e, z)
+  multi = Sigmoid(l)
+} <float[10, 16] w = {0}, float[10] b = {0}, float[16, 10] w2 = {0}>"""
+
+
+def test_kinds_from_the_graph() -> None:
+    text = HEADS.replace(" <float[10, 16] w = {0}, float[10] b = {0}, float[16, 10] w2 = {0}>", "")
+    proto = onnx.parser.parse_model(text)
+    for name, shape in (("w", (10, 16)), ("b", (10,)), ("w2", (16, 10))):
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(shape, np.float32), name))
+    found = kinds.output_kinds(ir.from_proto(proto))
+    assert found == {"scores": kinds.CLASS_SCORES, "probs": kinds.CLASS_SCORES, "emb": kinds.TENSOR,
+                     "ctc": kinds.SEQUENCE, "written": kinds.CLASS_SCORES, "multi": kinds.TENSOR}
+
+
+def test_declared_rank_is_settled_on_the_real_arrays() -> None:
+    # a CTC head declared [1, seqlen] really returns [T, 1, C]
+    assert kinds.kind_of_arrays(kinds.CLASS_SCORES, [np.zeros((24, 1, 30))]) == kinds.SEQUENCE
+    assert kinds.kind_of_arrays(kinds.SEQUENCE, [np.zeros((4, 30))]) == kinds.CLASS_SCORES
+    assert kinds.kind_of_arrays(kinds.TENSOR, [np.zeros((4, 30))]) == kinds.TENSOR
+
+
+def _ctc(labels: list[int], classes: int = 6, blank: int = 0) -> np.ndarray:
+    out = np.full((len(labels), 1, classes), -5.0, np.float32)
+    for t, c in enumerate(labels):
+        out[t, 0, c] = 5.0
+    return out
+
+
+@pytest.mark.parametrize(("got", "agree"), [
+    ([0, 3, 3, 0, 0, 2, 0], 1.0),   # same decoding: blanks and repeats move, the text stays "3 2"
+    ([0, 3, 0, 3, 0, 2, 0], 0.0),   # "3 3 2": one more character
+    ([0, 3, 3, 0, 0, 4, 0], 0.0),   # "3 4"
+])
+def test_sequence_agreement_decodes_ctc(got: list[int], agree: float) -> None:
+    ref = [_ctc([0, 3, 0, 0, 2, 2, 0])]
+    assert kinds.sequence_agreement(ref, [_ctc(got)]) == agree
+    fid = _fidelity("ctc", ref, [_ctc(got)], kinds.SEQUENCE)
+    assert fid.sequence_agreement == agree and fid.top1_agreement is None
+
+
+def test_embeddings_get_no_argmax_measure() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((8, 384)).astype(np.float32)
+    fid = _fidelity("emb", [ref], [ref + 0.01], kinds.TENSOR)
+    assert fid.top1_agreement is None and fid.sequence_agreement is None and fid.cosine > 0.99
