@@ -1,4 +1,4 @@
-"""Built-in passes, grouped by intent (cleanup/ now; fusion/, quantization/, precision/ later)."""
+"""Built-in passes, grouped by intent: cleanup/, fusion/, quantization/, recovery/."""
 
 from __future__ import annotations
 
@@ -35,3 +35,8 @@ def register_builtins(registry: PassRegistry) -> None:
     from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic
 
     registry.register(QuantizeDynamic)
+
+    from onnxq.passes import recovery
+
+    for pass_cls in recovery.PASSES:
+        registry.register(pass_cls)

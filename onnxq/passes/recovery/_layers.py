@@ -1,0 +1,148 @@
+"""What the accuracy-recovery passes share: linear layers and their channel axes, the weight
+quantizer as ``quantize-weights`` applies it, and per-channel statistics of activations.
+
+Hand-written: onnx_ir gives the graph; the axes below are the ONNX operators' own layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+LINEAR_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+
+
+@dataclasses.dataclass
+class Linear:
+    """A Conv / Gemm / MatMul whose weight (and bias, when present) are initializers."""
+
+    node: ir.Node
+    weight: ir.Value
+    bias: ir.Value | None
+    #: Axis of the weight that indexes output / input channels.
+    out_axis: int
+    in_axis: int
+    groups: int = 1
+
+    @property
+    def w(self) -> np.ndarray:
+        return np.asarray(self.weight.const_value.numpy(), np.float32)  # type: ignore[union-attr]
+
+    @property
+    def b(self) -> np.ndarray | None:
+        return None if self.bias is None else np.asarray(self.bias.const_value.numpy(), np.float32)  # type: ignore[union-attr]
+
+    @property
+    def depthwise(self) -> bool:
+        shape = self.weight.const_value.shape  # type: ignore[union-attr]
+        return self.groups > 1 and self.groups == shape[0] and shape[1] == 1
+
+    @property
+    def channels_out(self) -> int:
+        return int(self.weight.const_value.shape[self.out_axis])  # type: ignore[union-attr]
+
+
+def _initializer(value: ir.Value | None) -> bool:
+    return value is not None and value.is_initializer() and value.const_value is not None and not value.is_graph_input()
+
+
+def linear(node: ir.Node) -> Linear | None:
+    """The node as a :class:`Linear`, or None (other op, computed weight, unsupported layout)."""
+    if node.op_type not in LINEAR_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+        return None
+    weight = node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if not _initializer(weight) or (bias is not None and not _initializer(bias)):
+        return None
+    w = weight.const_value
+    if w is None or w.dtype != ir.DataType.FLOAT:
+        return None
+    if node.op_type == "Conv":
+        groups = node.attributes.get_int("group", 1)
+        if groups != 1 and not (groups == w.shape[0] and w.shape[1] == 1):
+            return None  # grouped but not depthwise
+        return Linear(node, weight, bias, 0, 1, groups)
+    if node.op_type == "Gemm":
+        if node.attributes.get_int("transA", 0) or len(w.shape) != 2:
+            return None
+        if bias is not None and (bias.const_value is None or bias.const_value.shape != (w.shape[
+                0 if node.attributes.get_int("transB", 0) else 1],)):
+            return None  # a broadcast bias would not follow a per-channel scale
+        return Linear(node, weight, bias, *((0, 1) if node.attributes.get_int("transB", 0) else (1, 0)))
+    if len(w.shape) != 2:
+        return None
+    return Linear(node, weight, None, 1, 0)
+
+
+def scale_along(array: np.ndarray, factor: np.ndarray, axis: int) -> np.ndarray:
+    """``array`` with slice ``i`` along ``axis`` multiplied by ``factor[i]``."""
+    shape = [1] * array.ndim
+    shape[axis] = -1
+    return (array * factor.reshape(shape)).astype(np.float32)
+
+
+def set_initializer(value: ir.Value, array: np.ndarray) -> None:
+    value.const_value = ir.tensor(np.ascontiguousarray(array, np.float32), name=value.name)
+
+
+def fake_quantize_weight(w: np.ndarray, axis: int | None, qmax: int) -> np.ndarray:
+    """``w`` quantized and dequantized as ``quantize-weights`` does (symmetric, per channel on ``axis``)."""
+    if axis is None:
+        amax = np.asarray(np.abs(w).max(initial=0.0))
+    else:
+        amax = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis), keepdims=True)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
+
+
+def single_user(value: ir.Value) -> ir.Node | None:
+    uses = value.uses()
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return uses[0].node
+
+
+def channel_statistics(model: ir.Model, tensors: Sequence[str], feeds: Iterable[Mapping[str, np.ndarray]],
+                       axes: Mapping[str, int], *, max_samples: int = 64) -> dict[str, dict[str, np.ndarray]]:
+    """Per-channel ``absmax`` and ``mean`` of ``tensors`` (channel axis from ``axes``) over ``feeds``.
+
+    One onnxruntime session over a copy that exposes only these tensors; each sample updates the
+    running statistics and is dropped (memory does not grow with the sample count).
+    """
+    import onnxruntime as ort
+
+    from onnxq.runtime import select_inputs
+
+    if not tensors:
+        return {}
+    proto = ir.to_proto(model)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    count: dict[str, float] = {}
+    for i, feed in enumerate(feeds):
+        if i >= max_samples:
+            break
+        for name, value in zip(tensors, sess.run(list(tensors), select_inputs(model, feed)), strict=True):
+            array = np.moveaxis(np.asarray(value, np.float64), axes[name], -1)
+            flat = array.reshape(-1, array.shape[-1])
+            entry = stats.setdefault(name, {"absmax": np.zeros(flat.shape[1]), "sum": np.zeros(flat.shape[1])})
+            entry["absmax"] = np.maximum(entry["absmax"], np.abs(flat).max(axis=0))
+            entry["sum"] += flat.sum(axis=0)
+            count[name] = count.get(name, 0.0) + flat.shape[0]
+    for name, entry in stats.items():
+        entry["mean"] = entry.pop("sum") / max(count[name], 1.0)
+    return stats
+
+
+def activation_axis(node: ir.Node) -> int:
+    """The channel axis of ``node``'s activation input: 1 for Conv (NCHW), the last for Gemm/MatMul."""
+    return 1 if node.op_type == "Conv" else -1

@@ -1,0 +1,162 @@
+"""Accuracy-recovery passes on constructed cases where each is known to help, against numpy references.
+
+Each case checks (a) the float function is unchanged (onnxruntime, tight tolerance), (b) the new
+initializers equal the paper's formula computed in numpy, and (c) the INT8 result of the plain
+pipeline gets closer to FP32 with the pass than without it, on this machine's CPU kind.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx.parser
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxq.calibration.data import CalibrationData
+from onnxq.framework.context import PassContext
+from onnxq.framework.pipeline import Pipeline, apply
+from onnxq.framework.registry import PassRegistry
+from onnxq.passes.recovery import CorrectBias, CrossLayerEqualization, SmoothQuant
+from onnxq.passes.recovery.smooth_quant import smoothing_scales
+from tests.passes.quantization.qdq_helpers import HOST, quantize
+from tests.quantization import _fragile
+
+
+def _model(text: str, **weights: np.ndarray) -> ir.Model:
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in weights.items())
+    onnx.checker.check_model(proto, full_check=True)
+    return ir.from_proto(proto)
+
+
+def _run(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(ir.to_proto(model).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, f)[0] for f in feeds])
+
+
+def _apply(model: ir.Model, pass_, feeds) -> dict[str, int]:
+    ctx = PassContext.with_resources([HOST, CalibrationData.from_source(feeds)])
+    return dict(apply(model, Pipeline([pass_]), ctx).stats)
+
+
+def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2)))
+
+
+CONV_CHAIN = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 3, 12, 12] x) => (float[1, 4, 12, 12] y) {
+  a = Conv<pads=[1, 1, 1, 1]>(x, w1, b1)
+  r = Relu(a)
+  y = Conv(r, w2, b2)
+}"""
+
+
+def _conv_chain_weights() -> dict[str, np.ndarray]:
+    # BatchNorm folding leaves output channels of very different ranges: 100x apart here.
+    rng = np.random.default_rng(0)
+    gain = np.geomspace(0.05, 5.0, 8).astype(np.float32)
+    w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.3 * gain[:, None, None, None]).astype(np.float32)
+    return {"w1": w1, "b1": (0.1 * gain).astype(np.float32),
+            "w2": (rng.standard_normal((4, 8, 1, 1)) / gain[None, :, None, None] * 0.3).astype(np.float32),
+            "b2": np.zeros(4, np.float32)}
+
+
+def test_cross_layer_equalization_matches_the_paper_and_helps_per_tensor_weights() -> None:
+    weights = _conv_chain_weights()
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(16)]
+    model = _model(CONV_CHAIN, **weights)
+    want = _run(model, feeds)
+    stats = _apply(model, CrossLayerEqualization(iterations=1), feeds)
+    assert stats["cross-layer-equalization.pairs_equalized"] == 1
+    r1 = np.abs(weights["w1"]).max(axis=(1, 2, 3))
+    r2 = np.abs(weights["w2"]).max(axis=(0, 2, 3))
+    s = np.sqrt(r1 / r2)
+    got = {k: v.const_value.numpy() for k, v in model.graph.initializers.items()}
+    np.testing.assert_allclose(got["w1"], weights["w1"] / s[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(got["b1"], weights["b1"] / s, rtol=1e-6)
+    np.testing.assert_allclose(got["w2"], weights["w2"] * s[None, :, None, None], rtol=1e-6)
+    ranges = np.abs(got["w1"]).max(axis=(1, 2, 3))
+    assert ranges.max() / ranges.min() < 0.05 * (r1.max() / r1.min())
+    np.testing.assert_allclose(_run(model, feeds), want, rtol=1e-4, atol=1e-5)
+    # INT8 with per-tensor weights: closer to FP32 after equalization
+    plain = _model(CONV_CHAIN, **weights)
+    quantize(plain, feeds, per_channel=False)
+    quantize(model, feeds, per_channel=False)
+    assert _sqnr(want, _run(model, feeds)) > _sqnr(want, _run(plain, feeds)) + 6  # at least 4x less noise
+
+
+def test_smooth_quant_migrates_the_outlier_channel() -> None:
+    x = _fragile.samples(64)["x"]
+    feeds = [{"x": row} for row in x]
+    model = _fragile.model()
+    want = _run(model, feeds)
+    stats = _apply(model, SmoothQuant(alpha=0.5, max_samples=64), feeds)
+    assert stats["smooth-quant.activations_smoothed"] >= 1
+    # numpy reference of the 'spread' -> 'branch' site: h = x @ wa, s from max|h_k| and max|wb_k|
+    w = _fragile.weights()
+    h = np.concatenate([row @ w["wa"] for row in x])
+    s = smoothing_scales(np.abs(h).max(axis=0), np.abs(w["wb"]).max(axis=1), 0.5)
+    got = {k: v.const_value.numpy() for k, v in model.graph.initializers.items()}
+    np.testing.assert_allclose(got["wa"], w["wa"] / s[None, :], rtol=1e-5)
+    np.testing.assert_allclose(got["wb"], w["wb"] * s[:, None], rtol=1e-5)
+    np.testing.assert_allclose(_run(model, feeds), want, rtol=1e-3, atol=1e-3)
+
+
+def test_smooth_quant_searched_alpha_recovers_int8_accuracy() -> None:
+    calib = [{"x": row} for row in _fragile.samples(64)["x"]]
+    held = [{"x": row} for row in _fragile.samples(200, seed=9)["x"]]
+    want = _run(_fragile.model(), held).argmax(-1)
+    plain = _fragile.model()
+    quantize(plain, calib)
+    smoothed = _fragile.model()
+    stats = _apply(smoothed, SmoothQuant(), calib)
+    assert 30 <= stats["smooth-quant.mean_alpha_x100"] <= 80
+    quantize(smoothed, calib)
+    before = float(np.mean(_run(plain, held).argmax(-1) == want))
+    after = float(np.mean(_run(smoothed, held).argmax(-1) == want))
+    assert before < 0.5 and after >= 0.95, (before, after)
+
+
+GEMM = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 16] x) => (float[1, 8] y) {
+  r = Relu(x)
+  y = Gemm(r, w, b)
+}"""
+
+
+def test_correct_bias_cancels_the_mean_error_of_rounded_weights() -> None:
+    # Per-tensor weights whose scale is set by one large entry: the others sit at 0.4 of a step and
+    # round to zero, a biased error that a positive (post-Relu) input turns into an output offset.
+    step = 1.0 / 64  # the largest weight is 127 steps (64 on AVX2: 7-bit weights) of its scale
+    qlim = 64 if HOST.reduce_range else 127
+    w = np.full((16, 8), 0.4 * step * 64 / qlim, np.float32)
+    w[0, 0] = 64 * step
+    weights = {"w": w, "b": np.zeros(8, np.float32)}
+    rng = np.random.default_rng(2)
+    feeds = [{"x": np.abs(rng.standard_normal((1, 16))).astype(np.float32) + 0.5} for _ in range(64)]
+    model = _model(GEMM, **weights)
+    want = _run(model, feeds)
+    stats = _apply(model, CorrectBias(per_channel=False), feeds)
+    assert stats["correct-bias.biases_corrected"] == 1
+    mean_x = np.maximum(np.concatenate([f["x"] for f in feeds]), 0).mean(axis=0)
+    scale = np.abs(w).max() / qlim
+    w_deq = np.clip(np.round(w / scale), -qlim, qlim) * scale
+    expected = -(mean_x @ (w_deq - w))
+    np.testing.assert_allclose(model.graph.initializers["b"].const_value.numpy(), expected, rtol=1e-4, atol=1e-6)
+    plain = _model(GEMM, **weights)
+    quantize(plain, feeds, per_channel=False)
+    quantize(model, feeds, per_channel=False)
+    offset_before = np.abs((_run(plain, feeds) - want).mean(axis=0)).max()
+    offset_after = np.abs((_run(model, feeds) - want).mean(axis=0)).max()
+    assert offset_after < 0.2 * offset_before, (offset_before, offset_after)
+
+
+def test_recovery_passes_are_registered_with_their_options() -> None:
+    registry = PassRegistry.default()
+    pipeline = registry.parse("cross-layer-equalization{iterations=2},smooth-quant{alpha=0.5},correct-bias")
+    assert str(pipeline) == "cross-layer-equalization{iterations=2},smooth-quant{alpha=0.5},correct-bias"
