@@ -110,7 +110,7 @@ def random_inputs(
 def _dim_size(dim: int | ir.SymbolicDim, index: int, known: dict[str, int], dynamic_dim: int) -> int:
     if isinstance(dim, int) and dim >= 0:
         return dim
-    name = dim.value if isinstance(dim, ir.SymbolicDim) else None
+    name = dim.value if isinstance(dim, ir.SymbolicDim) and str(dim.value) not in ("?", "-1", "") else None
     if name and name in known:
         return known[name]
     size = 1 if index == 0 else dynamic_dim

@@ -75,6 +75,15 @@ class InputSpec:
         return f"{dtype}[{', '.join('?' if d is None else str(d) for d in self.shape)}]"
 
 
+#: Dim names exporters write for "unknown", which name no size (Paddle writes '?').
+ANONYMOUS_DIM_NAMES = frozenset({"?", "-1", ""})
+
+
+def named_dim(dim: ir.SymbolicDim) -> bool:
+    """Whether a symbolic dim has a real name (one name = one size across inputs)."""
+    return dim.value is not None and str(dim.value) not in ANONYMOUS_DIM_NAMES
+
+
 def input_specs(model: ir.Model) -> list[InputSpec]:
     """The model's feedable inputs (graph inputs that are not initializers)."""
     initializers = set(model.graph.initializers)
@@ -90,10 +99,11 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
                 dtype = None
         shape = None
         if value.shape is not None:
-            # NOTE: legacy exporters write ``dim_value: -1`` for a dynamic axis; onnxruntime runs
-            # such a model with any size there, so a negative dim is dynamic, like an unnamed one.
+            # NOTE: legacy exporters write ``dim_value: -1`` for a dynamic axis, and Paddle names every
+            # dynamic axis '?'; onnxruntime runs such a model with any size there, so both are
+            # dynamic and unnamed (two '?' axes need not agree).
             shape = tuple(
-                (d if d >= 0 else None) if isinstance(d, int) else (str(d.value) if d.value is not None else None)
+                (d if d >= 0 else None) if isinstance(d, int) else (str(d.value) if named_dim(d) else None)
                 for d in value.shape
             )
         specs.append(InputSpec(value.name, dtype, shape))

@@ -40,6 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--save-ranges", type=Path, metavar="FILE", help="write the calibrated ranges as JSON")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="skip the optimize preset (cleanup + fusions) before quantizing")
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="keep the plain result even when it is below the fidelity floor (no recovery ladder)")
+    p.add_argument("--time-limit", type=float, default=300.0, metavar="SECONDS",
+                   help="time for the accuracy guard's recovery ladder (default 300)")
     p.add_argument("--no-self-check", dest="self_check", action="store_false",
                    help="skip loading the result in onnxruntime to check fusion, speed and fidelity")
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
@@ -73,6 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from onnxq.errors import OptionError
+    from onnxq.quantization.guard import guard_applies, quantize_guarded
     from onnxq.quantization.quantize import quantize
 
     check_output(args.model, args.output)
@@ -91,12 +96,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_mixed(args, out)
     with stderr.status(f"loading {args.model}"):
         model = load_model(args.model)
-    model, report = quantize(
-        model,
-        args.calib,
+    kwargs: dict[str, Any] = dict(
         target=args.target,
         mode=args.mode,
-        method=args.method,
         per_channel=args.per_channel,
         cpu=args.cpu,
         exclude=args.exclude,
@@ -105,21 +107,31 @@ def run(args: argparse.Namespace) -> int:
         save_ranges=str(args.save_ranges) if args.save_ranges else None,
         optimize=args.optimize,
         self_check=args.self_check,
-        method_options=options,
         progress=not (args.json or args.quiet),
         overrides=str(args.overrides) if getattr(args, "overrides", None) else None,
     )
+    guard = None
+    if getattr(args, "guard", False) and guard_applies(args.mode, args.self_check, args.include) and not args.ranges:
+        model, report, guard = quantize_guarded(model, args.calib, time_limit_s=args.time_limit,
+                                                method=args.method, method_options=options, **kwargs)
+    else:
+        model, report = quantize(model, args.calib, method=args.method, method_options=options, **kwargs)
     external = {"auto": None, "yes": True, "no": False}[args.external_data]
     with stderr.status(f"saving {args.output}"):
         save_model(model, args.output, external_data=external)
     doc = report.to_json()
     doc.update(input=str(args.model), output=str(args.output),
                size_bytes={"input": _size(args.model), "output": _size(args.output)})
+    if guard is not None:
+        doc["guard"] = guard.to_json()
+        doc["within_floor"] = guard.within_floor
     verdict = _gate(args, doc, accuracy=True)
     if args.json:
         print_json(doc)
     elif not args.quiet:
         for line in summary_lines(doc):
+            out.print(line, markup=False)
+        for line in guard.lines() if guard is not None else []:
             out.print(line, markup=False)
     if verdict is not None and not args.json:
         out.print(verdict.line, markup=False)

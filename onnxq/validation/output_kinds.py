@@ -38,16 +38,29 @@ _LINEAR = frozenset({"Gemm", "MatMul", "Conv", "QGemm", "QLinearMatMul", "MatMul
 
 def _linear_head(value: ir.Value, depth: int = 8) -> bool:
     """Whether ``value`` comes from a linear layer through only classifier-head ops."""
+    pooled = False
     for _ in range(depth):
         node = value.producer()
         if node is None:
             return False
         if node.op_type in _LINEAR:
-            return True
+            # NOTE: a mean over a convolution's feature map is a CNN's global pooling (Keras exports it
+            # as ReduceMean); a mean elsewhere is an embedding's pooling.
+            return not pooled or node.op_type == "Conv"
+        if node.op_type == "ReduceMean":
+            pooled = True
+            value = node.inputs[0]  # type: ignore[assignment]
+            if value is None:
+                return False
+            continue
         if node.op_type == "Div" and node.inputs[0] is not None and node.inputs[0].producer() is not None \
                 and node.inputs[0].producer().op_type == "Exp":  # type: ignore[union-attr]
-            # NOTE: a softmax written out (Exp / ReduceSum(Exp)), as some exporters emit it
+            # NOTE: a softmax written out (Exp / ReduceSum(Exp), often Exp(x - max)), as jax2tf and
+            # some other exporters emit it
             value = node.inputs[0].producer().inputs[0]  # type: ignore[union-attr]
+            inner = value.producer() if value is not None else None
+            if inner is not None and inner.op_type == "Sub":
+                value = inner.inputs[0]
             if value is None:
                 return False
             continue

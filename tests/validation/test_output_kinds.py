@@ -12,8 +12,9 @@ from onnxq.validation import output_kinds as kinds
 from onnxq.validation.self_check import _fidelity
 
 HEADS = """<ir_version: 8, opset_import: ["" : 17]>
-g (float[N, 16] x, float[T, N, 16] s) => (float[N, 10] scores, float[N, 10] probs, float[N, 16] emb,
-                                          float[T, N, 10] ctc, float[N, 10] written, float[N, 10] multi) {
+g (float[N, 16] x, float[T, N, 16] s, float[N, 3, 8, 8] img, float[N, 5, 16] tok)
+  => (float[N, 10] scores, float[N, 10] probs, float[N, 16] emb, float[T, N, 10] ctc, float[N, 10] written,
+      float[N, 10] multi, float[N, 10] stable, float[N, 4] pooled, float[N, 16] meanemb) {
   l = Gemm<transB=1>(x, w, b)
   scores = Identity(l)
   probs = Softmax(l)
@@ -25,17 +26,27 @@ g (float[N, 16] x, float[T, N, 16] s) => (float[N, 10] scores, float[N, 10] prob
   z = ReduceSum<keepdims=1>(e)
   written = Div(e, z)
   multi = Sigmoid(l)
+  mx = ReduceMax<keepdims=1>(l)
+  d = Sub(l, mx)
+  e2 = Exp(d)
+  z2 = ReduceSum<keepdims=1>(e2)
+  stable = Div(e2, z2)
+  c = Conv(img, wc)
+  pooled = ReduceMean<axes=[2, 3], keepdims=0>(c)
+  h = MatMul(tok, w3)
+  meanemb = ReduceMean<axes=[1], keepdims=0>(h)
 } <float[10, 16] w = {0}, float[10] b = {0}, float[16, 10] w2 = {0}>"""
 
 
 def test_kinds_from_the_graph() -> None:
     text = HEADS.replace(" <float[10, 16] w = {0}, float[10] b = {0}, float[16, 10] w2 = {0}>", "")
     proto = onnx.parser.parse_model(text)
-    for name, shape in (("w", (10, 16)), ("b", (10,)), ("w2", (16, 10))):
+    for name, shape in (("w", (10, 16)), ("b", (10,)), ("w2", (16, 10)), ("wc", (4, 3, 1, 1)), ("w3", (16, 16))):
         proto.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(shape, np.float32), name))
     found = kinds.output_kinds(ir.from_proto(proto))
     assert found == {"scores": kinds.CLASS_SCORES, "probs": kinds.CLASS_SCORES, "emb": kinds.TENSOR,
-                     "ctc": kinds.SEQUENCE, "written": kinds.CLASS_SCORES, "multi": kinds.TENSOR}
+                     "ctc": kinds.SEQUENCE, "written": kinds.CLASS_SCORES, "multi": kinds.TENSOR,
+                     "stable": kinds.CLASS_SCORES, "pooled": kinds.CLASS_SCORES, "meanemb": kinds.TENSOR}
 
 
 def test_declared_rank_is_settled_on_the_real_arrays() -> None:

@@ -1,0 +1,314 @@
+"""The accuracy guard of ``onnxq quantize``: climb a recovery ladder until the result is faithful.
+
+The plain command's result is judged by its self-check on held-back samples, with the measure
+that fits each output (:mod:`onnxq.validation.output_kinds`): top-1 agreement of class scores,
+sequence agreement of CTC-like outputs, SQNR of everything else. When it is below the floor, the
+guard tries, in order and within ``time_limit_s``:
+
+1. ``recovery``: the recovery passes (:mod:`onnxq.passes.recovery`): ``smooth-quant`` and
+   ``correct-bias``, with ``cross-layer-equalization`` first when weights are per-tensor;
+2. ``calibration``: the histogram methods that clip outliers (``percentile``, ``mse``), one
+   calibration each (the ranges decide most of the error of a post-training INT8 model), with the
+   recovery passes when they helped;
+3. ``mixed``: the fewest nodes moved to float (:func:`~onnxq.quantization.mixed_precision.quantize_mixed`,
+   sensitivity on the held-back samples) to a budget equivalent to the floor;
+4. ``float``: the optimized float model, always faithful.
+
+Every rung is printed with its figures, and the fastest result above the floor is kept. A
+quantized result slower than float on a model above 1 ms (beyond the noise of interleaved
+medians) loses to the optimized float model: the output is never slower than FP32 there. If no
+rung reaches the floor, the most faithful quantized result is written and the report says so
+(``within_floor: false``).
+
+Hand-written: NNCF's ``quantize_with_accuracy_control`` reverts layers by a ranking but neither
+retries calibration nor weighs speed; onnxruntime has no guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxq.calibration import CalibrationData
+from onnxq.errors import first_line
+from onnxq.framework.base import Diagnostic, Severity
+from onnxq.quantization.quantize import QuantizeReport, quantize
+from onnxq.validation.self_check import SQNR_FLOOR_DB, TOP1_FLOOR, SelfCheckReport, self_check
+
+logger = logging.getLogger(__name__)
+
+#: Default time for the whole ladder (the plain rung always runs).
+TIME_LIMIT_S = 300.0
+#: Calibration methods tried after min/max, in order.
+RECOVERY_METHODS = ("percentile", "mse")
+#: Recovery passes of the first rung (cross-layer-equalization joins them for per-tensor weights).
+RECOVERY_PASSES = ("smooth-quant", "correct-bias")
+#: Float latency above which a quantized result must not be slower than float.
+SLOWER_MATTERS_MS = 1.0
+#: A speed-up below this is slower than float beyond the noise of interleaved medians.
+SLOWER_THAN = 0.95
+
+
+@dataclasses.dataclass
+class Rung:
+    """One result the guard measured."""
+
+    name: str
+    within_floor: bool
+    fidelity: str
+    speedup: float | None
+    seconds: float
+    note: str = ""
+
+    samples: int = 0
+
+    def line(self) -> str:
+        speed = f"{self.speedup:.2f}x" if self.speedup is not None else "speed not measured"
+        verdict = "within the floor" if self.within_floor else "below the floor"
+        on = f" on {self.samples} held-back sample(s)" if self.samples else ""
+        return f"guard: {self.name}: {verdict} ({self.fidelity}{on}), {speed}, {self.seconds:.1f} s" + (
+            f"; {self.note}" if self.note else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class GuardReport:
+    rungs: list[Rung]
+    chosen: str
+    within_floor: bool
+    time_limit_s: float
+
+    def lines(self) -> list[str]:
+        out = [r.line() for r in self.rungs]
+        out.append(f"guard: kept '{self.chosen}'" + ("" if self.within_floor else
+                   " -- NO RESULT REACHED THE FIDELITY FLOOR: check the accuracy before shipping this model"))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rungs": [r.to_json() for r in self.rungs], "chosen": self.chosen,
+                "within_floor": self.within_floor, "time_limit_s": self.time_limit_s}
+
+
+def within_floor(check: SelfCheckReport | None) -> bool:
+    """Whether every output of a self-check is above its floor (no fidelity warning)."""
+    if check is None:
+        return True
+    return not any("fidelity floor" in w or "differs in shape" in w for w in check.warnings)
+
+
+def fidelity_summary(check: SelfCheckReport | None) -> str:
+    if check is None or not check.outputs:
+        return "not measured"
+    parts = []
+    for o in check.outputs:
+        if o.mismatch:
+            parts.append(f"{o.name}: shape mismatch")
+        elif o.sequence_agreement is not None:
+            parts.append(f"{o.name}: sequences {o.sequence_agreement:.1%}")
+        elif o.top1_agreement is not None:
+            parts.append(f"{o.name}: top-1 {o.top1_agreement:.1%}")
+        else:
+            parts.append(f"{o.name}: {'exact' if math.isinf(o.sqnr_db) and o.sqnr_db > 0 else f'{o.sqnr_db:.1f} dB'}")
+    return ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
+
+
+def _score(check: SelfCheckReport | None) -> float:
+    """Higher is more faithful: the worst output's margin over its floor, in floor units."""
+    if check is None or not check.outputs:
+        return 0.0
+    margins = []
+    for o in check.outputs:
+        if o.mismatch:
+            margins.append(-math.inf)
+        elif o.sequence_agreement is not None:
+            margins.append(o.sequence_agreement - TOP1_FLOOR)
+        elif o.top1_agreement is not None:
+            margins.append(o.top1_agreement - TOP1_FLOOR)
+        else:
+            margins.append(min(o.sqnr_db, 200.0) / SQNR_FLOOR_DB - 1.0)
+    return min(margins)
+
+
+#: Op types that keep recurrent layers out of dynamic INT8 (quantize's exclude patterns).
+RECURRENT = ("LSTM", "GRU")
+
+
+def _has_op(model: ir.Model, op_types: Sequence[str]) -> bool:
+    return any(node.op_type in op_types for node in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+def report_target(report: QuantizeReport) -> Any:
+    from onnxq.targets import get_target
+
+    return get_target(report.target, cpu=report.cpu) if report.target == "ort-cpu" else report.target
+
+
+def _speedup(check: SelfCheckReport | None) -> float | None:
+    return check.latency.speedup if check is not None and check.latency is not None else None
+
+
+def _float_ms(check: SelfCheckReport | None) -> float | None:
+    return check.latency.float_ms if check is not None and check.latency is not None else None
+
+
+def _mixed_budget(check: SelfCheckReport | None) -> float:
+    """The accuracy drop (in the mixed-precision evaluator's units) that matches the floor."""
+    if check is not None and check.outputs:
+        first = check.outputs[0]
+        if first.top1_agreement is not None or first.sequence_agreement is not None:
+            return 1.0 - TOP1_FLOOR
+    # NOTE: cosine similarity at SQNR 20 dB is about 1 - 0.5 * 10**(-20 / 10) = 0.995.
+    return 0.5 * 10 ** (-SQNR_FLOOR_DB / 10)
+
+
+def quantize_guarded(
+    model: ir.Model,
+    calibration: Any,
+    *,
+    time_limit_s: float = TIME_LIMIT_S,
+    method: str = "minmax",
+    method_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> tuple[ir.Model, QuantizeReport, GuardReport]:
+    """``quantize()`` with the accuracy guard (see the module docstring); ``model`` is not modified.
+
+    Args:
+        model: The float model.
+        calibration: Calibration samples in any ``quantize()`` form (read more than once).
+        time_limit_s: Time for the ladder after the plain rung.
+        method / method_options / options: As for :func:`~onnxq.quantization.quantize.quantize`.
+    """
+    from onnxq.quantization.quantize import SELF_CHECK_MAX_BYTES, _weight_bytes
+
+    start = time.perf_counter()
+    if _weight_bytes(model) > SELF_CHECK_MAX_BYTES:
+        # NOTE: no self-check above this size (quantize() says why), so no fidelity to guard.
+        result, report = quantize(model, calibration, method=method, method_options=method_options, **options)
+        rung = Rung(f"plain ({method})", True, "not measured (model too large for the self-check)", None,
+                    time.perf_counter() - start)
+        return result, report, GuardReport([rung], rung.name, True, time_limit_s)
+    # NOTE: each rung starts from a copy; relative external data must be read before copying.
+    ir.external_data.load_to_model(model)
+    original = ir.to_proto(model)
+    data = CalibrationData.from_source(calibration) if calibration is not None else None
+    if data is not None and not data.reiterable:
+        data = data.materialize()
+
+    def fresh() -> ir.Model:
+        return ir.from_proto(original)
+
+    rungs: list[Rung] = []
+    results: list[tuple[Rung, ir.Model, QuantizeReport]] = []
+
+    def record(name: str, result: ir.Model, report: QuantizeReport, began: float, note: str = "") -> Rung:
+        check = report.self_check
+        if held and (check is None or check.samples != len(held)):
+            # NOTE: every rung is judged on the plain rung's held-back samples (mixed precision's own
+            # self-check runs on a generated input), so the rungs compare like with like.
+            check = report.self_check = self_check(reference, result, held, target=report_target(report))
+        rung = Rung(name, within_floor(check), fidelity_summary(check), _speedup(check),
+                    time.perf_counter() - began, note, samples=check.samples if check is not None else 0)
+        rungs.append(rung)
+        results.append((rung, result, report))
+        logger.info(rung.line())
+        return rung
+
+    held: list[dict[str, Any]] = []
+    reference = fresh()
+    began = time.perf_counter()
+    plain, plain_report = quantize(fresh(), data, method=method, method_options=method_options, **options)
+    if data is not None and plain_report.holdout_samples:
+        _, rest = data.split(holdout=plain_report.holdout_samples)
+        held = [dict(f) for _, f in rest.feeds(reference)]
+    first = record(f"plain ({method})", plain, plain_report, began)
+    float_ms = _float_ms(plain_report.self_check)
+    slow = (first.speedup is not None and first.speedup < SLOWER_THAN and float_ms is not None
+            and float_ms > SLOWER_MATTERS_MS)
+
+    def left() -> float:
+        return time_limit_s - (time.perf_counter() - start)
+
+    recovery: tuple[str, ...] = ()
+    extra_exclude: tuple[str, ...] = ()
+    if not first.within_floor and data is not None and options.get("ranges") is None:
+        passes = (("cross-layer-equalization",) if not plain_report.per_channel else ()) + RECOVERY_PASSES
+        ladder: list[tuple[str, str, tuple[str, ...] | None, tuple[str, ...]]] = [
+            (f"recovery ({', '.join(passes)})", method, passes, ())]
+        if _has_op(plain, ("DynamicQuantizeLSTM", "DynamicQuantizeMatMul")):
+            # NOTE: recurrent layers go to dynamic INT8 beside the QDQ graph, outside the mixed-precision
+            # search: keeping them float is a rung of its own (CNN + LSTM sequence readers need it).
+            ladder.append(("recurrent layers float", method, (), RECURRENT))
+        ladder += [(f"calibration ({m})", m, None, None) for m in RECOVERY_METHODS if m != method]
+        for name, rung_method, rung_passes, rung_exclude in ladder:
+            if left() <= 0 or any(r.within_floor for r in rungs):
+                break
+            began = time.perf_counter()
+            use = rung_passes if rung_passes is not None else recovery
+            floats = rung_exclude if rung_exclude is not None else extra_exclude
+            try:
+                result, report = quantize(fresh(), data, method=rung_method, recovery=use,
+                                          method_options=method_options if rung_method == method else None,
+                                          **{**options, "exclude": [*options.get("exclude", ()), *floats]})
+            except Exception as e:  # noqa: BLE001  # a rung that fails is reported; the ladder goes on
+                rungs.append(Rung(name, False, f"failed: {first_line(e)}", None, time.perf_counter() - began))
+                continue
+            kept = [*use, *(["recurrent layers float"] if floats and rung_exclude is None else [])]
+            rung = record(name + (f" + {', '.join(kept)}" if rung_passes is None and kept else ""), result, report,
+                          began)
+            if _score(report.self_check) > _score(plain_report.self_check):
+                # NOTE: the next rungs keep what helped
+                if rung_passes:
+                    recovery = rung_passes
+                if rung_exclude:
+                    extra_exclude = rung_exclude
+    if not any(r.within_floor for r in rungs) and data is not None and left() > 0 and not options.get("include"):
+        began = time.perf_counter()
+        try:
+            from onnxq.quantization.mixed_precision import quantize_mixed
+
+            best_method = max(results, key=lambda x: _score(x[2].self_check))[2].method or method
+            keys = ("target", "per_channel", "cpu", "optimize", "self_check")
+            result, mixed = quantize_mixed(fresh(), data, max_accuracy_drop=_mixed_budget(plain_report.self_check),
+                                           method=best_method, progress=False, measure_latency=False,
+                                           exclude=[*options.get("exclude", ()), *extra_exclude],
+                                           **{k: v for k, v in options.items() if k in keys})
+            floats = len(mixed.float_nodes)
+            record(f"mixed ({floats} node(s) float, {best_method})", result, mixed.quantize, began,
+                   note=f"{mixed.metric} drop {mixed.final_drop:.4f} on {mixed.held_samples} held samples")
+        except Exception as e:  # noqa: BLE001
+            rungs.append(Rung("mixed", False, f"failed: {first_line(e)}", None, time.perf_counter() - began))
+
+    faithful = [(r, m, rep) for r, m, rep in results if r.within_floor]
+    if faithful:
+        chosen = max(faithful, key=lambda x: x[0].speedup if x[0].speedup is not None else 0.0)
+    else:
+        chosen = max(results, key=lambda x: _score(x[2].self_check))
+    rung, result, report = chosen
+    if (rung.speedup is not None and rung.speedup < SLOWER_THAN and float_ms is not None
+            and float_ms > SLOWER_MATTERS_MS) or (slow and not faithful):
+        # NOTE: never slower than float above 1 ms: the optimized float model is the answer then.
+        began = time.perf_counter()
+        result, report = quantize(fresh(), data, method=method, method_options=method_options,
+                                  **{**options, "include": ("(?!)",)})
+        why = (f"every faithful quantized result was slower than float ({rung.speedup:.2f}x)"
+               if rung.speedup is not None else "quantized results were slower than float")
+        rung = Rung("float (optimized, no QDQ)", True, "float", 1.0, time.perf_counter() - began, why)
+        rungs.append(rung)
+        report.diagnostics.append(Diagnostic(
+            f"quantization did not pay on this CPU ({why}): the output is the optimized float model",
+            Severity.WARNING))
+    guard = GuardReport(rungs, rung.name, rung.within_floor, time_limit_s)
+    return result, report, guard
+
+
+def guard_applies(mode: str, self_check: bool, include: Sequence[str]) -> bool:
+    """The guard needs the self-check's fidelity on held-back samples (static mode)."""
+    return mode == "static" and self_check and not include

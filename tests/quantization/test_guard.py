@@ -1,0 +1,70 @@
+"""The accuracy guard of ``onnxq quantize``: a plain result below the floor climbs the ladder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from onnxq.cli import main
+from onnxq.quantization.guard import quantize_guarded
+from tests.quantization import _fragile
+
+
+def _agreement(reference: ir.Model, candidate: ir.Model, x: np.ndarray) -> float:
+    def run(m: ir.Model) -> np.ndarray:
+        sess = ort.InferenceSession(ir.to_proto(m).SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([sess.run(None, {"x": row})[0] for row in x])
+
+    return float(np.mean(run(reference).argmax(-1) == run(candidate).argmax(-1)))
+
+
+def test_guard_recovers_the_fragile_classifier() -> None:
+    x = _fragile.samples(96)["x"]
+    feeds = [{"x": row} for row in x]
+    model, report, guard = quantize_guarded(_fragile.model(), feeds, cpu="avx2", time_limit_s=120)
+    first = guard.rungs[0]
+    assert first.name == "plain (minmax)" and not first.within_floor and "top-1" in first.fidelity
+    assert guard.within_floor and guard.chosen != first.name and len(guard.rungs) >= 2
+    assert report.self_check is not None and not any("fidelity floor" in w for w in report.self_check.warnings)
+    held = _fragile.samples(200, seed=7)["x"]
+    assert _agreement(_fragile.model(), model, held) >= 0.95
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph) > 0, "recovered in INT8, not all float"
+    doc = json.loads(json.dumps(guard.to_json()))
+    assert doc["within_floor"] is True and doc["rungs"][0]["within_floor"] is False
+    assert any(line.startswith("guard: kept") for line in guard.lines())
+
+
+def test_guard_keeps_a_faithful_plain_result() -> None:
+    # The same graph without its outlier channel quantizes well: the first rung is kept, nothing else runs.
+    proto = _fragile.model_proto()
+    for init in proto.graph.initializer:
+        if init.name == "wa":
+            arr = np.frombuffer(init.raw_data, np.float32).reshape(16, 16).copy() if init.raw_data else None
+            assert arr is not None
+            arr[0, 0] = 0.05
+            init.raw_data = arr.tobytes()
+    feeds = [{"x": row} for row in _fragile.samples(64)["x"]]
+    _, _, guard = quantize_guarded(ir.from_proto(proto), feeds, cpu="avx2")
+    assert [r.name for r in guard.rungs] == ["plain (minmax)"] and guard.within_floor
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_cli_guard_and_no_guard(tmp_path: Path, capsys: pytest.CaptureFixture[str], guard: bool) -> None:
+    model, calib = _fragile.write(tmp_path)
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(model), "-o", str(out), "--calib", str(calib), "--cpu", "avx2", "--json"]
+    assert main(args + ([] if guard else ["--no-guard"])) == 0
+    doc = json.loads(capsys.readouterr().out)
+    if guard:
+        assert doc["within_floor"] is True and len(doc["guard"]["rungs"]) >= 2
+        assert main(args[:-1]) == 0
+        text = capsys.readouterr().out.strip().splitlines()
+        assert text[-1].startswith("guard: kept") and "NO RESULT" not in text[-1]
+    else:
+        assert "guard" not in doc
+        assert any("fidelity floor" in w for w in doc["self_check"]["warnings"])
