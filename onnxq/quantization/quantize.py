@@ -199,6 +199,9 @@ def quantize(
         if self_check and holdout > 0:
             data, held = data.split(holdout=holdout) if mode == "static" else (data, data)
             report.holdout_samples = holdout if mode == "static" else 0
+    if optimize and held is not None and isinstance(reference, ir.Model):
+        with clock("optimize"):
+            model = _check_optimized(model, reference, held, profile, report, per_channel=per_channel)
     if mode == "static" and recovery:
         with clock("recover"):
             _recover(model, recovery, profile, data, report)
@@ -246,9 +249,88 @@ def quantize(
 
 
 # --- steps -----------------------------------------------------------------------------
+#: Samples the optimized float graph is checked on against the original before calibrating.
+OPTIMIZE_CHECK_SAMPLES = 4
+#: Float tolerance of that check: relative, and absolute as a share of the output's largest value.
+OPTIMIZE_RTOL = 1e-3
+OPTIMIZE_ATOL = 1e-4
+
+
+def _float_mismatch(reference: ir.Model, model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> str | None:
+    """The first output (shape, dtype or value) where ``model`` differs from ``reference``, or None."""
+    from onnxq import runtime
+
+    for feed in feeds:
+        want = runtime.run(reference, feed)
+        got = runtime.run(model, feed)
+        scale = max((float(np.max(np.abs(w))) for w in want.values()
+                     if np.asarray(w).dtype.kind == "f" and np.size(w)), default=1.0)
+        problems = runtime.compare(want, got, rtol=OPTIMIZE_RTOL, atol=OPTIMIZE_ATOL * scale)
+        if problems:
+            return str(problems[0])
+    return None
+
+
+def _check_optimized(model: ir.Model, reference: ir.Model, held: CalibrationData, target: Target,
+                     report: QuantizeReport, *, per_channel: bool) -> ir.Model:
+    """The optimized float graph against the original on held-back samples, before calibrating.
+
+    On a difference beyond float tolerance the culprit pass is found (the optimize preset again on
+    a copy, with a numeric check after every pass), the model is optimized again without it, and a
+    warning names it.
+    """
+    from onnxq.errors import NumericMismatchError
+    from onnxq.framework.instrumentation import NumericCheckEach
+
+    feeds = [dict(f) for _, f in itertools.islice(held.feeds(reference), OPTIMIZE_CHECK_SAMPLES)]
+    if not feeds:
+        return model
+    problem = _float_mismatch(reference, model, feeds)
+    skipped: set[str] = set()
+    while problem is not None:
+        trial = ir.from_proto(ir.to_proto(reference))
+        check = NumericCheckEach(feeds[0], rtol=OPTIMIZE_RTOL, atol=OPTIMIZE_ATOL)
+        culprit = None
+        for feed in feeds:  # NOTE: the first sample that shows the difference names the pass
+            check = NumericCheckEach(feed, rtol=OPTIMIZE_RTOL, atol=OPTIMIZE_ATOL * _scale(reference, feed))
+            trial = ir.from_proto(ir.to_proto(reference))
+            try:
+                _prepare(trial, QuantizeReport(target=target.name, mode="static", method=None,
+                                               per_channel=per_channel), optimize=True, per_channel=per_channel,
+                         target=target, skip=frozenset(skipped), instrumentations=[check])
+            except NumericMismatchError as e:
+                culprit = e.pass_name
+                break
+        if culprit is None or culprit in skipped:
+            report.diagnostics.append(Diagnostic(
+                f"the optimized float model differs from the original ({problem}) and no single pass is to blame; "
+                "quantizing without --optimize would avoid it", Severity.WARNING))
+            return model
+        skipped.add(culprit)
+        report.diagnostics.append(Diagnostic(
+            f"optimize: pass '{culprit}' changed the float model's outputs ({problem}); continuing without it",
+            Severity.WARNING))
+        model = ir.from_proto(ir.to_proto(reference))
+        fresh = QuantizeReport(target=target.name, mode=report.mode, method=report.method, per_channel=per_channel)
+        _prepare(model, fresh, optimize=True, per_channel=per_channel, target=target, skip=frozenset(skipped))
+        report.stats = fresh.stats
+        report.per_channel, report.opset = fresh.per_channel, fresh.opset
+        report.stats["optimize.passes_skipped"] = len(skipped)
+        problem = _float_mismatch(reference, model, feeds)
+    return model
+
+
+def _scale(reference: ir.Model, feed: Mapping[str, np.ndarray]) -> float:
+    from onnxq import runtime
+
+    return max((float(np.max(np.abs(w))) for w in runtime.run(reference, feed).values()
+                if np.asarray(w).dtype.kind == "f" and np.size(w)), default=1.0)
+
+
 def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_channel: bool,
-             target: Target) -> None:
-    """Optimizes the float graph and lifts the opset for per-channel weights."""
+             target: Target, skip: frozenset[str] = frozenset(),
+             instrumentations: Sequence[Any] = ()) -> None:
+    """Optimizes the float graph (without the passes in ``skip``) and lifts the opset for per-channel weights."""
     from onnxq.passes.fusion import optimize_pipeline
 
     registry = PassRegistry.default()
@@ -259,8 +341,15 @@ def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_cha
                                               "output_size_limit": str(FOLD_WEIGHTS_LIMIT)})
     if _weight_bytes(model) > SELF_CHECK_MAX_BYTES:
         fold = registry.create("infer-shapes")  # NOTE: keep large models lazy; folding reads weights
-    prepare = [fold, optimize_pipeline(fusion_target)] if optimize else [registry.create("infer-shapes")]
-    _run(model, Pipeline(prepare), [target], report)
+    preset = optimize_pipeline(fusion_target)
+    if skip:
+        from onnxq.passes.fusion import OPTIMIZE_MAX_ITERATIONS
+
+        preset = Pipeline([p for p in preset.passes if p.name not in skip], fixpoint=True,
+                          max_iterations=OPTIMIZE_MAX_ITERATIONS)
+        fold = fold if fold.name not in skip else registry.create("infer-shapes")
+    prepare = [fold, preset] if optimize else [registry.create("infer-shapes")]
+    _run(model, Pipeline(prepare), [target], report, instrumentations=instrumentations)
     opset = model.opset_imports.get("", 0)
     if per_channel and opset < PER_CHANNEL_OPSET:
         try:
@@ -317,8 +406,11 @@ def _ranges(model: ir.Model, target: Target, data: CalibrationData | None, *, ra
     return found
 
 
-def _run(model: ir.Model, pipeline: Pipeline, resources: Iterable[Any], report: QuantizeReport) -> None:
-    result = apply(model, pipeline, PassContext.with_resources(resources))
+def _run(model: ir.Model, pipeline: Pipeline, resources: Iterable[Any], report: QuantizeReport,
+         instrumentations: Sequence[Any] = ()) -> None:
+    ctx = PassContext.with_resources(resources)
+    ctx.instrumentations.extend(instrumentations)
+    result = apply(model, pipeline, ctx)
     for key, value in result.stats.items():
         report.stats[key] = report.stats.get(key, 0) + int(value)
     report.diagnostics.extend(result.diagnostics)

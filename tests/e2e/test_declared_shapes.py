@@ -129,3 +129,27 @@ def test_a_literal_minus_one_dim_is_dynamic_and_calibrates() -> None:
     assert report.calibration_samples > 0 and report.stats.get("insert-qdq.nodes_quantized", 0) >= 1
     got, want = _run(model, feeds[0]), _run(proto, feeds[0])
     assert got.shape == want.shape
+
+
+def test_quantize_finds_an_optimize_pass_that_changes_outputs_and_goes_on_without_it(monkeypatch) -> None:
+    from onnxq.framework.base import PassResult
+    from onnxq.passes.fusion.fold_mul_into_weights import FoldMulIntoWeights
+
+    def corrupt(self, model, ctx):  # a fusion gone wrong: it doubles the first weight it sees
+        for value in model.graph.initializers.values():
+            if value.const_value is not None and value.const_value.dtype == ir.DataType.FLOAT:
+                value.const_value = ir.tensor(value.const_value.numpy() * 2, name=value.name)
+                return PassResult(True, {"broken": 1})
+        return PassResult(False, {})
+
+    monkeypatch.setattr(FoldMulIntoWeights, "run", corrupt)
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((8, 8)) / 3).astype(np.float32)
+    proto = _proto(LYING_VALUE_INFO, w=w)
+    feeds = [{"x": rng.standard_normal((3, 8)).astype(np.float32)} for _ in range(24)]
+    model, report = quantize(ir.serde.deserialize_model(proto), feeds)
+    warnings = [str(d) for d in report.diagnostics]
+    assert any("pass 'fold-mul-into-weights' changed the float model's outputs" in d for d in warnings), warnings
+    assert report.stats["optimize.passes_skipped"] == 1
+    want, got = _run(proto, feeds[0]), _run(model, feeds[0])
+    assert np.abs(want - got).max() < 0.05 * np.abs(want).max()
