@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="keep the plain result even when it is below the fidelity floor (no recovery ladder)")
     p.add_argument("--time-limit", type=float, default=300.0, metavar="SECONDS",
                    help="time for the accuracy guard's recovery ladder (default 300)")
+    p.add_argument("--verbose", action="store_true",
+                   help="list every QDQ group that stayed float (default: grouped by op type)")
     p.add_argument("--no-self-check", dest="self_check", action="store_false",
                    help="skip loading the result in onnxruntime to check fusion, speed and fidelity")
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
     elif not args.quiet:
+        if getattr(args, "verbose", False) and report.self_check is not None:
+            doc["self_check"]["lines"] = report.self_check.lines(verbose=True)
         for line in summary_lines(doc):
             out.print(line, markup=False)
         for line in guard.lines() if guard is not None else []:

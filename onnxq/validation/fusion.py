@@ -143,14 +143,26 @@ class FusionReport:
             "notes": list(self.notes),
         }
 
-    def lines(self) -> list[str]:
+    def lines(self, *, verbose: bool = False) -> list[str]:
+        """The summary, then the groups that stayed float: grouped by op type with counts and the first
+        reason (every group with ``verbose``)."""
         kernels = ", ".join(f"{k} {v}" for k, v in self.kernels.items()) or "none"
         out = [
             f"fusion: {len(self.fused)}/{len(self.groups)} QDQ groups fused ({len(self.wasted)} float with "
             f"Q/DQ that only add time); integer kernels: {kernels}; "
             f"left: {self.quantize_linear} QuantizeLinear, {self.dequantize_linear} DequantizeLinear"
         ]
-        out.extend(f"  {g}" for g in self.unfused)
+        if verbose:
+            out.extend(f"  {g}" for g in self.unfused)
+        else:
+            by_op: dict[str, list[Group]] = {}
+            for g in self.unfused:
+                by_op.setdefault(g.op_type, []).append(g)
+            for op, groups in sorted(by_op.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+                wasted = sum(g.wasted for g in groups)
+                names = ", ".join(g.node for g in groups[:3]) + (", ..." if len(groups) > 3 else "")
+                out.append(f"  stayed float: {op} x{len(groups)}" + (f" ({wasted} with Q/DQ that only add time)"
+                           if wasted else "") + f": {names}; first reason: {groups[0].reason}")
         out.extend(f"  warning: {w}" for w in self.warnings)
         out.extend(f"  note: {n}" for n in self.notes)
         return out

@@ -122,10 +122,10 @@ class SelfCheckReport:
             "lines": self.lines(),
         }
 
-    def lines(self) -> list[str]:
+    def lines(self, *, verbose: bool = False) -> list[str]:
         out = [f"self-check ({self.target}): " + ("ok" if self.ok else f"{len(self.warnings)} warning(s)")]
         if self.fusion is not None:
-            out.extend(self.fusion.lines())
+            out.extend(self.fusion.lines(verbose=verbose))
         if self.latency is not None:
             out.append(f"latency (1 thread, median of {self.latency.runs}): float {self.latency.float_ms:.3f} ms, "
                        f"quantized {self.latency.quant_ms:.3f} ms ({self.latency.speedup:.2f}x)")
