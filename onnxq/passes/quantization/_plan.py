@@ -106,12 +106,51 @@ def gemm_bias_vector(
     return None
 
 
+#: Ops a magnitude flows through unchanged in kind (squares, sums, means, eps, layout).
+_MAGNITUDE_PATH = frozenset({"Mul", "Pow", "Add", "Abs", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
+                             "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Relu", "Max", "Clip", "Identity"})
+#: Ops whose result depends on the relative precision of small inputs: 8-bit steps sized for the
+#: largest values turn the small ones into 0 (log 0, 1 / sqrt(eps)).
+_MAGNITUDE_SENSITIVE = frozenset({"Sqrt", "Log", "Reciprocal"})
+
+
+def feeds_magnitude_sensitive(node: ir.Node, depth: int = 6) -> str | None:
+    """The op that makes ``node``'s output need relative precision, or None.
+
+    Follows the output through squares, sums, means, an eps and layout ops to a Sqrt, Log,
+    Reciprocal or a Div's divisor: LayerNorm statistics written out (variance + eps -> Sqrt) and
+    signal-processing front ends (a fixed-kernel Conv -> square -> log) stay float.
+    """
+    frontier = [o for o in node.outputs]
+    seen: set[int] = set()
+    for _ in range(depth):
+        following = []
+        for value in frontier:
+            for use in value.uses():
+                user = use.node
+                if id(user) in seen:
+                    continue
+                seen.add(id(user))
+                if user.op_type in _MAGNITUDE_SENSITIVE or (user.op_type == "Div" and use.idx == 1):
+                    return user.op_type if user.op_type != "Div" else "Div (as the divisor)"
+                if user.op_type in _MAGNITUDE_PATH:
+                    following.extend(user.outputs)
+        frontier = following
+        if not frontier:
+            break
+    return None
+
+
 def _eligible(node: ir.Node, target: Target, flt: Callable[[ir.Value | None], bool]) -> str | None:
     """None when ``node`` can run on the target's integer kernel; else the reason it cannot."""
     slots = target.activation_inputs(node)
     op = node.op_type
     if not node.outputs or not all(flt(o) for o in node.outputs if o.uses() or o.is_graph_output()):
         return "output is not float32"
+    sensitive = feeds_magnitude_sensitive(node)
+    if sensitive is not None:
+        return (f"its output reaches a {sensitive} through squares/sums, which needs the relative precision of "
+                "small values (normalization statistics, log spectra)")
     acts = [node.inputs[i] for i in slots]
     weight_slot = WEIGHT_INPUT.get(op)
     if weight_slot is not None and len(node.inputs) > weight_slot:

@@ -750,3 +750,29 @@ def test_clip_bounds_shrink_the_scale_until_ort_removes_the_clip() -> None:
     # onnxruntime's ClipQuantFusion condition (half a step inside each bound)
     assert -1.0 <= (0 - fitted.zero_point + 0.5) * fitted.scale
     assert (255 - fitted.zero_point - 0.5) * fitted.scale <= 1.0
+
+
+def test_front_end_feeding_square_and_log_stays_float_and_the_network_after_it_is_int8() -> None:
+    # A constant-Q-like front end: a fixed-kernel Conv1d, squared, plus eps, log; then a learned Conv.
+    model = build(
+        H18
+        + """
+g (float[1,1,64] x) => (float[1,4,64] y) {
+  eps = Constant<value_float = 1e-6>()
+  f = Conv<pads=[2,2]>(x, wf)
+  sq = Mul(f, f)
+  e = Add(sq, eps)
+  l = Log(e)
+  c = Conv<pads=[1,1]>(l, w, b)
+  y = Relu(c)
+}""",
+        wf=(8, 1, 5),
+        w=(4, 8, 3),
+        b=(4,),
+    )
+    result, ops = quantize_and_check(model, tol=0.03)
+    reasons = [d.message for d in result.diagnostics if "Log" in d.message]
+    assert reasons and "relative precision of small values" in reasons[0]
+    assert ops.get("QLinearConv", 0) == 1  # the learned Conv after the log is integer
+    assert op_counts(model)["Conv"] == 2 and not any(
+        v.name == "wf_quantized" for v in model.graph.initializers.values())
