@@ -38,6 +38,10 @@ from onnxq.passes.recovery._layers import (
 from onnxq.targets.base import Target
 
 
+#: Node metadata that records a corrected bias (the pass is idempotent).
+MARK = "onnxq.bias_corrected"
+
+
 def bias_shift(layer: Linear, w_deq: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """``(W_deq - W) @ E[x]`` per output channel: the mean error the rounded weights add."""
     dw = (w_deq.astype(np.float64) - layer.w.astype(np.float64))
@@ -111,7 +115,7 @@ class CorrectBias(Pass):
         largest = 0.0
         for layer in layers:
             entry = stats.get(str(layer.node.inputs[0].name))  # type: ignore[union-attr]
-            if entry is None:
+            if entry is None or layer.node.metadata_props.get(MARK) == "1":
                 continue
             mean = entry["mean"]
             expected = layer.w.shape[layer.in_axis] * (layer.groups if layer.depthwise else 1)
@@ -127,6 +131,7 @@ class CorrectBias(Pass):
                 continue
             old = np.asarray(bias.const_value.numpy(), np.float64)  # type: ignore[union-attr]
             set_initializer(bias, (old - shift).astype(np.float32))
+            layer.node.metadata_props[MARK] = "1"  # NOTE: a second run must not correct twice
             corrected += 1
             largest = max(largest, float(np.max(np.abs(shift))))
         if not corrected:

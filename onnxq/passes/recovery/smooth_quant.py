@@ -32,6 +32,8 @@ from onnxq.passes.recovery._layers import Linear, fake_quantize_weight, linear, 
 from onnxq.targets.base import Target
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: Node metadata that records a smoothed input (the pass is idempotent).
+MARK = "onnxq.smoothed"
 #: Rows of each activation kept for the alpha search.
 ROWS = 1024
 
@@ -184,7 +186,7 @@ class SmoothQuant(Pass):
         chosen: list[float] = []
         for site in sites:
             entry = stats.get(str(site.value.name))
-            if entry is None:
+            if entry is None or any(c.node.metadata_props.get(MARK) == "1" for c in site.consumers):
                 continue
             xmax = np.maximum(np.abs(entry["min"]), np.abs(entry["max"]))
             wmax = np.max([_consumer_rows(c) for c in site.consumers], axis=0)
@@ -205,6 +207,7 @@ class SmoothQuant(Pass):
                 set_initializer(value, scale_along(array, 1.0 / best_s, axis))
             for layer in site.consumers:
                 set_initializer(layer.weight, scale_along(layer.w, best_s, layer.in_axis))
+                layer.node.metadata_props[MARK] = "1"  # NOTE: a second run must not smooth twice
             smoothed += 1
             chosen.append(float(best_alpha))  # type: ignore[arg-type]
         if not smoothed:

@@ -160,3 +160,12 @@ def test_recovery_passes_are_registered_with_their_options() -> None:
     registry = PassRegistry.default()
     pipeline = registry.parse("cross-layer-equalization{iterations=2},smooth-quant{alpha=0.5},correct-bias")
     assert str(pipeline) == "cross-layer-equalization{iterations=2},smooth-quant{alpha=0.5},correct-bias"
+
+
+def test_recovery_passes_are_idempotent() -> None:
+    feeds = [{"x": row} for row in _fragile.samples(32)["x"]]
+    for pass_ in (CrossLayerEqualization(), SmoothQuant(), CorrectBias()):
+        model = _fragile.model()
+        _apply(model, pass_, feeds)
+        again = apply(model, Pipeline([pass_]), PassContext.with_resources([HOST, CalibrationData.from_source(feeds)]))
+        assert not again.modified, pass_.name
