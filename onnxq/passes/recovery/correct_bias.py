@@ -37,7 +37,6 @@ from onnxq.passes.recovery._layers import (
 )
 from onnxq.targets.base import Target
 
-
 #: Node metadata that records a corrected bias (the pass is idempotent).
 MARK = "onnxq.bias_corrected"
 
