@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Default time for the whole ladder (the plain rung always runs).
 TIME_LIMIT_S = 300.0
+#: Below this margin (``_score``: SQNR under 10 dB, agreement under 47 %) the calibration rungs are skipped.
+FAR_BELOW = -0.5
 #: Calibration methods tried after min/max, in order.
 RECOVERY_METHODS = ("percentile", "mse")
 #: Recovery passes of the first rung (cross-layer-equalization joins them for per-tensor weights).
@@ -246,7 +248,10 @@ def quantize_guarded(
             # NOTE: recurrent layers go to dynamic INT8 beside the QDQ graph, outside the mixed-precision
             # search: keeping them float is a rung of its own (CNN + LSTM sequence readers need it).
             ladder.append(("recurrent layers float", method, (), RECURRENT))
-        ladder += [(f"calibration ({m})", m, None, None) for m in RECOVERY_METHODS if m != method]
+        if _score(plain_report.self_check) > FAR_BELOW:
+            # NOTE: far below the floor (a collapse), other clipping does not bring it back (measured on
+            # the dev set): the time goes to mixed precision instead.
+            ladder += [(f"calibration ({m})", m, None, None) for m in RECOVERY_METHODS if m != method]
         for name, rung_method, rung_passes, rung_exclude in ladder:
             if left() <= 0 or any(r.within_floor for r in rungs):
                 break

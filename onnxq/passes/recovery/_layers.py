@@ -14,6 +14,8 @@ import onnx
 import onnx_ir as ir
 
 LINEAR_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+#: Tensors read per onnxruntime session by :func:`channel_statistics`.
+STATISTICS_GROUP = 24
 
 
 @dataclasses.dataclass
@@ -120,24 +122,28 @@ def channel_statistics(model: ir.Model, tensors: Sequence[str], feeds: Iterable[
     if not tensors:
         return {}
     proto = ir.to_proto(model)
-    del proto.graph.output[:]
-    proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     stats: dict[str, dict[str, np.ndarray]] = {}
     count: dict[str, float] = {}
-    for i, feed in enumerate(feeds):
-        if i >= max_samples:
-            break
-        for name, value in zip(tensors, sess.run(list(tensors), select_inputs(model, feed)), strict=True):
-            array = np.moveaxis(np.asarray(value, np.float64), axes[name], -1)
-            flat = array.reshape(-1, array.shape[-1])
-            entry = stats.setdefault(name, {"absmax": np.zeros(flat.shape[1]), "sum": np.zeros(flat.shape[1])})
-            entry["absmax"] = np.maximum(entry["absmax"], np.abs(flat).max(axis=0))
-            entry["sum"] += flat.sum(axis=0)
-            count[name] = count.get(name, 0.0) + flat.shape[0]
+    samples = [select_inputs(model, f) for f, _ in zip(feeds, range(max_samples), strict=False)]
+    # NOTE: a group of tensors per session: onnxruntime holds every requested output of a run at once,
+    # and all the layer inputs of an 800x608 detector together are gigabytes.
+    for start in range(0, len(tensors), STATISTICS_GROUP):
+        group = list(tensors[start:start + STATISTICS_GROUP])
+        del proto.graph.output[:]
+        proto.graph.output.extend(onnx.ValueInfoProto(name=name) for name in group)
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        for feed in samples:
+            for name, value in zip(group, sess.run(group, feed), strict=True):
+                array = np.moveaxis(np.asarray(value, np.float32), axes[name], -1)
+                flat = array.reshape(-1, array.shape[-1])
+                entry = stats.setdefault(name, {"absmax": np.zeros(flat.shape[1]), "sum": np.zeros(flat.shape[1])})
+                entry["absmax"] = np.maximum(entry["absmax"], np.abs(flat).max(axis=0))
+                entry["sum"] += flat.sum(axis=0, dtype=np.float64)
+                count[name] = count.get(name, 0.0) + flat.shape[0]
+        del sess
     for name, entry in stats.items():
         entry["mean"] = entry.pop("sum") / max(count[name], 1.0)
     return stats

@@ -88,7 +88,7 @@ class CorrectBias(Pass):
     @dataclasses.dataclass(frozen=True)
     class Options:
         per_channel: bool = dataclasses.field(default=True, metadata={"help": "weights will be per-channel"})
-        max_samples: int = dataclasses.field(default=64, metadata={"help": "calibration samples for E[x]"})
+        max_samples: int = dataclasses.field(default=32, metadata={"help": "calibration samples for E[x]"})
         include: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "only these nodes"})
         exclude: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "leave these nodes alone"})
 

@@ -141,7 +141,7 @@ def test_correct_bias_cancels_the_mean_error_of_rounded_weights() -> None:
     feeds = [{"x": np.abs(rng.standard_normal((1, 16))).astype(np.float32) + 0.5} for _ in range(64)]
     model = _model(GEMM, **weights)
     want = _run(model, feeds)
-    stats = _apply(model, CorrectBias(per_channel=False), feeds)
+    stats = _apply(model, CorrectBias(per_channel=False, max_samples=64), feeds)
     assert stats["correct-bias.biases_corrected"] == 1
     mean_x = np.maximum(np.concatenate([f["x"] for f in feeds]), 0).mean(axis=0)
     scale = np.abs(w).max() / qlim
