@@ -7,7 +7,7 @@ Hand-written: onnx_ir gives the graph; the axes below are the ONNX operators' ow
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -108,28 +108,25 @@ def single_user(value: ir.Value) -> ir.Node | None:
     return uses[0].node
 
 
-def channel_statistics(model: ir.Model, tensors: Sequence[str], feeds: Iterable[Mapping[str, np.ndarray]],
-                       axes: Mapping[str, int], *, max_samples: int = 64) -> dict[str, dict[str, np.ndarray]]:
-    """Per-channel ``absmax`` and ``mean`` of ``tensors`` (channel axis from ``axes``) over ``feeds``.
+def read_activations(model: ir.Model, tensors: Sequence[str], feeds: Iterable[Mapping[str, np.ndarray]],
+                     visit: Callable[[str, np.ndarray], None], *, max_samples: int) -> None:
+    """Calls ``visit(name, array)`` for each of ``tensors`` on each of the first ``max_samples`` feeds.
 
-    One onnxruntime session over a copy that exposes only these tensors; each sample updates the
-    running statistics and is dropped (memory does not grow with the sample count).
+    Sessions over copies of the model that expose a group of tensors each: onnxruntime holds every
+    requested output of a run at once, and all the layer inputs of an 800x608 detector together are
+    gigabytes. Nothing is kept between calls.
     """
     import onnxruntime as ort
 
     from onnxq.runtime import select_inputs
 
     if not tensors:
-        return {}
+        return
     proto = ir.to_proto(model)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    stats: dict[str, dict[str, np.ndarray]] = {}
-    count: dict[str, float] = {}
     samples = [select_inputs(model, f) for f, _ in zip(feeds, range(max_samples), strict=False)]
-    # NOTE: a group of tensors per session: onnxruntime holds every requested output of a run at once,
-    # and all the layer inputs of an 800x608 detector together are gigabytes.
     for start in range(0, len(tensors), STATISTICS_GROUP):
         group = list(tensors[start:start + STATISTICS_GROUP])
         del proto.graph.output[:]
@@ -137,13 +134,26 @@ def channel_statistics(model: ir.Model, tensors: Sequence[str], feeds: Iterable[
         sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         for feed in samples:
             for name, value in zip(group, sess.run(group, feed), strict=True):
-                array = np.moveaxis(np.asarray(value, np.float32), axes[name], -1)
-                flat = array.reshape(-1, array.shape[-1])
-                entry = stats.setdefault(name, {"absmax": np.zeros(flat.shape[1]), "sum": np.zeros(flat.shape[1])})
-                entry["absmax"] = np.maximum(entry["absmax"], np.abs(flat).max(axis=0))
-                entry["sum"] += flat.sum(axis=0, dtype=np.float64)
-                count[name] = count.get(name, 0.0) + flat.shape[0]
+                visit(name, np.asarray(value, np.float32))
         del sess
+
+
+def channel_statistics(model: ir.Model, tensors: Sequence[str], feeds: Iterable[Mapping[str, np.ndarray]],
+                       axes: Mapping[str, int], *, max_samples: int = 64) -> dict[str, dict[str, np.ndarray]]:
+    """Per-channel ``absmax`` and ``mean`` of ``tensors`` (channel axis from ``axes``) over ``feeds``,
+    streamed (memory does not grow with the sample count)."""
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    count: dict[str, float] = {}
+
+    def visit(name: str, value: np.ndarray) -> None:
+        array = np.moveaxis(value, axes[name], -1)
+        flat = array.reshape(-1, array.shape[-1])
+        entry = stats.setdefault(name, {"absmax": np.zeros(flat.shape[1]), "sum": np.zeros(flat.shape[1])})
+        entry["absmax"] = np.maximum(entry["absmax"], np.abs(flat).max(axis=0))
+        entry["sum"] += flat.sum(axis=0, dtype=np.float64)
+        count[name] = count.get(name, 0.0) + flat.shape[0]
+
+    read_activations(model, tensors, feeds, visit, max_samples=max_samples)
     for name, entry in stats.items():
         entry["mean"] = entry.pop("sum") / max(count[name], 1.0)
     return stats

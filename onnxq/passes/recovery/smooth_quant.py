@@ -22,13 +22,19 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from onnxq.calibration.data import CalibrationData
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.recovery._layers import Linear, fake_quantize_weight, linear, scale_along, set_initializer
+from onnxq.passes.recovery._layers import (
+    Linear,
+    fake_quantize_weight,
+    linear,
+    read_activations,
+    scale_along,
+    set_initializer,
+)
 from onnxq.targets.base import Target
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -119,28 +125,18 @@ def _sites(model: ir.Model) -> list[_Site]:
 
 def _collect(model: ir.Model, names: Sequence[str], data: CalibrationData,
              max_samples: int) -> dict[str, dict[str, np.ndarray]]:
-    import onnxruntime as ort
-
-    from onnxq.runtime import select_inputs
-
-    proto = ir.to_proto(model)
-    del proto.graph.output[:]
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    """Per-channel min/max of each activation (last axis) and its first ``ROWS`` rows."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    for i, (_, feed) in enumerate(data.feeds(model)):
-        if i >= max_samples:
-            break
-        for name, array in zip(names, sess.run(list(names), select_inputs(model, feed)), strict=True):
-            flat = np.asarray(array, np.float32).reshape(-1, np.shape(array)[-1])
-            entry = out.setdefault(name, {"min": flat.min(0), "max": flat.max(0), "rows": flat[:0]})
-            entry["min"] = np.minimum(entry["min"], flat.min(0))
-            entry["max"] = np.maximum(entry["max"], flat.max(0))
-            if len(entry["rows"]) < ROWS:
-                entry["rows"] = np.concatenate([entry["rows"], flat[: ROWS - len(entry["rows"])]])
+
+    def visit(name: str, array: np.ndarray) -> None:
+        flat = array.reshape(-1, array.shape[-1])
+        entry = out.setdefault(name, {"min": flat.min(0), "max": flat.max(0), "rows": flat[:0]})
+        entry["min"] = np.minimum(entry["min"], flat.min(0))
+        entry["max"] = np.maximum(entry["max"], flat.max(0))
+        if len(entry["rows"]) < ROWS:
+            entry["rows"] = np.concatenate([entry["rows"], flat[: ROWS - len(entry["rows"])]])
+
+    read_activations(model, names, (f for _, f in data.feeds(model)), visit, max_samples=max_samples)
     return out
 
 
