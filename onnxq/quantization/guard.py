@@ -143,6 +143,18 @@ def _score(check: SelfCheckReport | None) -> float:
 RECURRENT = ("LSTM", "GRU")
 
 
+def _release_memory() -> None:
+    """Collects garbage and returns freed heap pages to the system (glibc ``malloc_trim``)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # NOTE: not glibc (macOS, musl): the pages stay mapped, nothing breaks
+        pass
+
+
 def _has_op(model: ir.Model, op_types: Sequence[str]) -> bool:
     return any(node.op_type in op_types for node in ir.traversal.RecursiveGraphIterator(model.graph))
 
@@ -220,6 +232,13 @@ def quantize_guarded(
                     time.perf_counter() - began, note, samples=check.samples if check is not None else 0)
         rungs.append(rung)
         results.append((rung, result, report))
+        # NOTE: only the results the choice can still fall on stay in memory (the most faithful, the
+        # fastest faithful one); freed sessions go back to the system between rungs (peak RSS).
+        faithful = [x for x in results if x[0].within_floor]
+        keep = [max(faithful, key=lambda x: x[0].speedup or 0.0)] if faithful else []
+        best = max(results, key=lambda x: _score(x[2].self_check))
+        results[:] = keep + ([best] if all(best is not k for k in keep) else [])
+        _release_memory()
         logger.info(rung.line())
         return rung
 
