@@ -18,7 +18,9 @@ Every rung is printed with its figures, and the fastest result above the floor i
 quantized result slower than float on a model above 1 ms (beyond the noise of interleaved
 medians) loses to the optimized float model: the output is never slower than FP32 there. If no
 rung reaches the floor, the most faithful quantized result is written and the report says so
-(``within_floor: false``).
+(``within_floor: false``). Rungs are judged on fidelity, which is deterministic; only when the
+time limit cuts the mixed-precision analysis short (it gets what is left, at least a minute) can
+two runs of a slow model differ.
 
 Hand-written: NNCF's ``quantize_with_accuracy_control`` reverts layers by a ranking but neither
 retries calibration nor weighs speed; onnxruntime has no guard.
@@ -51,6 +53,8 @@ FAR_BELOW = -0.5
 RECOVERY_METHODS = ("percentile", "mse")
 #: Recovery passes of the first rung (cross-layer-equalization joins them for per-tensor weights).
 RECOVERY_PASSES = ("smooth-quant", "correct-bias")
+#: Time the mixed-precision analysis gets even when the ladder has used up the limit.
+MIXED_MIN_S = 60.0
 #: Float latency above which a quantized result must not be slower than float.
 SLOWER_MATTERS_MS = 1.0
 #: A speed-up below this is slower than float beyond the noise of interleaved medians.
@@ -300,8 +304,12 @@ def quantize_guarded(
 
             best_method = max(results, key=lambda x: _score(x[2].self_check))[2].method or method
             keys = ("target", "per_channel", "cpu", "optimize", "self_check")
+            # NOTE: the analysis gets what is left of the time limit, at least a minute (the
+            # search after it is bounded by a few dozen evaluations).
+            deadline = time.perf_counter() + max(left(), MIXED_MIN_S)
             result, mixed = quantize_mixed(fresh(), data, max_accuracy_drop=_mixed_budget(plain_report.self_check),
                                            method=best_method, progress=False, measure_latency=False,
+                                           deadline=deadline,
                                            exclude=[*options.get("exclude", ()), *extra_exclude],
                                            **{k: v for k, v in options.items() if k in keys})
             floats = len(mixed.float_nodes)

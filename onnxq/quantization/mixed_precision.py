@@ -414,6 +414,7 @@ def quantize_mixed(
     only_quantized: bool = False,
     measure_latency: bool = True,
     progress: bool = False,
+    deadline: float | None = None,
 ) -> tuple[ir.Model, MixedReport]:
     """Static INT8 with as few nodes in float as the accuracy budget needs (see the module docstring).
 
@@ -433,6 +434,9 @@ def quantize_mixed(
         only_quantized: Also measure each node's drop when it alone is quantized.
         measure_latency: Time each curve point against FP32.
         progress: Progress bar over the sensitivity analysis.
+        deadline: A ``time.perf_counter()`` value after which the analysis stops measuring (nodes
+            left unmeasured go last in the order) and the pruning stops; the result is then
+            time-dependent (the accuracy guard's ``--time-limit``).
     """
     if not (max_accuracy_drop >= 0 and math.isfinite(max_accuracy_drop)):
         raise OptionError(f"--max-accuracy-drop {max_accuracy_drop}: expected a number >= 0")
@@ -504,7 +508,7 @@ def quantize_mixed(
     cache_file = None
     if sensitivity is None and uniform_drop > max_accuracy_drop:
         sensitivity = analyze(variants, evaluator, pinned=[*pinned_int8, *pinned_float],
-                              only_quantized=only_quantized, progress=progress)
+                              only_quantized=only_quantized, progress=progress, deadline=deadline)
         if cache_dir is not None:
             cache_file = str(save_cached(cache_dir, key, sensitivity))
     elif cache_dir is not None and sensitivity is not None:
@@ -543,7 +547,7 @@ def quantize_mixed(
     # Pruning: back to int8 while the budget holds, least sensitive first, in halving chunks (a
     # delta-debugging pass: a whole chunk goes back at once when it can, single nodes at the end),
     # so every node left in float is one that had to be; at most PRUNE_EVALUATIONS evaluations.
-    if drop <= max_accuracy_drop and len(floats) > 1:
+    if drop <= max_accuracy_drop and len(floats) > 1 and (deadline is None or time.perf_counter() < deadline):
         floats, drop, returned = _prune(floats, drop, by_name, search, max_accuracy_drop)
         remaining[:0] = returned
     curve = [CurvePoint(k, d, search.speedup(variants.build(names[:k])) if measure_latency else None,

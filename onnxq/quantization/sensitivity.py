@@ -378,8 +378,12 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def analyze(variants: Variants, evaluator: Evaluator, *, pinned: Sequence[str] = (),
-            only_quantized: bool = False, progress: bool = False) -> Sensitivity:
-    """Measures every candidate node (see the module docstring for the cost)."""
+            only_quantized: bool = False, progress: bool = False, deadline: float | None = None) -> Sensitivity:
+    """Measures every candidate node (see the module docstring for the cost).
+
+    Past ``deadline`` (a ``time.perf_counter()`` value) the remaining nodes are recorded unmeasured
+    (``recovered`` 0): the search still orders them, last.
+    """
     start = time.perf_counter()
     evaluations0 = evaluator.evaluations
     prepared = variants.float_model()
@@ -390,6 +394,9 @@ def analyze(variants: Variants, evaluator: Evaluator, *, pinned: Sequence[str] =
         task = bar.add_task("", total=len(nodes) * (2 if only_quantized else 1))
         for node in nodes:
             bar.update(task, description=node.name or "")
+            if deadline is not None and time.perf_counter() > deadline:
+                found.append(NodeSensitivity(node.name or "", node.op_type, 0.0, node_flops(node), None))
+                continue
             score = evaluator.score(variants.build([node.name or ""]))
             bar.advance(task)
             alone = None

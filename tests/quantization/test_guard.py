@@ -68,3 +68,14 @@ def test_cli_guard_and_no_guard(tmp_path: Path, capsys: pytest.CaptureFixture[st
     else:
         assert "guard" not in doc
         assert any("fidelity floor" in w for w in doc["self_check"]["warnings"])
+
+
+def test_mixed_precision_analysis_stops_at_the_deadline() -> None:
+    from onnxq.quantization.mixed_precision import quantize_mixed
+
+    feeds = [{"x": row} for row in _fragile.samples(96)["x"]]
+    _, report = quantize_mixed(_fragile.model(), feeds, max_accuracy_drop=0.03, cpu="avx2", measure_latency=False,
+                               self_check=False, deadline=0.0)  # already past: nothing is measured
+    assert report.sensitivity is not None and report.sensitivity.nodes
+    assert all(n.recovered == 0.0 for n in report.sensitivity.nodes)
+    assert report.sensitivity.evaluations == 1  # uniform INT8 only

@@ -101,7 +101,7 @@ def test_notes_read_the_guard_and_the_recovery_statistics() -> None:
         {"name": "plain (minmax)", "fidelity": "y: top-1 90.0%", "within_floor": False},
         {"name": "recovery (smooth-quant, correct-bias)", "fidelity": "y: top-1 99.5%", "within_floor": True}]}}
     note = br._note("onnxq-guard", json.dumps(guard, indent=2))
-    assert note.startswith("kept 'recovery (smooth-quant, correct-bias)' [plain (minmax): y: top-1 90.0% (below)")
+    assert note.startswith("kept 'recovery (smooth-quant, correct-bias)' [plain (minmax): top-1 90.0% (below)")
     stats = json.dumps({"stats": {"smooth-quant.activations_smoothed": 3, "smooth-quant.x": 10**20}})
     assert br._note("onnxq-sq", "log line\n" + stats) == "activations_smoothed=3, x=1e+20"
     assert br._note("onnxq-bc", json.dumps({"stats": {}})) == "pass changed nothing"
@@ -123,3 +123,9 @@ def test_table_rows_show_the_worst_output_and_errors() -> None:
     assert nncf[3] == "18.5 dB [s]" and nncf[4] == "18.5" and nncf[5] == "0.99300"
     assert nncf[7] == "2.00x" and nncf[8] == "3.2" and nncf[9] == "120" and nncf[11] == "a/b"
     assert timeout[3] == "-" and timeout[10] == "-" and timeout[11] == "timeout after 600 s"
+
+
+def test_guard_fidelity_loses_output_names_but_keeps_figures() -> None:
+    assert br._unnamed("y: top-1 90.0%") == "top-1 90.0%"
+    assert br._unnamed("StatefulPartitionedCall:0: 20.1 dB, out: 31.0 dB") == "20.1 dB, 31.0 dB"
+    assert br._unnamed("float") == "float"
