@@ -107,14 +107,15 @@ def gemm_bias_vector(
 
 
 #: Ops a magnitude flows through unchanged in kind (squares, sums, means, eps, layout).
-_MAGNITUDE_PATH = frozenset({"Mul", "Pow", "Add", "Abs", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
-                             "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Relu", "Max", "Clip", "Identity"})
+_MAGNITUDE_PATH = frozenset({"Mul", "Pow", "Add", "Abs", "Neg", "ReduceMean", "ReduceSum", "ReduceSumSquare",
+                             "ReduceL2", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Relu", "Max", "Clip",
+                             "Identity", "Concat", "Slice", "Pad"})
 #: Ops whose result depends on the relative precision of small inputs: 8-bit steps sized for the
 #: largest values turn the small ones into 0 (log 0, 1 / sqrt(eps)).
 _MAGNITUDE_SENSITIVE = frozenset({"Sqrt", "Log", "Reciprocal"})
 
 
-def feeds_magnitude_sensitive(node: ir.Node, depth: int = 6) -> str | None:
+def feeds_magnitude_sensitive(node: ir.Node, depth: int = 8) -> str | None:
     """The op that makes ``node``'s output need relative precision, or None.
 
     Follows the output through squares, sums, means, an eps and layout ops to a Sqrt, Log,
