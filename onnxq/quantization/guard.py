@@ -41,6 +41,7 @@ from onnxq.calibration import CalibrationData
 from onnxq.errors import first_line
 from onnxq.framework.base import Diagnostic, Severity
 from onnxq.quantization.quantize import QuantizeReport, quantize
+from onnxq.runtime import release_memory
 from onnxq.validation.self_check import SQNR_FLOOR_DB, TOP1_FLOOR, SelfCheckReport, self_check
 
 logger = logging.getLogger(__name__)
@@ -147,18 +148,6 @@ def _score(check: SelfCheckReport | None) -> float:
 RECURRENT = ("LSTM", "GRU")
 
 
-def _release_memory() -> None:
-    """Collects garbage and returns freed heap pages to the system (glibc ``malloc_trim``)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # NOTE: not glibc (macOS, musl): the pages stay mapped, nothing breaks
-        pass
-
-
 def _has_op(model: ir.Model, op_types: Sequence[str]) -> bool:
     return any(node.op_type in op_types for node in ir.traversal.RecursiveGraphIterator(model.graph))
 
@@ -242,7 +231,7 @@ def quantize_guarded(
         keep = [max(faithful, key=lambda x: x[0].speedup or 0.0)] if faithful else []
         best = max(results, key=lambda x: _score(x[2].self_check))
         results[:] = keep + ([best] if all(best is not k for k in keep) else [])
-        _release_memory()
+        release_memory()
         logger.info(rung.line())
         return rung
 
