@@ -328,8 +328,10 @@ class _Search:
             from onnxq.validation.fusion import inline_proto
 
             self.feed = self.evaluator.batches[0]
-            first = {k: v[:1] for k, v in self.feed.items()}
-            self.feed = first
+            if len(self.evaluator.batches) < self.evaluator.samples:
+                # NOTE: samples were stacked on their batch axis: time one; a sample that was not
+                # stacked (a 0-d input such as a sample rate) is fed as it is.
+                self.feed = {k: v[:1] for k, v in self.feed.items()}
             self.float_session = session(inline_proto(reference).SerializeToString())
 
     def drop(self, floats: frozenset[str]) -> float:
@@ -556,7 +558,10 @@ def quantize_mixed(
     # Final model through quantize() (self-check cleans stranded QDQ), verified by a real evaluation.
     while True:
         final = ir.from_proto(ir.to_proto(prepared))
-        final, qreport = quantize(final, None, target=profile, method=method, per_channel=per_channel,
+        # NOTE: the held feeds go in as "calibration" data with the ranges given: nothing is calibrated
+        # again, and the self-check compares on real samples, not on a generated input.
+        final, qreport = quantize(final, feeds if self_check else None, target=profile, method=method,
+                                  per_channel=per_channel,
                                   exclude=[*base_exclude, *(exact(f) for f in sorted(floats))], ranges=found,
                                   optimize=False, self_check=self_check, reference=reference if self_check else None,
                                   progress=False)
@@ -566,8 +571,7 @@ def quantize_mixed(
             break
         floats.append(remaining.pop(0))
     seconds["search"] = time.perf_counter() - clock
-    if qreport.self_check is not None:
-        qreport.holdout_samples = 0  # NOTE: the self-check compared on a generated input, not a held set
+
     speed = search.speedup(final) if measure_latency else None
     curve.append(CurvePoint(len(floats), final_drop, speed, None, chosen=True))
     total_flops = sum(n.flops for n in order) or 1.0

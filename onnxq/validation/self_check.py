@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from onnxq.errors import first_line
 from onnxq.framework.base import Diagnostic, Severity
-from onnxq.runtime import Feeds, random_inputs, select_inputs
+from onnxq.runtime import Feeds, runnable_inputs, select_inputs
 from onnxq.validation import output_kinds as kinds
 from onnxq.validation.bench import interleaved_times, session
 from onnxq.validation.fusion import FusionReport, fusion_report, inline_proto
@@ -191,7 +191,8 @@ def self_check(
     report = SelfCheckReport(target_name, 0, None, None, [], [])
     feeds = [select_inputs(float_model, s) for s in (samples or [])]
     if not feeds:
-        feeds = [random_inputs(float_model, seed=0)]
+        # NOTE: inputs the float model runs on (a reflect Pad or an If branch may refuse the first try)
+        feeds = [runnable_inputs(float_model, seed=0)[0]]
         report.notes.append("no held-back samples: fidelity measured on one generated input")
     report.samples = len(feeds)
     float_bytes = inline_proto(float_model).SerializeToString()

@@ -79,3 +79,30 @@ def test_mixed_precision_analysis_stops_at_the_deadline() -> None:
     assert report.sensitivity is not None and report.sensitivity.nodes
     assert all(n.recovered == 0.0 for n in report.sensitivity.nodes)
     assert report.sensitivity.evaluations == 1  # uniform INT8 only
+
+
+def test_mixed_precision_and_guard_take_a_scalar_input() -> None:
+    # A voice-activity detector feeds a 0-d sample rate beside the audio: mixed precision used to slice it.
+    import onnx
+    import onnx.numpy_helper
+    import onnx.parser
+
+    from onnxq.quantization.mixed_precision import quantize_mixed
+
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 16] x, int64 sr) => (float[N, 10] y) {
+      s = Cast<to=1>(sr)
+      k = Div(s, s)
+      h = MatMul(x, w1)
+      r = Relu(h)
+      m = MatMul(r, w2)
+      y = Mul(m, k)
+    }""")
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), "w1"),
+                                    onnx.numpy_helper.from_array(rng.normal(0, 0.3, (16, 10)).astype(np.float32), "w2")])
+    feeds = [{"x": rng.normal(0, 1, (1, 16)).astype(np.float32), "sr": np.array(16000, np.int64)} for _ in range(48)]
+    model, report = quantize_mixed(ir.from_proto(proto), feeds, max_accuracy_drop=0.01, cpu="avx2")
+    assert report.met and report.quantize.self_check is not None and report.quantize.self_check.samples > 1
+    _, _, guard = quantize_guarded(ir.from_proto(proto), feeds, cpu="avx2")
+    assert guard.rungs and guard.rungs[0].samples >= 8
