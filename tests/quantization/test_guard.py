@@ -106,3 +106,13 @@ def test_mixed_precision_and_guard_take_a_scalar_input() -> None:
     assert report.met and report.quantize.self_check is not None and report.quantize.self_check.samples > 1
     _, _, guard = quantize_guarded(ir.from_proto(proto), feeds, cpu="avx2")
     assert guard.rungs and guard.rungs[0].samples >= 8
+
+
+def test_guarded_output_is_byte_identical_twice(tmp_path: Path) -> None:
+    model, calib = _fragile.write(tmp_path)
+    blobs = []
+    for i in range(2):
+        out = tmp_path / f"q{i}.onnx"
+        assert main(["quantize", str(model), "-o", str(out), "--calib", str(calib), "--cpu", "avx2", "-q"]) == 0
+        blobs.append(out.read_bytes())
+    assert blobs[0] == blobs[1]
