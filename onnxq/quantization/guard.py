@@ -219,7 +219,7 @@ def quantize_guarded(
         check = report.self_check
         if held and (check is None or check.samples != len(held)):
             # NOTE: every rung is judged on the plain rung's held-back samples (mixed precision's own
-            # self-check runs on a generated input), so the rungs compare like with like.
+            # self-check runs on its own held set), so the rungs compare like with like.
             check = report.self_check = self_check(reference, result, held, target=report_target(report))
         rung = Rung(name, within_floor(check), fidelity_summary(check), _speedup(check),
                     time.perf_counter() - began, note, samples=check.samples if check is not None else 0)
