@@ -263,9 +263,7 @@ def _float_mismatch(reference: ir.Model, model: ir.Model, feeds: Sequence[Mappin
     for feed in feeds:
         want = runtime.run(reference, feed)
         got = runtime.run(model, feed)
-        scale = max((float(np.max(np.abs(w))) for w in want.values()
-                     if np.asarray(w).dtype.kind == "f" and np.size(w)), default=1.0)
-        problems = runtime.compare(want, got, rtol=OPTIMIZE_RTOL, atol=OPTIMIZE_ATOL * scale)
+        problems = runtime.compare(want, got, rtol=OPTIMIZE_RTOL, atol=OPTIMIZE_ATOL * _largest(want))
         if problems:
             return str(problems[0])
     return None
@@ -279,6 +277,7 @@ def _check_optimized(model: ir.Model, reference: ir.Model, held: CalibrationData
     a copy, with a numeric check after every pass), the model is optimized again without it, and a
     warning names it.
     """
+    from onnxq import runtime
     from onnxq.errors import NumericMismatchError
     from onnxq.framework.instrumentation import NumericCheckEach
 
@@ -288,11 +287,10 @@ def _check_optimized(model: ir.Model, reference: ir.Model, held: CalibrationData
     problem = _float_mismatch(reference, model, feeds)
     skipped: set[str] = set()
     while problem is not None:
-        trial = ir.from_proto(ir.to_proto(reference))
-        check = NumericCheckEach(feeds[0], rtol=OPTIMIZE_RTOL, atol=OPTIMIZE_ATOL)
         culprit = None
         for feed in feeds:  # NOTE: the first sample that shows the difference names the pass
-            check = NumericCheckEach(feed, rtol=OPTIMIZE_RTOL, atol=OPTIMIZE_ATOL * _scale(reference, feed))
+            check = NumericCheckEach(feed, rtol=OPTIMIZE_RTOL,
+                                     atol=OPTIMIZE_ATOL * _largest(runtime.run(reference, feed)))
             trial = ir.from_proto(ir.to_proto(reference))
             try:
                 _prepare(trial, QuantizeReport(target=target.name, mode="static", method=None,
@@ -320,10 +318,9 @@ def _check_optimized(model: ir.Model, reference: ir.Model, held: CalibrationData
     return model
 
 
-def _scale(reference: ir.Model, feed: Mapping[str, np.ndarray]) -> float:
-    from onnxq import runtime
-
-    return max((float(np.max(np.abs(w))) for w in runtime.run(reference, feed).values()
+def _largest(outputs: Mapping[str, np.ndarray]) -> float:
+    """The largest magnitude over the float outputs (the absolute tolerance's unit)."""
+    return max((float(np.max(np.abs(w))) for w in outputs.values()
                 if np.asarray(w).dtype.kind == "f" and np.size(w)), default=1.0)
 
 
