@@ -148,9 +148,11 @@ class Evaluator:
         self.kind: str
         # NOTE: agreement on what output 0 decides, by what it holds (class scores, a CTC sequence),
         # else closeness: an embedding's arg-max means nothing (output_kinds).
-        self.output_kind = output_kinds.kind_of_arrays(
-            output_kinds.output_kinds(reference).get(self.output_names[0], output_kinds.TENSOR),
-            [r[0] for r in self.reference_runs])
+        declared = output_kinds.output_kinds(reference)
+        self.output_kinds = [output_kinds.kind_of_arrays(declared.get(name, output_kinds.TENSOR),
+                                                         [r[i] for r in self.reference_runs])
+                             for i, name in enumerate(self.output_names)]
+        self.output_kind = self.output_kinds[0]
         if metric is not None:
             self.kind = metric_name or str(getattr(metric, "__name__", "metric"))
         elif self.labels is not None:
@@ -159,6 +161,8 @@ class Evaluator:
             self.kind = {output_kinds.CLASS_SCORES: "top-1 agreement with FP32",
                          output_kinds.SEQUENCE: "sequence agreement with FP32"}.get(
                 self.output_kind, "cosine similarity to FP32")
+            if len(self.output_names) > 1:
+                self.kind = f"worst of {len(self.output_names)} outputs ({self.kind} for the first)"
         self.reference_score = self._score(self.reference_outputs, self.reference_runs)
         self.evaluations = 0  # NOTE: the reference run is not a candidate evaluation
 
@@ -211,17 +215,27 @@ class Evaluator:
                 raise OptionError(f"labels have shape {self.labels.shape}, output 0 gives predictions of shape "
                                   f"{predicted.shape}: give --labels per sample (or a --metric)")
             return float(np.mean(predicted == self.labels))
-        ref = np.asarray(self.reference_outputs[0])
+        # NOTE: every output counts (a detector's eight heads, a transcriber's three maps): the score
+        # is the worst output's, each measured by what it holds.
+        return min(self._output_score(i, outputs, runs) for i in range(len(self.output_kinds)))
+
+    def _output_score(self, i: int, outputs: Sequence[np.ndarray], runs: Sequence[Sequence[np.ndarray]] | None) -> float:
+        ref = np.asarray(self.reference_outputs[i])
+        out = np.asarray(outputs[i])
         if ref.shape != out.shape or out.dtype != ref.dtype:
             return 0.0
-        if self.output_kind == output_kinds.SEQUENCE and runs is not None:
-            return output_kinds.sequence_agreement([r[0] for r in self.reference_runs], [r[0] for r in runs])
-        if self.output_kind == output_kinds.CLASS_SCORES:
+        if ref.dtype.kind != "f":
+            return float(np.mean(ref == out)) if ref.size else 1.0
+        if self.output_kinds[i] == output_kinds.SEQUENCE and runs is not None:
+            return output_kinds.sequence_agreement([r[i] for r in self.reference_runs], [r[i] for r in runs])
+        if self.output_kinds[i] == output_kinds.CLASS_SCORES:
             return float(np.mean(ref.argmax(-1) == out.argmax(-1)))
-        a = ref.reshape(max(len(ref), 1), -1).astype(np.float64)
-        b = out.reshape(max(len(out), 1), -1).astype(np.float64)
-        norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-        return float(np.mean(np.sum(a * b, axis=1) / norms))
+        a = ref.reshape(max(len(ref), 1) if ref.ndim else 1, -1).astype(np.float64)
+        b = out.reshape(max(len(out), 1) if out.ndim else 1, -1).astype(np.float64)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        same_zero = (norms == 0) & np.all(a == b, axis=1)
+        cos = np.where(same_zero, 1.0, np.sum(a * b, axis=1) / np.maximum(norms, 1e-30))
+        return float(np.mean(cos))
 
     def score(self, model: ir.Model | bytes) -> float:
         """The metric of ``model`` on the held set (one evaluation)."""

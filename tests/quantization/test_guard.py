@@ -116,3 +116,27 @@ def test_guarded_output_is_byte_identical_twice(tmp_path: Path) -> None:
         assert main(["quantize", str(model), "-o", str(out), "--calib", str(calib), "--cpu", "avx2", "-q"]) == 0
         blobs.append(out.read_bytes())
     assert blobs[0] == blobs[1]
+
+
+def test_evaluator_scores_the_worst_output() -> None:
+    # A detector's second head can collapse while the first is exact: the budget must see it.
+    import onnx
+    import onnx.numpy_helper
+    import onnx.parser
+
+    from onnxq.quantization.sensitivity import Evaluator
+
+    def two_heads(sign: float) -> ir.Model:
+        proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 8] x) => (float[N, 4] a, float[N, 4] b) { a = MatMul(x, wa)  b = MatMul(x, wb) }""")
+        rng = np.random.default_rng(0)
+        proto.graph.initializer.extend([
+            onnx.numpy_helper.from_array(rng.normal(0, 1, (8, 4)).astype(np.float32), "wa"),
+            onnx.numpy_helper.from_array((sign * rng.normal(0, 1, (8, 4))).astype(np.float32), "wb")])
+        return ir.from_proto(proto)
+
+    feeds = [{"x": np.random.default_rng(i).normal(0, 1, (1, 8)).astype(np.float32)} for i in range(8)]
+    evaluator = Evaluator(two_heads(1.0), feeds)
+    assert evaluator.reference_score == pytest.approx(1.0)
+    assert evaluator.score(two_heads(-1.0)) == pytest.approx(-1.0)  # head b flipped; head a exact
+    assert "worst of 2 outputs" in evaluator.kind
