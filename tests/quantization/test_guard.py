@@ -138,5 +138,5 @@ def test_evaluator_scores_the_worst_output() -> None:
     feeds = [{"x": np.random.default_rng(i).normal(0, 1, (1, 8)).astype(np.float32)} for i in range(8)]
     evaluator = Evaluator(two_heads(1.0), feeds)
     assert evaluator.reference_score == pytest.approx(1.0)
-    assert evaluator.score(two_heads(-1.0)) == pytest.approx(-1.0)  # head b flipped; head a exact
+    assert evaluator.score(two_heads(-1.0)) < 0.2  # head b flipped (its top-1 agreement); head a exact
     assert "worst of 2 outputs" in evaluator.kind
