@@ -6,7 +6,7 @@ kind (``class_scores``: top-1 agreement; ``ctc_sequence``: whole-sequence agreem
 CTC decoding; the others: SQNR dB and cosine; a multi-output model reports its worst output),
 speed-up over FP32 at 1 thread (interleaved medians, ORT_ENABLE_ALL, with a bootstrap 95%
 interval: "within noise" when it holds 1.0), the tool's wall time and peak RSS (each tool runs
-in its own subprocess; ``ru_maxrss`` from ``wait4``, as ``getrusage(RUSAGE_CHILDREN)``), and
+in its own subprocess under ``/usr/bin/time -f %M``), and
 whether the result is valid (``onnx.checker`` full check and onnxruntime loads it).
 
 Methods (``--methods`` picks some):
@@ -225,30 +225,62 @@ def run_tool(command: Sequence[str], *, timeout_s: float, env: Mapping[str, str]
              cwd: Path | None = None) -> ToolRun:
     """Runs ``command`` in its own process group; kills the group after ``timeout_s``.
 
-    Peak RSS is ``ru_maxrss`` of ``wait4`` on the child (its own peak, or its largest waited-for
-    descendant's), also for a child killed at the timeout.
+    Peak RSS is ``/usr/bin/time -f %M`` of the command (its ``ru_maxrss``, measured by ``time``,
+    a small process: ``wait4`` here would count this big process's pages, which a child holds
+    between fork and exec); for a command killed at the timeout, the largest ``VmHWM`` of its
+    processes, polled until the kill.
     """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen([str(c) for c in command], stdout=out, stderr=err, env=dict(env) if env else None,
-                                cwd=cwd, start_new_session=True)
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - start > timeout_s:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return ToolRun(None if timed_out else proc.returncode, wall, usage.ru_maxrss / 1024, timed_out,
-                       out.read(), err.read())
+    use_time = os.access(benchlib.GNU_TIME, os.X_OK)
+    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
+        rss_file = Path(tmp) / "rss"
+        full = [benchlib.GNU_TIME, "-f", "%M", "-o", str(rss_file), *command] if use_time else list(command)
+        with open(Path(tmp) / "out", "w+") as out, open(Path(tmp) / "err", "w+") as err:
+            start = time.perf_counter()
+            proc = subprocess.Popen([str(c) for c in full], stdout=out, stderr=err,
+                                    env=dict(env) if env else None, cwd=cwd, start_new_session=True)
+            timed_out = False
+            hwm_kib = 0.0
+            try:
+                while proc.poll() is None:
+                    hwm_kib = max(hwm_kib, _tree_hwm_kib(proc.pid))
+                    if time.perf_counter() - start > timeout_s:
+                        timed_out = True
+                        break
+                    time.sleep(0.1)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            wall = time.perf_counter() - start
+            rss_kib = hwm_kib
+            if not timed_out and rss_file.is_file():
+                try:
+                    rss_kib = float(rss_file.read_text().strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    pass
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+    return ToolRun(None if timed_out else proc.returncode, wall, rss_kib / 1024 if rss_kib else None, timed_out,
+                   stdout, stderr)
+
+
+def _tree_hwm_kib(pid: int) -> float:
+    """The largest ``VmHWM`` (peak RSS of its own memory map) among ``pid`` and its descendants."""
+    best = 0.0
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                best = max(best, float(line.split()[1]))
+        stack.extend(int(c) for c in children)
+    return best
 
 
 def _isolated_env(paths: Sequence[Path]) -> dict[str, str]:
@@ -613,7 +645,8 @@ def header(args: argparse.Namespace, models: Sequence[str], methods: Sequence[st
         f"(eval sample 0), interleaved rounds (onnxq interleaved_times, >= {args.min_runs} rounds, "
         f"{args.budget:.0f} s budget per model); 'within noise' = the bootstrap 95% interval of the "
         "ratio holds 1.0",
-        "- tool s / peak RSS: the tool in its own subprocess (ru_maxrss of wait4); valid: onnx.checker "
+        "- tool s / peak RSS: the tool in its own subprocess, peak RSS by /usr/bin/time -f %M (a timed-out "
+        "tool: the largest VmHWM of its processes until the kill); valid: onnx.checker "
         "full_check passes and onnxruntime loads the model",
         f"- ort-static: reduce_range={reduce_range_for(cpu)} (AVX2 without VNNI); onnxq holds back "
         "min(8, n/4) calibration samples for its self-check, the other tools calibrate on all",
@@ -672,6 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker(kind, name, out, extra)
         return 0
     args.timeout = {k: float(v) for k, v in (t.split("=", 1) for t in args.timeout)}
+    # NOTE: SIGTERM (kill PID) unwinds like Ctrl-C, so run_tool kills the tool it is waiting for
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     models = parse_list(args.models, list(thirdparty.MODELS), "models")
     methods = parse_list(args.methods, list(METHODS), "methods")
     import onnxruntime as ort

@@ -92,8 +92,16 @@ def test_run_tool_measures_and_kills_at_the_timeout() -> None:
                        timeout_s=60)
     assert done.returncode == 3 and not done.timed_out and done.stdout.strip() == "ok"
     assert done.rss_mib is not None and done.rss_mib > 60
-    slow = br.run_tool([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=0.5)
+    slow = br.run_tool([sys.executable, "-c", "import time; b = bytearray(64 << 20); time.sleep(30)"],
+                       timeout_s=1.5)
     assert slow.timed_out and slow.returncode is None and slow.wall_s < 10
+    assert slow.rss_mib is not None and slow.rss_mib > 60  # VmHWM polled before the kill
+
+
+def test_run_tool_does_not_count_this_process_memory() -> None:
+    held = np.ones(512 << 17)  # NOTE: 512 MiB resident here, which a forked child shares until exec
+    small = br.run_tool([sys.executable, "-c", "pass"], timeout_s=60)
+    assert held.sum() > 0 and small.rss_mib is not None and small.rss_mib < 100
 
 
 def test_notes_read_the_guard_and_the_recovery_statistics() -> None:
