@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx_ir as ir
@@ -140,3 +141,22 @@ def test_evaluator_scores_the_worst_output() -> None:
     assert evaluator.reference_score == pytest.approx(1.0)
     assert evaluator.score(two_heads(-1.0)) < 0.2  # head b flipped (its top-1 agreement); head a exact
     assert "worst of 2 outputs" in evaluator.kind
+
+
+def test_choose_weighs_the_optimized_float_model() -> None:
+    from onnxq.quantization.guard import FLOAT_MARGIN, FLOAT_RUNG, Rung, choose
+
+    def rung(name: str, ok: bool, speedup: float) -> tuple[Rung, str, SimpleNamespace]:
+        return Rung(name, ok, "", speedup, 1.0), name, SimpleNamespace(self_check=None)
+
+    floating = rung(FLOAT_RUNG, True, 1.5)
+    # A faithful quantized result faster than float is kept; float wins only beyond the margin.
+    assert choose([rung("plain", True, 1.6), floating], floating[0])[0][1] == "plain"
+    assert choose([rung("plain", True, 1.5 / FLOAT_MARGIN * 1.01), floating], floating[0])[0][1] == "plain"
+    chosen, rival = choose([rung("plain", True, 1.2), floating], floating[0])
+    assert chosen[1] == FLOAT_RUNG and rival is not None and rival.name == "plain"
+    # Nothing quantized is faithful: float when it is not slower, else the most faithful quantized result.
+    assert choose([rung("plain", False, 1.4), floating], floating[0])[0][1] == FLOAT_RUNG
+    assert choose([rung("plain", False, 1.8), floating], floating[0])[0][1] == "plain"
+    # No float rung (a model under 1 ms): the fastest faithful result.
+    assert choose([rung("plain", False, 2.0), rung("mixed", True, 1.1)], None)[0][1] == "mixed"

@@ -25,6 +25,7 @@ from onnxq.passes.fusion.fold_transpose_into_gemm import FoldTransposeIntoGemm
 from onnxq.passes.fusion.fuse_gelu import TARGETS, FuseGelu
 from onnxq.passes.fusion.fuse_layer_norm import FuseLayerNorm
 from onnxq.passes.fusion.lift_constants import LiftConstants
+from onnxq.passes.fusion.lift_opset_for_fusions import LiftOpsetForFusions
 from onnxq.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
 
 PASSES: tuple[type[Pass], ...] = (
@@ -33,6 +34,7 @@ PASSES: tuple[type[Pass], ...] = (
     FoldPadIntoConv,
     FoldConvAddBias,
     FoldMulIntoWeights,
+    LiftOpsetForFusions,
     CanonicalizeActivations,
     FuseLayerNorm,
     FuseGelu,
@@ -111,6 +113,7 @@ __all__ = [
     "FuseGelu",
     "FuseLayerNorm",
     "LiftConstants",
+    "LiftOpsetForFusions",
     "MatMulAddToGemm",
     "Miss",
     "RewritePass",
