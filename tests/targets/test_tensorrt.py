@@ -264,7 +264,7 @@ def test_c2f_concat_reads_float_tensors_for_tensorrt() -> None:
     ])
     feeds = [{"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)} for _ in range(8)]
     model, _ = onnxq.quantize(ir.from_proto(proto), feeds, target="tensorrt", self_check=False)
-    assert not [v for v in check_tensorrt(model) if v.rule == "tensorrt-concat-scale"], check_tensorrt(model)
+    assert not [v for v in check_tensorrt(model) if v.rule == "concat-scale"], check_tensorrt(model)
     concat = next(n for n in model.graph if n.op_type == "Concat")
     assert all(v.producer() is None or v.producer().op_type != "DequantizeLinear" for v in concat.inputs)
     want = runtime.run(ir.from_proto(proto), feeds[0])["y"]
