@@ -20,7 +20,9 @@ detector), and when it is at least as fast as the plain quantized result, no run
 (rungs only add float nodes or change ranges), so the ladder is skipped and float is the answer.
 Every rung is printed with its figures, and the fastest result above the floor is kept. A
 quantized result slower than float on a model above 1 ms (beyond the noise of interleaved
-medians) loses to the optimized float model: the output is never slower than FP32 there. If no
+medians) loses to the optimized float model: the output is never slower than FP32 there. When no
+quantized result reaches the floor, the optimized float model is measured on any model and written
+if it is not slower than the most faithful quantized result. If no
 rung reaches the floor, the most faithful quantized result is written and the report says so
 (``within_floor: false``). Rungs are judged on fidelity, which is deterministic; only when the
 time limit cuts the mixed-precision analysis short (it gets what is left, at least a minute) can
@@ -339,6 +341,11 @@ def quantize_guarded(
         except Exception as e:  # noqa: BLE001
             rungs.append(Rung("mixed", False, f"failed: {first_line(e)}", None, time.perf_counter() - began))
 
+    if floating is None and not quantized_ok() and options.get("optimize", True) and not options.get("include"):
+        # NOTE: nothing quantized reached the floor on a model too small for the speed rule: the
+        # optimized float model is faithful; it wins if it is not slower than the best attempt.
+        began = time.perf_counter()
+        floating = record(FLOAT_RUNG, *optimized_float(), began)
     chosen, rival = choose(results, floating)
     faithful = [x for x in results if x[0].within_floor and x[0] is not floating]
     rung, result, report = chosen

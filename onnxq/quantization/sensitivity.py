@@ -39,7 +39,7 @@ import onnx_ir as ir
 
 from onnxq.calibration.ranges import Ranges
 from onnxq.errors import OptionError, UserError, first_line
-from onnxq.runtime import Feeds, select_inputs
+from onnxq.runtime import Feeds, release_memory, select_inputs
 from onnxq.targets import Target
 from onnxq.validation import output_kinds
 
@@ -184,6 +184,10 @@ class Evaluator:
         from onnxq.validation.fusion import inline_proto
 
         start = time.perf_counter()
+        # NOTE: the previous variant (an onnx_ir graph: reference cycles, freed only by a full
+        # collection) and its session's arena go back to the system first; without this a search
+        # of a 14 MB CNN + LSTM held 1.5 GB of dead variants (measured, ddddocr).
+        release_memory()
         data = model if isinstance(model, bytes) else inline_proto(model).SerializeToString()
         sess = session(data)
         self.output_names = [o.name for o in sess.get_outputs()]

@@ -142,6 +142,49 @@ def feeds_magnitude_sensitive(node: ir.Node, depth: int = 8) -> str | None:
     return None
 
 
+#: Ops of a linear signal-processing front end (filters, framing, layout) before its magnitude.
+_FRONT_END_LINEAR = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Pad", "Reshape", "Transpose", "Squeeze",
+                               "Unsqueeze", "Slice", "Concat", "Split", "Neg", "Mul", "Add", "Sub", "Identity",
+                               "Flatten", "Expand"})
+
+
+def signal_front_end(graph: ir.Graph) -> set[ir.Node]:
+    """The nodes of a linear front end whose output reaches a Sqrt, Log or Reciprocal.
+
+    The front end is what the graph inputs flow through before the first nonlinearity: fixed-kernel
+    Conv / MatMul filters (STFT, constant-Q, mel banks as strided convolutions), framing and layout.
+    When its output goes on to a magnitude (square, sum, sqrt, log), every filter of the chain
+    needs the relative precision of small values: an 8-bit step sized for the loudest band erases
+    the quiet ones, and the error grows through each stage (measured on a constant-Q front end:
+    7 dB after the third filter). A network's own first Conv is in the front end too, but its
+    output meets an activation before any Sqrt, so it is not returned.
+    """
+    inputs = {id(v) for v in graph.inputs}
+    region: set[ir.Node] = set()
+    for node in graph:  # NOTE: topological order: producers first.
+        if node.op_type not in _FRONT_END_LINEAR:
+            continue
+        dynamic = [v for v in node.inputs if v is not None and not is_constant(v)]
+        if dynamic and all(id(v) in inputs or v.producer() in region for v in dynamic):
+            region.add(node)
+    reached: set[ir.Node] = set()
+    if not region:
+        return reached
+    stack = [n for n in graph if n.op_type in _MAGNITUDE_SENSITIVE]
+    visited: set[ir.Node] = set()
+    while stack:
+        for value in stack.pop().inputs:
+            producer = value.producer() if value is not None else None
+            if producer is None or producer in visited:
+                continue
+            if producer in region or producer.op_type in _MAGNITUDE_PATH:
+                visited.add(producer)
+                stack.append(producer)
+                if producer in region:
+                    reached.add(producer)
+    return reached
+
+
 def _eligible(node: ir.Node, target: Target, flt: Callable[[ir.Value | None], bool]) -> str | None:
     """None when ``node`` can run on the target's integer kernel; else the reason it cannot."""
     slots = target.activation_inputs(node)
@@ -258,6 +301,7 @@ def make_plan(
     order = {node: i for i, node in enumerate(graph)}
     left_float: dict[ir.Node, str] = {}
     candidates: list[ir.Node] = []
+    front_end = signal_front_end(graph)
     for node in graph:
         if not target.is_integer_op(node):
             continue
@@ -269,6 +313,10 @@ def make_plan(
             continue
         if any(o.dtype is not None and o.dtype != ir.DataType.FLOAT for o in node.outputs):
             continue  # integer/bool arithmetic (shape computations): not a quantization candidate
+        if node in front_end:
+            left_float[node] = ("part of a linear signal-processing front end whose output reaches a magnitude "
+                                "(Sqrt/Log): its filters need the relative precision of small values (quiet bands)")
+            continue
         reason = _eligible(node, target, flt)
         if reason is not None:
             left_float[node] = reason
