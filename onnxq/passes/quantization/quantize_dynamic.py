@@ -45,6 +45,7 @@ import onnx_ir as ir
 from onnxq.errors import OptionError
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
+from onnxq.passes.quantization._common import round_to_grid, weight_scales
 
 MS_DOMAIN = "com.microsoft"
 #: Lowest default-domain opset with DynamicQuantizeLinear, MatMulInteger, ConvInteger, DQ.
@@ -54,8 +55,6 @@ PER_CHANNEL_OPSET = 13
 #: Ops quantized by default (Conv only with ``conv=true``).
 DEFAULT_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Gather")
 _FLOAT = ir.DataType.FLOAT
-#: Smallest normal float32: a scale never goes below it (never zero, never subnormal).
-_TINY = float(np.finfo(np.float32).tiny)
 _CONV_WARNING = (
     "ConvInteger is slow on x86 (measured 1.5x slower than float Conv with uint8 weights, 5x with "
     "int8): prefer static QDQ (onnxq quantize --mode static) for convolutions"
@@ -176,31 +175,14 @@ class _QWeight:
     zero_point: ir.Value
 
 
-def weight_scales(w: np.ndarray, channel_axes: tuple[int, ...], qmax: int) -> np.ndarray:
-    """Symmetric scales: max |w| over every axis but ``channel_axes``, divided by ``qmax``.
-
-    Never zero or subnormal: an all-zero channel gets scale 1 (its values quantize to 0).
-    """
-    reduce = tuple(a for a in range(w.ndim) if a not in channel_axes)
-    # NOTE: max and -min instead of abs(): no temporary copy of a multi-GB weight.
-    amax = np.maximum(np.max(w, axis=reduce), -np.min(w, axis=reduce)).astype(np.float32)
-    scale = (amax / np.float32(qmax)).astype(np.float32)
-    scale = np.where(amax > 0, np.maximum(scale, np.float32(_TINY)), np.float32(1.0))
-    return np.asarray(scale, dtype=np.float32)
-
-
 def quantize_symmetric(
     w: np.ndarray, scale: np.ndarray, channel_axes: tuple[int, ...], qmax: int, *, unsigned: bool = False
 ) -> np.ndarray:
     """``clip(round(w / scale), -qmax, qmax)`` as int8, or shifted by 128 as uint8."""
     shape = [w.shape[a] if a in channel_axes else 1 for a in range(w.ndim)]
-    q = np.divide(w, scale.reshape(shape), dtype=np.float32)
-    np.rint(q, out=q)
-    np.clip(q, -qmax, qmax, out=q)
     if unsigned:
-        q += np.float32(128)
-        return q.astype(np.uint8)
-    return q.astype(np.int8)
+        return round_to_grid(w, scale.reshape(shape), 128, (128 - qmax, 128 + qmax), np.uint8)
+    return round_to_grid(w, scale.reshape(shape), 0, (-qmax, qmax), np.int8)
 
 
 class _Rewriter:

@@ -24,10 +24,13 @@ from onnxq.framework.context import PassContext
 from onnxq.passes.quantization._common import (
     NameScope,
     Selection,
+    along_axis,
     constant_array,
     make_initializer,
     make_node,
     resolve_constant,
+    round_to_grid,
+    weight_scales,
 )
 from onnxq.passes.quantization._plan import gemm_bias_vector
 from onnxq.targets.base import BIAS_INPUT, WEIGHT_INPUT, Target
@@ -166,9 +169,7 @@ def quantize_weights(
             continue
         x_scale = float(x_scale_array.reshape(()))
 
-        reduce_axes = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
-        amax = np.abs(w).max(axis=reduce_axes) if axis is not None else np.abs(w).max(initial=0.0)
-        scale = np.where(amax > 0, amax / qlim, 1.0).astype(np.float32)
+        scale = weight_scales(w, (axis,) if axis is not None else (), qlim)
 
         bias_slot = BIAS_INPUT.get(op)
         bias_value = (
@@ -205,8 +206,7 @@ def quantize_weights(
                     )
                 )
 
-        shaped = scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)]) if axis is not None else scale
-        q = np.clip(np.rint(w / shaped), qmin, qmax).astype(target.weight_dtype.numpy())
+        q = round_to_grid(w, along_axis(scale, w.ndim, axis), 0, (qmin, qmax), target.weight_dtype.numpy())
         key = (id(weight), axis, scale.tobytes())
         base = weight.name or f"{node.name}_weight"
         if key not in cache:

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxq.passes.quantization._common import along_axis, round_to_grid, weight_scales
+
 LINEAR_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 #: Tensors read per onnxruntime session by :func:`channel_statistics`.
 STATISTICS_GROUP = 24
@@ -93,12 +95,8 @@ def set_initializer(value: ir.Value, array: np.ndarray) -> None:
 
 def fake_quantize_weight(w: np.ndarray, axis: int | None, qmax: int) -> np.ndarray:
     """``w`` quantized and dequantized as ``quantize-weights`` does (symmetric, per channel on ``axis``)."""
-    if axis is None:
-        amax = np.asarray(np.abs(w).max(initial=0.0))
-    else:
-        amax = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis), keepdims=True)
-    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    return (np.clip(np.round(w / scale), -qmax, qmax) * scale).astype(np.float32)
+    scale = along_axis(weight_scales(w, (axis,) if axis is not None else (), qmax), w.ndim, axis)
+    return (round_to_grid(w, scale, 0, (-qmax, qmax), np.float32) * scale).astype(np.float32)
 
 
 def single_user(value: ir.Value) -> ir.Node | None:
