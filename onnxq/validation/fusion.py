@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,12 +274,13 @@ def _small_enough(proto: onnx.ModelProto) -> bool:
     return True
 
 
-def fusion_report(model: ir.Model | str | os.PathLike[str], *, cpu_flags: Iterable[str] | None = None) -> FusionReport:
+def fusion_report(model: ir.Model | str | os.PathLike[str], *, cpu: str | None = None) -> FusionReport:
     """Runs the model through onnxruntime CPU's optimizer and reports which QDQ groups fused.
 
     Args:
         model: A QDQ model, in memory or as a file.
-        cpu_flags: CPU flags for the saturation warning (default: this machine's).
+        cpu: CPU kind for the saturation warning (``vnni``, ``avx2``, ``arm64``; default: this
+            machine's, by :func:`onnxq.targets.ort_cpu.detect_cpu`).
 
     Raises:
         FusionCheckError: onnxruntime refused the model.
@@ -292,7 +293,7 @@ def fusion_report(model: ir.Model | str | os.PathLike[str], *, cpu_flags: Iterab
         for value in graph.initializers.values():
             if isinstance(value.const_value, ir.ExternalTensor):
                 value.const_value.base_dir = base
-        return _report(graph, optimized.graph, cpu_flags=cpu_flags)
+        return _report(graph, optimized.graph, cpu=cpu)
 
 
 def unfused_groups(model_or_report: ir.Model | str | os.PathLike[str] | FusionReport) -> list[Group]:
@@ -306,7 +307,7 @@ def _key(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
-def _report(graph: ir.Graph, opt: onnx.GraphProto, *, cpu_flags: Iterable[str] | None) -> FusionReport:
+def _report(graph: ir.Graph, opt: onnx.GraphProto, *, cpu: str | None) -> FusionReport:
     by_name: dict[str, list[onnx.NodeProto]] = {}
     by_output: dict[str, onnx.NodeProto] = {}
     for node in opt.node:
@@ -338,7 +339,7 @@ def _report(graph: ir.Graph, opt: onnx.GraphProto, *, cpu_flags: Iterable[str] |
     for slow in sorted(SLOW_KERNELS & set(kernels)):
         warnings.append(f"{slow} present ({kernels[slow]} nodes): slow on x86, slower than float; "
                         "quantize Conv statically (QDQ) instead")
-    warnings.extend(_saturation_warnings(graph, groups, cpu_flags))
+    warnings.extend(_saturation_warnings(graph, groups, cpu))
     nested = sum(1 for n in ir.traversal.RecursiveGraphIterator(graph) if n.graph is not graph and (is_q(n) or is_dq(n)))
     notes = [f"{nested} Q/DQ node(s) inside If/Loop/Scan bodies are not analysed (main graph only)"] if nested else []
     return FusionReport(
@@ -556,22 +557,11 @@ def _why_output(node: ir.Node, in_params: _QParams | None) -> str | None:
     return None
 
 
-def cpu_flags() -> frozenset[str]:
-    """This machine's CPU flags (empty when unknown, e.g. not Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def _saturation_warnings(graph: ir.Graph, groups: Sequence[Group], flags: Iterable[str] | None) -> list[str]:
+def _saturation_warnings(graph: ir.Graph, groups: Sequence[Group], cpu: str | None) -> list[str]:
     """u8 activations x s8 full-range weights saturate on AVX2 without VNNI (ORT_CPU_QDQ.md, surprise 2)."""
-    flags = frozenset(cpu_flags() if flags is None else flags)
-    if "avx2" not in flags or flags & {"avx512_vnni", "avx_vnni"}:
+    from onnxq.targets.ort_cpu import detect_cpu
+
+    if (cpu or detect_cpu()) != "avx2":
         return []
     fused = {g.node for g in groups if g.fused and g.op_type in ("Conv", "MatMul", "Gemm")}
     hit = []

@@ -42,11 +42,10 @@ TOP1_FLOOR = 0.97
 DECISION_SQNR_FLOOR_DB = 10.0
 #: Per-layer SQNR below this is named as a likely cause.
 LAYER_SQNR_FLOOR_DB = 15.0
-#: Layers are observed on at most this many samples.
 #: Layers whose activations one per-layer run returns at once.
 LAYER_GROUP = 64
+#: Layers are observed on at most this many samples.
 LAYER_SAMPLES = 4
-_CPU_FLAGS = {"avx2": ("avx2",), "vnni": ("avx2", "avx512_vnni"), "arm64": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +201,7 @@ def self_check(
     on_ort_cpu = target_name == "ort-cpu"
     if on_ort_cpu:
         cpu = getattr(target, "cpu", None)
-        report.fusion = fusion_report(quant_model, cpu_flags=_CPU_FLAGS.get(cpu) if cpu else None)
+        report.fusion = fusion_report(quant_model, cpu=cpu)
         f_feed = feeds[0]
         times = interleaved_times([lambda s=float_sess: s.run(None, f_feed), lambda s=quant_sess: s.run(None, f_feed)],
                                   warmup=3, min_runs=10, max_runs=500, budget_s=latency_budget_s)

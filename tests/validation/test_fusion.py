@@ -173,10 +173,23 @@ def _conv_u8s8(weight_max: int) -> ir.Model:
 
 def test_saturation_warning_only_for_full_range_weights_on_avx2_without_vnni() -> None:
     full, reduced = _conv_u8s8(127), _conv_u8s8(64)
-    [warning] = fusion_report(full, cpu_flags={"avx2", "fma"}).warnings
+    [warning] = fusion_report(full, cpu="avx2").warnings
     assert warning.startswith("u8s8 with full-range int8 weights on AVX2 without VNNI") and "Conv_" in warning
-    assert fusion_report(full, cpu_flags={"avx2", "avx512_vnni"}).warnings == []
-    assert fusion_report(reduced, cpu_flags={"avx2"}).warnings == []
+    assert fusion_report(full, cpu="vnni").warnings == []
+    assert fusion_report(reduced, cpu="avx2").warnings == []
+
+
+@pytest.mark.parametrize(("flag", "warns"), [("avx512_vnni", False), ("avx512vnni", False), ("avxvnni", False),
+                                             ("fma", True)])
+def test_saturation_warning_follows_the_one_cpu_detection(monkeypatch: pytest.MonkeyPatch, flag: str,
+                                                          warns: bool) -> None:
+    # No CPU given: the kind comes from targets.ort_cpu.detect_cpu, the only reader of /proc/cpuinfo
+    # (it knows every spelling of the VNNI flags).
+    import onnxq.targets.ort_cpu as ort_cpu
+
+    real = ort_cpu.detect_cpu
+    monkeypatch.setattr(ort_cpu, "detect_cpu", lambda: real(f"flags\t: sse avx avx2 {flag}\n", "x86_64"))
+    assert bool(fusion_report(_conv_u8s8(127)).warnings) is warns
 
 
 def test_conv_integer_is_counted_and_warned() -> None:
@@ -277,7 +290,7 @@ def test_named_file_with_external_data_is_read_in_place(tmp_path) -> None:
     for i, node in enumerate(m.graph):
         node.name = f"n{i}"
     save_model(m, tmp_path / "m.onnx", external_data=True)
-    report = fusion_report(tmp_path / "m.onnx", cpu_flags={"avx2"})
+    report = fusion_report(tmp_path / "m.onnx", cpu="avx2")
     assert report.kernels == {"QLinearConv": 1}
     # The saturation rule read the int8 weights from the input's own data file.
     assert "n3" in report.warnings[0]
