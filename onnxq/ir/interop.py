@@ -24,6 +24,17 @@ def replace_contents(model: ir.Model, new: ir.Model) -> None:
         model.ir_version = new.ir_version
 
 
+def copy_model(model: ir.Model) -> ir.Model:
+    """A copy of ``model`` to transform independently: new graph, nodes and values, shared weights.
+
+    ``ir.Model.clone`` shares the tensors, so external weights stay lazy and keep the folder they
+    live in. A round trip through protobuf (``ir.from_proto(ir.to_proto(m))``) instead keeps only
+    the relative location, and the copy fails to load from another working directory. Passes give
+    a weight a new tensor when they change it, never write into a shared one.
+    """
+    return model.clone()
+
+
 def to_graphsurgeon(model: ir.Model) -> gs.Graph:
     """A gs.Graph of the model (reads all weights into memory: graphsurgeon has no lazy tensors)."""
     import onnx_graphsurgeon as gs

@@ -42,6 +42,7 @@ import onnx_ir as ir
 from onnxq.calibration import CalibrationData, calibrate
 from onnxq.calibration.ranges import Ranges, model_fingerprint
 from onnxq.errors import OptionError, UserError
+from onnxq.ir.interop import copy_model
 from onnxq.quantization.quantize import QuantizeReport, _prepare, quantize
 from onnxq.quantization.sensitivity import (
     Evaluator,
@@ -445,8 +446,11 @@ def quantize_mixed(
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     profile = target if isinstance(target, Target) else get_target(target, cpu=cpu)
-    reference = ir.from_proto(ir.to_proto(model))
-    prepared = ir.from_proto(ir.to_proto(model))
+    reference = copy_model(model)
+    # NOTE: every variant is a session built from bytes, where a relative external-data path would
+    # resolve against the working directory: the weights are read into memory once, here.
+    ir.external_data.load_to_model(reference)
+    prepared = copy_model(reference)
     prep_report = QuantizeReport(target=profile.name, mode="static", method=method, per_channel=per_channel)
     _prepare(prepared, prep_report, optimize=optimize, per_channel=per_channel, target=profile)
     per_channel = prep_report.per_channel
@@ -557,7 +561,7 @@ def quantize_mixed(
 
     # Final model through quantize() (self-check cleans stranded QDQ), verified by a real evaluation.
     while True:
-        final = ir.from_proto(ir.to_proto(prepared))
+        final = copy_model(prepared)
         # NOTE: the held feeds go in as "calibration" data with the ranges given: nothing is calibrated
         # again, and the self-check compares on real samples, not on a generated input.
         final, qreport = quantize(final, feeds if self_check else None, target=profile, method=method,

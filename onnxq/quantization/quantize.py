@@ -28,6 +28,7 @@ from onnxq.framework.base import Diagnostic, Severity
 from onnxq.framework.context import PassContext
 from onnxq.framework.pipeline import Pipeline, apply
 from onnxq.framework.registry import PassRegistry
+from onnxq.ir.interop import copy_model
 from onnxq.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ def quantize(
             f"self-check skipped: {_weight_bytes(model) / 2**30:.1f} GiB of weights would be held twice in "
             "memory; check the output with 'onnxq compare' and 'onnxq bench'", Severity.WARNING))
     if self_check and reference is None:
-        reference = ir.from_proto(ir.to_proto(model))
+        reference = copy_model(model)
     elif isinstance(reference, str):
         from onnxq.ir.io import load_model
 
@@ -291,7 +292,7 @@ def _check_optimized(model: ir.Model, reference: ir.Model, held: CalibrationData
         for feed in feeds:  # NOTE: the first sample that shows the difference names the pass
             check = NumericCheckEach(feed, rtol=OPTIMIZE_RTOL,
                                      atol=OPTIMIZE_ATOL * _largest(runtime.run(reference, feed)))
-            trial = ir.from_proto(ir.to_proto(reference))
+            trial = copy_model(reference)
             try:
                 _prepare(trial, QuantizeReport(target=target.name, mode="static", method=None,
                                                per_channel=per_channel), optimize=True, per_channel=per_channel,
@@ -308,7 +309,7 @@ def _check_optimized(model: ir.Model, reference: ir.Model, held: CalibrationData
         report.diagnostics.append(Diagnostic(
             f"optimize: pass '{culprit}' changed the float model's outputs ({problem}); continuing without it",
             Severity.WARNING))
-        model = ir.from_proto(ir.to_proto(reference))
+        model = copy_model(reference)
         fresh = QuantizeReport(target=target.name, mode=report.mode, method=report.method, per_channel=per_channel)
         _prepare(model, fresh, optimize=True, per_channel=per_channel, target=target, skip=frozenset(skipped))
         report.stats = fresh.stats

@@ -265,3 +265,28 @@ def test_tensorrt_target_keeps_the_fragile_node_in_float() -> None:
     zps = [ir.convenience.get_const_tensor(n.inputs[2]).numpy() for n in model.graph
            if n.op_type == "QuantizeLinear" and len(n.inputs) > 2 and n.inputs[2] is not None]
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+
+
+def test_external_weights_from_another_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Model copies used to be protobuf round trips, which keep only the relative location of
+    # external weights: the search then failed to load them from any other folder.
+    import onnx.numpy_helper
+    import onnx.parser
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 32] x) => (float[N, 10] y) { h = MatMul(x, w1)  r = Relu(h)  y = MatMul(r, w2) }""")
+    proto.graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (32, 32)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (32, 10)).astype(np.float32), "w2")])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    onnx.save(proto, tmp_path / "model" / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    np.savez(tmp_path / "model" / "calib.npz", x=rng.normal(0, 1, (48, 1, 32)).astype(np.float32))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()}
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code = main(["quantize", "../model/m.onnx", "-o", "../q.onnx", "--calib", "../model/calib.npz",
+                 "--max-accuracy-drop", "0.01", "--cpu", "avx2", "-q"])
+    assert code == 0 and (tmp_path / "q.onnx").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == before
+    assert list((tmp_path / "elsewhere").iterdir()) == []
