@@ -22,8 +22,8 @@ Every rung is printed with its figures, and the fastest result above the floor i
 quantized result slower than float on a model above 1 ms (beyond the noise of interleaved
 medians) loses to the optimized float model: the output is never slower than FP32 there. When no
 quantized result reaches the floor, the optimized float model is measured on any model and written
-if it is not slower than the most faithful quantized result. If no
-rung reaches the floor, the most faithful quantized result is written and the report says so
+unless it is slower than FP32: accuracy before speed. Only then (or with ``--no-optimize``) is a
+result below the floor written: the most faithful quantized one, and the report says so
 (``within_floor: false``). Rungs are judged on fidelity, which is deterministic; only when the
 time limit cuts the mixed-precision analysis short (it gets what is left, at least a minute) can
 two runs of a slow model differ.
@@ -343,7 +343,7 @@ def quantize_guarded(
 
     if floating is None and not quantized_ok() and options.get("optimize", True) and not options.get("include"):
         # NOTE: nothing quantized reached the floor on a model too small for the speed rule: the
-        # optimized float model is faithful; it wins if it is not slower than the best attempt.
+        # optimized float model is faithful; it wins unless it is slower than FP32.
         began = time.perf_counter()
         floating = record(FLOAT_RUNG, *optimized_float(), began)
     chosen, rival = choose(results, floating)
@@ -376,8 +376,10 @@ def choose(results: Sequence[tuple[Rung, Any, Any]], floating: Rung | None) -> t
     """The result the guard writes, and the quantized result it was weighed against.
 
     The fastest faithful quantized result, unless the optimized float model (``floating``) is
-    faster by more than ``FLOAT_MARGIN``; with no faithful quantized result, the most faithful
-    one, unless float is at least as fast (then float is better on both counts).
+    faster by more than ``FLOAT_MARGIN``. With no faithful quantized result, accuracy comes first:
+    the optimized float model, unless it is slower than FP32 (``SLOWER_THAN``: then nothing
+    faithful pays, and the most faithful quantized result is written and flagged); a quantized
+    model that loses the task is not worth its speed.
     """
     def speed(x: tuple[Rung, Any, Any]) -> float:
         return x[0].speedup if x[0].speedup is not None else 0.0
@@ -393,7 +395,7 @@ def choose(results: Sequence[tuple[Rung, Any, Any]], floating: Rung | None) -> t
         wins = as_float is not None and speed(as_float) > speed(best) * FLOAT_MARGIN
     else:
         best = max(quantized, key=lambda x: _score(x[2].self_check))
-        wins = as_float is not None and speed(as_float) >= speed(best)
+        wins = as_float is not None and (as_float[0].speedup is None or speed(as_float) >= SLOWER_THAN)
     return (as_float if wins and as_float is not None else best), best[0]
 
 

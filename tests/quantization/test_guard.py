@@ -155,8 +155,11 @@ def test_choose_weighs_the_optimized_float_model() -> None:
     assert choose([rung("plain", True, 1.5 / FLOAT_MARGIN * 1.01), floating], floating[0])[0][1] == "plain"
     chosen, rival = choose([rung("plain", True, 1.2), floating], floating[0])
     assert chosen[1] == FLOAT_RUNG and rival is not None and rival.name == "plain"
-    # Nothing quantized is faithful: float when it is not slower, else the most faithful quantized result.
+    # Nothing quantized is faithful: accuracy first, float even when a broken quantized result is
+    # faster, unless float itself is slower than FP32; then the most faithful quantized result.
     assert choose([rung("plain", False, 1.4), floating], floating[0])[0][1] == FLOAT_RUNG
-    assert choose([rung("plain", False, 1.8), floating], floating[0])[0][1] == "plain"
+    assert choose([rung("plain", False, 1.8), floating], floating[0])[0][1] == FLOAT_RUNG
+    slow_float = rung(FLOAT_RUNG, True, 0.9)
+    assert choose([rung("plain", False, 1.8), slow_float], slow_float[0])[0][1] == "plain"
     # No float rung (a model under 1 ms): the fastest faithful result.
     assert choose([rung("plain", False, 2.0), rung("mixed", True, 1.1)], None)[0][1] == "mixed"
