@@ -217,8 +217,14 @@ def test_per_channel_below_opset_13_and_subgraphs() -> None:
     assert all(v.severity == "warning" for v in found)
 
 
+#: Every zoo model (the README: "TensorRT rules hold on every zoo model").
+ZOO = ("bert_like", "crnn_ocr", "digits_cnn", "dynamic_transformer", "keras_cnn_op11", "keras_cnn_savedmodel",
+       "keras_cnn_tflite", "lstm_gru", "lstm_gru_op12", "mobilenetv2_digits", "mobilenetv2_digits_op13",
+       "resnet_digits", "resnet_digits_op11", "transformer_digits")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet_digits", "mobilenetv2_digits", "transformer_digits"])
+@pytest.mark.parametrize("name", ZOO)
 def test_zoo_model_quantized_for_tensorrt_passes_the_walker(name: str, tmp_path: Path) -> None:
     """Zoo models (residual Adds; MobileNetV2's between two convolutions; attention MatMuls)
     through ``onnxq.quantize`` (optimize, calibrate, static QDQ) with the tensorrt profile obey
