@@ -15,17 +15,34 @@ import pytest
 from onnxq.cli import main
 from onnxq.examples import example_inputs_path, example_model_path
 
-#: Largest accepted drop in held-out accuracy of the example digits CNN (32 samples: one image).
-MAX_DROP = 1 / 32
+#: The README's budget: one point of held-out accuracy (measured: no drop on AVX2, 0.2 points
+#: gained with the VNNI profile emulated on AVX2; 4 images of 418).
+MAX_DROP = 0.01
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _held_out() -> tuple[np.ndarray, np.ndarray]:
+    """The example model's test split without the 32 calibration images the example ships (418 images)."""
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))  # NOTE: models/ is a folder of scripts, not installed
+    from models import zoo
+
+    zoo.ensure_built(["digits_cnn"])
+    inputs, labels = zoo.load_eval("digits_cnn")
+    with np.load(example_inputs_path()) as shipped:
+        calibration = len(shipped["labels"])
+        assert np.array_equal(inputs["input"][:calibration], shipped["input"]), "the example's samples moved"
+    return inputs["input"][calibration:], labels[calibration:]
+
+
 def _accuracy(path: Path) -> float:
-    with np.load(example_inputs_path()) as data:
-        x, labels = data["input"], data["labels"]
+    x, labels = _held_out()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return float(np.mean(sess.run(None, {"input": x})[0].argmax(1) == labels))
 
@@ -80,7 +97,7 @@ def test_every_method_stays_accurate(method: str, tmp_path: Path) -> None:
     assert main(["quantize", str(example_model_path()), "-o", str(out), "--calib", str(example_inputs_path()),
                  "--method", method, "-q", "--no-self-check"]) == 0
     onnx.checker.check_model(str(out), full_check=True)
-    assert _accuracy(example_model_path()) - _accuracy(out) <= 2 * MAX_DROP
+    assert _accuracy(example_model_path()) - _accuracy(out) <= MAX_DROP
 
 
 def test_dynamic_mode_needs_no_calibration(tmp_path: Path, capsys) -> None:
