@@ -20,18 +20,47 @@ from onnxq.errors import OptionError, UserError, first_line
 Feeds = dict[str, np.ndarray]
 
 
-def session(model: ir.Model | str | os.PathLike[str], *, optimize: bool = False) -> ort.InferenceSession:
-    """A CPU InferenceSession for an in-memory model or a file."""
+#: Session config entry: the folder a model loaded from bytes reads its external weights from
+#: (without it onnxruntime resolves them against the working directory, and refuses).
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+
+
+def external_data_folder(model: ir.Model) -> str | None:
+    """The folder the model's external (lazy) weights live in; None when every weight is in memory.
+
+    Raises:
+        UserError: the external weights live in more than one folder (one session cannot read them).
+    """
+    folders = {os.fspath(value.const_value.base_dir) for graph in model.graphs()
+               for value in graph.initializers.values() if isinstance(value.const_value, ir.ExternalTensor)}
+    if len(folders) > 1:
+        raise UserError(f"external weights live in {len(folders)} folders ({', '.join(sorted(folders))}); "
+                        "save the model once so they sit beside it")
+    return folders.pop() if folders else None
+
+
+def session_options(*, optimize: bool = False, threads: int = 1, external_folder: str | None = None
+                    ) -> ort.SessionOptions:
+    """onnxruntime CPU session options: optimization level, intra-op threads, external weights' folder."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
+    if external_folder is not None:
+        opts.add_session_config_entry(EXTERNAL_FOLDER_KEY, external_folder)
+    return opts
+
+
+def session(model: ir.Model | str | os.PathLike[str], *, optimize: bool = False) -> ort.InferenceSession:
+    """A CPU InferenceSession for an in-memory model (external weights read from their folder) or a file."""
     if isinstance(model, ir.Model):
+        opts = session_options(optimize=optimize, external_folder=external_data_folder(model))
         data = ir.serde.serialize_model(model).SerializeToString()
         return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(os.fspath(model), session_options(optimize=optimize),
+                                providers=["CPUExecutionProvider"])
 
 
 def run(model: ir.Model | str | os.PathLike[str], feeds: Mapping[str, np.ndarray]) -> Feeds:

@@ -42,6 +42,7 @@ from onnxq.calibration.observers import (
 )
 from onnxq.calibration.ranges import Ranges, TensorRange, model_fingerprint
 from onnxq.errors import OptionError, UserError
+from onnxq.runtime import external_data_folder, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -270,11 +271,10 @@ def _augmented(model: ir.Model, names: Sequence[str]) -> tuple[onnx.ModelProto, 
     return proto, aliases
 
 
-def _session(proto: onnx.ModelProto, workdir: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    # Optimizations would fuse or rename the tensors we observe.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+def _session(proto: onnx.ModelProto, workdir: Path, external_folder: str | None) -> ort.InferenceSession:
+    # NOTE: no graph optimization: it would fuse or rename the tensors we observe. Lazy weights
+    # stay where they are, read from their folder (a model above the self-check's size).
+    opts = session_options(optimize=False, threads=0, external_folder=external_folder)
     providers = ["CPUExecutionProvider"]
     try:
         if proto.ByteSize() < _INLINE_LIMIT:
@@ -314,7 +314,7 @@ def collect(
     not_float: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
         proto, aliases = _augmented(model, names)
-        sess = _session(proto, Path(tmp))
+        sess = _session(proto, Path(tmp), external_data_folder(model))
         del proto  # the session has its own copy
         wanted = set(names) | set(aliases)
         outputs = [o.name for o in sess.get_outputs() if o.name in wanted]
