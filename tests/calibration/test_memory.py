@@ -65,7 +65,7 @@ def _peak_rss_kib(model: Path, folder: Path, method: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["entropy"])
+@pytest.mark.parametrize("method", ["entropy", "percentile", "mse"])
 def test_peak_rss_at_1000_samples_is_within_15_percent_of_100(tmp_path: Path, method: str) -> None:
     model = tmp_path / "convs.onnx"
     _conv_model(model)

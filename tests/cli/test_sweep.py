@@ -56,3 +56,17 @@ def test_list_and_user_errors(tmp_path: Path, capsys) -> None:
     assert "--calib" in capsys.readouterr().err
     assert main(["sweep", MODEL, "--calib", DATA]) == 2
     assert "sweep needs --data PATH" in capsys.readouterr().err
+
+
+def test_histogram_strategies_run_and_differ(tmp_path: Path, capsys) -> None:
+    code = main(_args(tmp_path / "out", "--strategies", "static-entropy,static-mse,static-percentile", "--json",
+                      "--jobs", "1"))
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = {s["name"]: s for s in doc["strategies"]}
+    assert sorted(rows) == ["static-entropy", "static-mse", "static-percentile"]
+    for name, row in rows.items():
+        assert row.get("error") is None, (name, row)
+        assert row["accuracy"] is not None and row["accuracy"] >= 0.9, (name, row)
+    # Each method gave its own ranges, hence its own scales: three different models.
+    assert len({Path(row["path"]).read_bytes() for row in rows.values()}) == 3
