@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -123,17 +123,44 @@ def random_inputs(
         if value.dtype is None or value.shape is None:
             raise OptionError(f"input '{value.name}' has no static type/shape; supply sample inputs")
         shape = [_dim_size(d, i, dim_values, dynamic_dim) for i, d in enumerate(value.shape)]
-        dtype = value.dtype.numpy()
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[value.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        elif np.issubdtype(dtype, np.integer):
-            high = min(INT_HIGH, index_bound(value) or INT_HIGH)
-            feeds[value.name] = rng.integers(0, max(high, 1), shape).astype(dtype)
-        else:
-            raise OptionError(f"input '{value.name}' has type {value.dtype}; supply sample inputs")
+        try:
+            dtype = np.dtype(value.dtype.numpy())
+        except (TypeError, ValueError):
+            raise OptionError(f"input '{value.name}' has type {value.dtype}; supply sample inputs") from None
+        high = min(INT_HIGH, index_bound(value) or INT_HIGH) if np.issubdtype(dtype, np.integer) else INT_HIGH
+        feeds[value.name] = random_array(shape, dtype, rng, what=f"input '{value.name}'", int_high=high)
     return feeds
+
+
+def ort_dtype(type_name: str) -> np.dtype:
+    """The numpy dtype of an onnxruntime type string (``tensor(uint16)`` -> uint16).
+
+    Raises:
+        OptionError: not a tensor of a numeric or bool type (strings, sequences, maps).
+    """
+    inner = type_name[len("tensor("):-1] if type_name.startswith("tensor(") else type_name
+    try:
+        return np.dtype({"float": "float32", "double": "float64"}.get(inner, inner))
+    except TypeError:
+        raise OptionError(f"type {type_name} cannot be generated; supply sample inputs") from None
+
+
+def random_array(shape: Sequence[int], dtype: np.dtype | type, rng: np.random.Generator, *, what: str,
+                 int_high: int = INT_HIGH) -> np.ndarray:
+    """The one generator of sample data: standard-normal floats, integers in ``[0, int_high)``, bools.
+
+    Raises:
+        OptionError: a dtype that cannot be generated (strings, complex), naming ``what``.
+    """
+    dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in shape)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, max(int_high, 1), shape).astype(dtype)
+    raise OptionError(f"{what} has type {dtype}; cannot make sample inputs of it, supply them")
 
 
 def _dim_size(dim: int | ir.SymbolicDim, index: int, known: dict[str, int], dynamic_dim: int) -> int:

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import runtime
 from onnxq.convert import dims
 from onnxq.convert.verify import check_model, compare_with_source, first_line, infer_shapes
-from onnxq.errors import ConversionError, MissingExtraError
+from onnxq.errors import ConversionError, MissingExtraError, OptionError
 
 #: Opset used when the caller does not choose one.
 DEFAULT_OPSET = 18
@@ -229,14 +230,11 @@ def finish(
 def random_array(
     shape: Sequence[int], dtype: np.dtype[Any], rng: np.random.Generator, *, what: str
 ) -> np.ndarray:
-    """Seeded sample data for the numeric check: normal floats, small ints, random bools."""
-    if np.issubdtype(dtype, np.floating):
-        return rng.standard_normal(tuple(shape)).astype(dtype)
-    if dtype == np.bool_:
-        return rng.integers(0, 2, tuple(shape)).astype(np.bool_)
-    if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 4, tuple(shape)).astype(dtype)
-    raise ConversionError(f"{what}: cannot make sample inputs of type {dtype}; pass example inputs")
+    """Seeded sample data for the numeric check (``onnxq.runtime.random_array``), as a conversion error."""
+    try:
+        return runtime.random_array(shape, dtype, rng, what=what)
+    except OptionError:
+        raise ConversionError(f"{what}: cannot make sample inputs of type {dtype}; pass example inputs") from None
 
 
 def _dtype_name(dtype: ir.DataType | None) -> str | None:

@@ -28,7 +28,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxq.errors import OptionError, UserError, first_line
-from onnxq.runtime import Feeds
+from onnxq.runtime import Feeds, ort_dtype, random_array
 
 #: Defaults: warm-up runs per model, then rounds until the time budget or the run cap is reached.
 WARMUP = 5
@@ -213,19 +213,10 @@ def feeds_for(sess: ort.InferenceSession, inputs: Mapping[str, np.ndarray] | Non
             feeds[arg.name] = np.asarray(inputs[arg.name])
             continue
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
-        kind = arg.type
-        if "float16" in kind:
-            feeds[arg.name] = rng.standard_normal(shape).astype(np.float16)
-        elif "float" in kind or "double" in kind:
-            feeds[arg.name] = rng.standard_normal(shape).astype(np.float64 if "double" in kind else np.float32)
-        elif "bool" in kind:
-            feeds[arg.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        elif "int" in kind:
-            dtype = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
-                     "tensor(int8)": np.int8}.get(kind, np.int64)
-            feeds[arg.name] = rng.integers(0, 4, shape).astype(dtype)
-        else:
-            raise BenchError(f"{where}: input '{arg.name}' has type {kind}; supply --inputs")
+        try:
+            feeds[arg.name] = random_array(shape, ort_dtype(arg.type), rng, what=f"input '{arg.name}'")
+        except OptionError:
+            raise BenchError(f"{where}: input '{arg.name}' has type {arg.type}; supply --inputs") from None
     return feeds
 
 

@@ -141,3 +141,38 @@ def test_cli_numeric_check_without_inputs_on_minus_one_dims(tmp_path: Path, caps
     code = main(["run", str(src), "-p", "cleanup", "-o", str(tmp_path / "out.onnx"), "--numeric-check-each"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize(("type_name", "dtype"), [
+    ("tensor(float)", np.float32), ("tensor(double)", np.float64), ("tensor(float16)", np.float16),
+    ("tensor(bool)", np.bool_), ("tensor(int8)", np.int8), ("tensor(uint8)", np.uint8),
+    ("tensor(int16)", np.int16), ("tensor(uint16)", np.uint16), ("tensor(int32)", np.int32),
+    ("tensor(uint32)", np.uint32), ("tensor(int64)", np.int64), ("tensor(uint64)", np.uint64)])
+def test_one_generator_for_every_dtype(type_name: str, dtype: type) -> None:
+    # The benchmark, the converters and random_inputs share runtime.random_array (the benchmark used
+    # to read uint16 as int64 from onnxruntime's type string).
+    from onnxq.runtime import ort_dtype, random_array
+    from onnxq.validation.bench import feeds_for
+
+    assert ort_dtype(type_name) == np.dtype(dtype)
+    array = random_array([3, 4], ort_dtype(type_name), np.random.default_rng(0), what="x")
+    assert array.dtype == np.dtype(dtype) and array.shape == (3, 4)
+    if np.issubdtype(array.dtype, np.integer):
+        assert array.min() >= 0 and array.max() < 4
+
+    class Arg:
+        name, shape, type = "x", [None, 4], type_name
+
+    class Sess:
+        def get_inputs(self) -> list[Arg]:
+            return [Arg()]
+
+    assert feeds_for(Sess(), None, where="m")["x"].dtype == np.dtype(dtype)  # type: ignore[arg-type]
+
+
+def test_strings_cannot_be_generated() -> None:
+    from onnxq.errors import OptionError
+    from onnxq.runtime import ort_dtype
+
+    with pytest.raises(OptionError, match="supply sample inputs"):
+        ort_dtype("tensor(string)")
