@@ -99,16 +99,15 @@ class VerifyEach(Instrumentation):
 
 
 def verify(model: ir.Model, *, pass_name: str = "verify", full_check: bool = True) -> None:
-    """onnx checker (+ strict shape inference) on a model without reading large tensors."""
-    from onnx_ir.passes.common import _c_api_utils
+    """onnx checker (+ strict shape inference with ``full_check``) on a model without reading large tensors.
 
-    def check(proto: onnx.ModelProto) -> None:
-        onnx.checker.check_model(proto, full_check=False)
-        if full_check:
-            onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    onnx_ir's public ``CheckerPass`` (it serializes without the large initializers); onnx's
+    ``full_check`` is the strict, type-checking shape inference.
+    """
+    from onnx_ir.passes.common import CheckerPass
 
     try:
-        _c_api_utils.call_onnx_api(check, model)
+        CheckerPass(full_check=full_check)(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         first = first_line(e)
         raise VerificationError(pass_name, f"model fails verification: {first}") from e
