@@ -876,18 +876,33 @@ def load_manifest(cache: str | os.PathLike[str] | None = None) -> dict[str, dict
 
 
 def install_wheel(requirement: str, cache: Path) -> Path:
-    """``pip install --no-deps --target`` into ``cache/wheels/<requirement>`` (once); returns it."""
+    """``pip install --no-deps --target`` into ``cache/wheels/<requirement>`` (once); returns it.
+
+    The wheel is downloaded into ``cache/wheelhouse`` first and installed from there with
+    ``--no-index``, so a machine without the package registry installs from a wheelhouse that was
+    filled before (or copied in); when neither has it, the error says so in one line.
+    """
     target = cache / "wheels" / requirement
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    wheelhouse = cache / "wheelhouse"
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     staging = Path(tempfile.mkdtemp(prefix=".install-", dir=target.parent))
     try:
-        command = [
-            sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet",
-            "--disable-pip-version-check", "--target", os.fspath(staging), requirement,
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        install = [*pip, "install", "--no-deps", "--no-compile", "--quiet", "--no-index", "--find-links",
+                   os.fspath(wheelhouse), "--target", os.fspath(staging), requirement]
+        done = subprocess.run(install, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            fetched = subprocess.run([*pip, "download", "--no-deps", "--quiet", "--only-binary", ":all:", "-d",
+                                      os.fspath(wheelhouse), requirement], capture_output=True, text=True, check=False)
+            if fetched.returncode != 0:
+                detail = (fetched.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ThirdPartyError(
+                    f"{requirement}: pip install --no-deps failed: no wheel in {wheelhouse} and pip cannot download "
+                    f"one ({detail}); without the package registry, copy the wheel there")
+            done = subprocess.run(install, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise ThirdPartyError(f"{requirement}: pip install --no-deps failed: {detail}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -137,6 +138,46 @@ def test_unknown_model_is_refused(tmp_path: Path) -> None:
         thirdparty.ThirdPartyError, match="unknown third-party model 'yolo'; known: nudenet_320n"
     ):
         thirdparty.fetch("yolo", tmp_path)
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip sees no package registry: an index that refuses connections, no retries, no extra indexes."""
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+
+
+def _wheel(folder: Path, name: str, version: str) -> None:
+    """A minimal pure-Python wheel (one module) written by hand."""
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": "VALUE = 1\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{path},,\n" for path in files) + f"{dist}/RECORD,,\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as archive:
+        for path, text in {**files, f"{dist}/RECORD": record}.items():
+            archive.writestr(path, text)
+
+
+def test_offline_install_comes_from_the_wheelhouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline(monkeypatch)
+    _wheel(tmp_path / "wheelhouse", "onnxqfixture", "1.0")
+    target = thirdparty.install_wheel("onnxqfixture==1.0", tmp_path)
+    assert (target / "onnxqfixture.py").is_file() and (target / ".complete").is_file()
+
+
+def test_offline_without_the_wheel_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _offline(monkeypatch)
+    with pytest.raises(thirdparty.ThirdPartyError) as caught:
+        thirdparty.install_wheel("nudenet==3.4.2", tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and "no wheel in" in message and "copy the wheel there" in message, message
+    assert not (tmp_path / "wheels" / "nudenet==3.4.2").exists()
 
 
 @pytest.mark.slow  # NOTE: asks PyPI
