@@ -38,6 +38,50 @@ g (float[2, 4] x) => (float[2, 4] y) <float[4] zero = {0, 0, 0, 0}, float[1, 4] 
     assert not EliminateNoOps().run(model, PassContext()).modified
 
 
+def test_inference_no_ops_removed() -> None:
+    # Dropout without training_mode, a Cast to float of a float, an Expand to its own shape, a Slice
+    # over everything, a Conv and a Gemm with all-zero biases: each does nothing at inference.
+    text = HEADER + """
+g (float[1, 2, 4, 4] x) => (float[1, 3] y) <float[3, 2, 1, 1] w = {1, 2, 3, 4, 5, 6}, float[3] zb = {0, 0, 0},
+   int64[4] shape = {1, 2, 4, 4}, int64[1] s0 = {0}, int64[1] s1 = {4}, int64[1] ax = {3}, int64[1] st = {1},
+   float[3, 3] g = {1, 0, 0, 0, 1, 0, 0, 0, 1}, float[3] gb = {0, 0, 0}> {
+  d = Dropout(x)
+  c = Cast<to = 1>(d)
+  e = Expand(c, shape)
+  s = Slice(e, s0, s1, ax, st)
+  v = Conv(s, w, zb)
+  p = GlobalAveragePool(v)
+  f = Flatten(p)
+  y = Gemm(f, g, gb)
+}
+"""
+    model = parse(text)
+    InferShapes().run(model, PassContext())
+    feeds = runtime.random_inputs(model)
+    want = runtime.run(model, feeds)
+    result = EliminateNoOps().run(model, PassContext())
+    assert result.stats == {"dropouts_removed": 1, "casts_removed": 1, "expands_removed": 1, "slices_removed": 1,
+                            "zero_biases_removed": 2}, result.stats
+    verify(model)
+    assert ops(model) == ["Conv", "GlobalAveragePool", "Flatten", "Gemm"]
+    assert all(len(n.inputs) == 2 for n in model.graph if n.op_type in ("Conv", "Gemm"))
+    assert not runtime.compare(want, runtime.run(model, feeds))
+    assert not EliminateNoOps().run(model, PassContext()).modified
+
+
+def test_training_dropout_and_used_mask_are_kept() -> None:
+    text = HEADER + """
+g (float[2, 4] x) => (float[2, 4] y, bool[2, 4] m) <bool t = {1}, float r = {0.5}> {
+  a, m = Dropout(x)
+  y = Dropout(a, r, t)
+}
+"""
+    model = parse(text)
+    InferShapes().run(model, PassContext())
+    assert not EliminateNoOps().run(model, PassContext()).modified
+    assert ops(model) == ["Dropout", "Dropout"]
+
+
 def test_no_op_declines_when_the_constant_broadcasts() -> None:
     text = HEADER + """
 g (float[4] x) => (float[2, 4] y) <float[2, 4] zero = {0, 0, 0, 0, 0, 0, 0, 0}> {
