@@ -45,7 +45,7 @@ import onnx_ir as ir
 from onnxq.errors import OptionError
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
-from onnxq.passes.quantization._common import round_to_grid, weight_scales
+from onnxq.passes.quantization._common import NameScope, Selection, round_to_grid, weight_scales
 
 MS_DOMAIN = "com.microsoft"
 #: Lowest default-domain opset with DynamicQuantizeLinear, MatMulInteger, ConvInteger, DQ.
@@ -197,18 +197,15 @@ class _Rewriter:
             [f"quantized_{op.lower()}" for op in (*DEFAULT_OPS, "Conv")] + ["left_float"], 0)
         self.diagnostics: list[Diagnostic] = []
         self._created: list[ir.Value] = []
-        self._names = _used_names(model)
+        self._names = NameScope(model)
         self._weights: dict[tuple[int, str], _QWeight] = {}
         self._activations: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = {}
         self._replaced: dict[int, ir.Value] = {}
-        self._patterns = [(p, re.compile(p)) for p in options.include], [(p, re.compile(p)) for p in options.exclude]
+        self._selection = Selection(tuple(options.include), tuple(options.exclude))
 
     # --- selection and reporting ---------------------------------------------------------
     def selected(self, node: ir.Node) -> bool:
-        include, exclude = self._patterns
-        if include and not any(_matches(node, p, rx) for p, rx in include):
-            return False
-        return not any(_matches(node, p, rx) for p, rx in exclude)
+        return self._selection.selects(node)
 
     def left_float(self, node: ir.Node, reason: str) -> None:
         self.stats["left_float"] += 1
@@ -216,11 +213,7 @@ class _Rewriter:
                                            node=node.name or None))
 
     def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self._names:
-            name, i = f"{base}_{i}", i + 1
-        self._names.add(name)
-        return name
+        return self._names.fresh(base)
 
     # --- weights ----------------------------------------------------------------------------
     def constant(self, value: ir.Value | None) -> tuple[ir.TensorProtocol | None, str]:
@@ -383,22 +376,6 @@ class _Rewriter:
             _release(value.const_value)
             removed += 1
         return removed
-
-
-def _used_names(model: ir.Model) -> set[str]:
-    names: set[str] = set()
-    for graph in model.graphs():
-        names.update(v.name for v in graph.inputs if v.name)
-        names.update(graph.initializers)
-        for node in graph:
-            if node.name:
-                names.add(node.name)
-            names.update(v.name for v in node.outputs if v.name)
-    return names
-
-
-def _matches(node: ir.Node, pattern: str, regex: re.Pattern[str]) -> bool:
-    return pattern in (node.name, node.op_type) or regex.fullmatch(node.name or "") is not None
 
 
 def _owner(value: ir.Value, model: ir.Model) -> ir.Graph:
