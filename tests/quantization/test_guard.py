@@ -161,5 +161,11 @@ def test_choose_weighs_the_optimized_float_model() -> None:
     assert choose([rung("plain", False, 1.8), floating], floating[0])[0][1] == FLOAT_RUNG
     slow_float = rung(FLOAT_RUNG, True, 0.9)
     assert choose([rung("plain", False, 1.8), slow_float], slow_float[0])[0][1] == "plain"
+    # A result the ladder recovered must beat float by the margin (its evidence is a small held set).
+    plain, mixed = rung("plain", False, 1.4), rung("mixed", True, 1.27)
+    floating = rung(FLOAT_RUNG, True, 1.25)
+    assert choose([plain, mixed, floating], floating[0], plain[0])[0][1] == FLOAT_RUNG
+    fast = rung("mixed", True, 1.4)
+    assert choose([plain, fast, floating], floating[0], plain[0])[0][1] == "mixed"
     # No float rung (a model under 1 ms): the fastest faithful result.
     assert choose([rung("plain", False, 2.0), rung("mixed", True, 1.1)], None)[0][1] == "mixed"
