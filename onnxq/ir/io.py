@@ -360,6 +360,16 @@ def _all_tensor_slots(model: ir.Model) -> Iterator[tuple[ir.TensorProtocol, Call
                     node.attributes[name] = ir.AttrTensor(name, t)
 
                 yield attr.value, set_attr, False
+            elif attr.type == ir.AttributeType.TENSORS and attr.value:
+                for index, tensor in enumerate(attr.value):
+
+                    def set_item(t: ir.TensorProtocol, node: ir.Node = node, name: str = name,
+                                 index: int = index) -> None:
+                        items = list(node.attributes[name].value)
+                        items[index] = t
+                        node.attributes[name] = ir.AttrTensors(name, items)
+
+                    yield tensor, set_item, False
 
 
 def _referenced_data_files(model: ir.Model) -> set[Path]:

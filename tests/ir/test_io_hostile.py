@@ -768,3 +768,29 @@ def test_cli_success_writes_only_the_output(root: Path, capsys: pytest.CaptureFi
     assert changed_paths(before, snapshot(root)) == {"out/model.onnx"}
     assert "changed" in out
     np.testing.assert_allclose(ort_outputs(root / "out" / "model.onnx"), EXPECTED, rtol=1e-6)
+
+
+def test_external_tensors_inside_a_tensors_attribute_are_read_in(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A TENSORS attribute (a list of tensors, custom ops use them) with external data: the load must
+    # point it at the model's folder and a single-file save must read it in, like TENSOR attributes.
+    table = np.arange(12, dtype=np.float32).reshape(3, 4)
+    node = helper.make_node("Lookup", ["x"], ["y"], domain="ai.onnx.contrib",
+                            tables=[numpy_helper.from_array(table, "t0"), numpy_helper.from_array(table * 2, "t1")])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ai.onnx.contrib", 1)])
+    (tmp_path / "src").mkdir()
+    onnx.save(proto, tmp_path / "src" / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0,
+              convert_attribute=True)
+    written = onnx.load(tmp_path / "src" / "m.onnx", load_external_data=False)
+    assert all(t.data_location == TensorProto.EXTERNAL for t in written.graph.node[0].attribute[0].tensors)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    model = load_model("../src/m.onnx")
+    save_model(model, tmp_path / "out.onnx", external_data=False)
+    saved = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    tables = saved.graph.node[0].attribute[0].tensors
+    assert [t.data_location for t in tables] == [TensorProto.DEFAULT, TensorProto.DEFAULT]
+    np.testing.assert_array_equal(numpy_helper.to_array(tables[1]), table * 2)
