@@ -98,7 +98,7 @@ def check_external_data_proto(proto: onnx.ModelProto, path: Path) -> None:
     must lie within it.
     """
     base = path.resolve().parent
-    for tensor, where in _external_tensors(proto):
+    for tensor, where in external_tensors(proto):
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         prefix = f"{path}: {where} '{tensor.name}'"
@@ -255,7 +255,7 @@ def _previous_data_files(path: Path) -> set[Path]:
         return set()
     base = path.resolve().parent
     files = set()
-    for tensor, _ in _external_tensors(proto):
+    for tensor, _ in external_tensors(proto):
         location = {e.key: e.value for e in tensor.external_data}.get("location", "")
         target = (base / location).resolve()
         if location and target.parent == base:
@@ -304,7 +304,7 @@ def _is_own_data_file(file: Path, model_path: Path) -> bool:
 def _relocate(model_file: Path, old: str, new: str) -> None:
     """Points every external tensor of a saved model (weights only; small) from ``old`` to ``new``."""
     proto = onnx.load(os.fspath(model_file), load_external_data=False)
-    for tensor, _ in _external_tensors(proto):
+    for tensor, _ in external_tensors(proto):
         for entry in tensor.external_data:
             if entry.key == "location" and entry.value == old:
                 entry.value = new
@@ -409,7 +409,9 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
 
 
-def _external_tensors(proto: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+def external_tensors(proto: onnx.ModelProto) -> Iterator[tuple[onnx.TensorProto, str]]:
+    """Every tensor stored as external data: initializers, TENSOR and TENSORS attributes, subgraphs,
+    functions; each with where it is (for messages)."""
     def walk_nodes(nodes: Iterable[onnx.NodeProto], prefix: str) -> Iterator[tuple[onnx.TensorProto, str]]:
         for node in nodes:
             for attr in node.attribute:

@@ -28,6 +28,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxq.errors import OptionError, UserError, first_line
+from onnxq.ir.io import external_tensors
 from onnxq.runtime import Feeds, ort_dtype, random_array
 
 #: Defaults: warm-up runs per model, then rounds until the time budget or the run cap is reached.
@@ -179,27 +180,15 @@ def model_size(path: str | os.PathLike[str]) -> int:
     except Exception as e:  # noqa: BLE001  # protobuf raises assorted types on bad files
         raise BenchError(f"{path}: not a valid ONNX model ({first_line(e)})") from None
     files = set()
-    for tensor in _tensors(proto.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-            if location:
-                files.add(location)
+    for tensor, _ in external_tensors(proto):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if location:
+            files.add(location)
     for name in sorted(files):
         data = path.parent / name
         if data.is_file():
             total += data.stat().st_size
     return total
-
-
-def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
-    out = list(graph.initializer)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                out.append(attr.t)
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                out.extend(_tensors(sub))
-    return out
 
 
 def feeds_for(sess: ort.InferenceSession, inputs: Mapping[str, np.ndarray] | None, *, where: str) -> Feeds:
