@@ -35,9 +35,9 @@ import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.errors import OptionError, first_line
+from onnxq.ir.constants import constant_array
 from onnxq.validation.fusion import (
     FusionCheckError,
-    const_array,
     fusion_report,
     inline_proto,
     is_dq,
@@ -241,7 +241,7 @@ def qdq_findings(model: ir.Model) -> list[Finding]:
 
 def _qdq_node(node: ir.Node, name: str, opset: int) -> Iterator[Finding]:
     scale_value = node.inputs[1] if len(node.inputs) > 1 else None
-    scale = const_array(scale_value)
+    scale = constant_array(scale_value)
     if scale is None:
         yield Finding("qdq-scale", "scale is not a constant: onnxruntime cannot fuse this group", name, "warning")
     elif not np.all(np.isfinite(scale)) or not np.all(scale > 0):
@@ -249,7 +249,7 @@ def _qdq_node(node: ir.Node, name: str, opset: int) -> Iterator[Finding]:
         yield Finding("qdq-scale", f"scale must be finite and > 0, found {bad[0]!r}"
                       + (f" ({bad.size} values)" if bad.size > 1 else ""), name)
     zp_value = node.inputs[2] if len(node.inputs) > 2 else None
-    zp = const_array(zp_value)
+    zp = constant_array(zp_value)
     quantized = node.outputs[0] if is_q(node) else node.inputs[0]
     data_type = quantized.dtype if quantized is not None else None
     qtype = zp_value.dtype if zp_value is not None and zp_value.dtype is not None else data_type
@@ -309,12 +309,12 @@ def _biases(graph: ir.Graph, names: dict[ir.Node, str]) -> Iterator[Finding]:
     for node in graph:
         if not is_dq(node) or node.inputs[0] is None or node.inputs[0].dtype != ir.DataType.INT32:
             continue
-        values = const_array(node.inputs[0])
+        values = constant_array(node.inputs[0])
         if values is not None and values.size and (values.min() <= _INT32_LIMITS[0] or values.max() >= _INT32_LIMITS[1]):
             yield Finding("int32-bias", "int32 bias saturates at the int32 limit: its scale "
                           "(x_scale * w_scale) is too small; inflate the weight scale or keep the bias float",
                           names[node])
-        scale = const_array(node.inputs[1])
+        scale = constant_array(node.inputs[1])
         for use in node.outputs[0].uses():
             consumer = use.node
             if consumer.op_type not in ("Conv", "Gemm", "ConvTranspose") or use.idx != 2:
@@ -323,7 +323,7 @@ def _biases(graph: ir.Graph, names: dict[ir.Node, str]) -> Iterator[Finding]:
             if not (is_dq(x_dq) and is_dq(w_dq)) or scale is None:
                 continue
             assert x_dq is not None and w_dq is not None
-            xs, ws = const_array(x_dq.inputs[1]), const_array(w_dq.inputs[1])
+            xs, ws = constant_array(x_dq.inputs[1]), constant_array(w_dq.inputs[1])
             if xs is None or ws is None:
                 continue
             want = (xs.astype(np.float64) * ws.astype(np.float64)).ravel()

@@ -37,6 +37,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxq.errors import OnnxqError, UserError, first_line
+from onnxq.ir.constants import constant_array
 
 #: Integer kernels onnxruntime CPU runs (QDQ fusions, dynamic quantization, weight-only).
 INTEGER_KERNELS = frozenset({
@@ -415,18 +416,6 @@ def _what_it_became(node: ir.Node, name: str, by_name: dict[str, list[onnx.NodeP
     return True, "removed"
 
 
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
-        tensor = producer.attributes["value"].as_tensor()
-        return tensor.numpy()
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class _QParams:
     scale: np.ndarray | None
@@ -445,9 +434,9 @@ class _QParams:
 
 def qparams(node: ir.Node) -> _QParams:
     """Scale, zero point, quantized type and axis of a QuantizeLinear/DequantizeLinear."""
-    scale = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    scale = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
     zp_value = node.inputs[2] if len(node.inputs) > 2 else None
-    zp = const_array(zp_value)
+    zp = constant_array(zp_value)
     quantized = node.outputs[0] if is_q(node) else node.inputs[0]
     # NOTE: the zero point's type is the quantized type; without one, ONNX defaults to uint8.
     dtype = zp_value.dtype if zp_value is not None and zp_value.dtype is not None else (
@@ -574,7 +563,7 @@ def _saturation_warnings(graph: ir.Graph, groups: Sequence[Group], cpu: str | No
         assert a is not None and w is not None
         if qparams(a).dtype not in (ir.DataType.UINT8, ir.DataType.INT8):
             continue
-        weights = const_array(w.inputs[0])
+        weights = constant_array(w.inputs[0])
         if weights is not None and weights.dtype == np.int8 and weights.size and int(np.abs(
                 weights.astype(np.int16)).max()) > 64:
             hit.append(name)

@@ -18,6 +18,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.errors import OptionError
+from onnxq.ir.constants import constant_array
 
 #: ``metadata_props`` key on every node a quantization pass creates: the pass's name.
 PASS_METADATA_KEY = "onnxq.pass"
@@ -25,22 +26,6 @@ PASS_METADATA_KEY = "onnxq.pass"
 MIN_SCALE = 1e-8
 #: Ops a weight may reach its consumer through (looked through and folded).
 _WEIGHT_CHAIN_OPS = frozenset({"Identity", "Cast", "Reshape", "Constant"})
-
-
-def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array when it is a constant (initializer that is not an input, or Constant)."""
-    if value is None or value.is_graph_input():
-        return None
-    try:
-        tensor = ir.convenience.get_const_tensor(value)
-    except ValueError:
-        return None
-    if tensor is None:
-        return None
-    try:
-        return np.asarray(tensor.numpy())
-    except Exception:  # noqa: BLE001  # external data missing or unreadable: not usable as a constant
-        return None
 
 
 def resolve_constant(value: ir.Value | None, *, max_depth: int = 8) -> np.ndarray | None:
