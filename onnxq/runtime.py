@@ -53,11 +53,33 @@ def session_options(*, optimize: bool = False, threads: int = 1, external_folder
     return opts
 
 
+#: Lazy external weights up to this size are read into the bytes a session is built from:
+#: onnxruntime's shape inference needs shape constants in raw form.
+INLINE_EXTERNAL_BYTES = 1 << 20
+
+
+def session_bytes(model: ir.Model) -> tuple[bytes, str | None]:
+    """The model serialized for a session, and the folder its remaining external weights are read from.
+
+    Small external tensors are read in (on a copy: ``model`` is not changed); large ones stay on
+    disk and are read by onnxruntime from their folder (``session_options(external_folder=...)``).
+    """
+    folder = external_data_folder(model)
+    if folder is not None:
+        model = model.clone()
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= INLINE_EXTERNAL_BYTES:
+                    value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+    return ir.serde.serialize_model(model).SerializeToString(), folder
+
+
 def session(model: ir.Model | str | os.PathLike[str], *, optimize: bool = False) -> ort.InferenceSession:
     """A CPU InferenceSession for an in-memory model (external weights read from their folder) or a file."""
     if isinstance(model, ir.Model):
-        opts = session_options(optimize=optimize, external_folder=external_data_folder(model))
-        data = ir.serde.serialize_model(model).SerializeToString()
+        data, folder = session_bytes(model)
+        opts = session_options(optimize=optimize, external_folder=folder)
         return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(os.fspath(model), session_options(optimize=optimize),
                                 providers=["CPUExecutionProvider"])

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxq.errors import OptionError, UserError, first_line
 from onnxq.ir.io import external_tensors
-from onnxq.runtime import Feeds, ort_dtype, random_array
+from onnxq.runtime import Feeds, ort_dtype, random_array, session_bytes, session_options
 
 #: Defaults: warm-up runs per model, then rounds until the time budget or the run cap is reached.
 WARMUP = 5
@@ -42,19 +43,24 @@ class BenchError(UserError):
     """A model cannot be benchmarked (onnxruntime refuses it, or the inputs do not fit it)."""
 
 
-def session(path: str | os.PathLike[str] | bytes, *, threads: int = 1) -> ort.InferenceSession:
-    """An onnxruntime CPU session as deployed: all graph optimizations, ``threads`` intra-op threads."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
+def session(path: str | os.PathLike[str] | bytes | ir.Model, *, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime CPU session as deployed: all graph optimizations, ``threads`` intra-op threads.
+
+    An in-memory model's lazy external weights are read from their folder
+    (:func:`onnxq.runtime.session_options`), never from the working directory.
+    """
+    folder: str | None = None
+    if isinstance(path, ir.Model):
+        source, folder = session_bytes(path)
+    else:
+        source = path if isinstance(path, bytes) else os.fspath(path)
+    opts = session_options(optimize=True, threads=threads, external_folder=folder)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
     try:
-        source = path if isinstance(path, bytes) else os.fspath(path)
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  # onnxruntime raises its own exception types
-        where = "model" if isinstance(path, bytes) else str(path)
+        where = "model" if isinstance(path, (bytes, ir.Model)) else str(path)
         raise BenchError(f"{where}: onnxruntime cannot load it: {first_line(e)}") from None
 
 

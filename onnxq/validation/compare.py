@@ -270,10 +270,10 @@ def compare(
             value = next((sample.feeds[k] for k in ("labels", "label") if k in sample.feeds), None)
             if value is not None:
                 found_labels.append(np.atleast_1d(np.asarray(value)))
-    # NOTE: a file goes to onnxruntime as it is (its external data stays on disk).
-    ref_sess = session(reference if not isinstance(reference, ir.Model) else ir.to_proto(ref_model).SerializeToString())
-    cand_sess = session(candidate if not isinstance(candidate, ir.Model)
-                        else ir.to_proto(cand_model).SerializeToString())
+    # NOTE: a file goes to onnxruntime as it is, an in-memory model with its weights' folder: external
+    # data stays on disk either way.
+    ref_sess = session(reference if not isinstance(reference, ir.Model) else ref_model)
+    cand_sess = session(candidate if not isinstance(candidate, ir.Model) else cand_model)
     names = [o.name for o in ref_sess.get_outputs()]
     cand_names = [o.name for o in cand_sess.get_outputs()]
     if sorted(names) != sorted(cand_names):

@@ -202,3 +202,39 @@ def test_zoo_resnet_compare_points_at_its_worst_layer(tmp_path: Path) -> None:
     worst = min(report.layers, key=lambda layer: layer.sqnr_db)
     assert report.layers[0] == worst
     assert f"worst layers (of {len(report.layers)}): {worst.node} ('{worst.tensor}')" in "\n".join(report.lines())
+
+
+def test_in_memory_models_with_external_weights_from_another_folder(tmp_path: Path, monkeypatch) -> None:
+    # compare() on ir.Models whose weights stay lazy on disk: the sessions read them from the
+    # models' folder (they used to get bytes that onnxruntime resolved against the working directory).
+    folder = tmp_path / "models"
+    folder.mkdir()
+    proto = onnx.load(example_model_path())
+    onnx.save(proto, folder / "ref.onnx", save_as_external_data=True, location="ref.data", size_threshold=0)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    reference = load_model(folder / "ref.onnx")
+    candidate = load_model(folder / "ref.onnx")
+    report = compare(reference, candidate, example_inputs_path())
+    assert report.samples > 0 and all(math.isinf(o.sqnr_db) for o in report.outputs)
+
+
+def test_large_external_weights_stay_on_disk_and_are_read_from_their_folder(tmp_path: Path, monkeypatch) -> None:
+    import onnx.parser
+
+    from onnxq import runtime as rt
+
+    rng = np.random.default_rng(0)
+    proto = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 8] x) => (float[N, 4] y) { h = MatMul(x, w)  y = Relu(h) }""")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(rng.normal(0, 1, (8, 4)).astype(np.float32), "w"))
+    (tmp_path / "m").mkdir()
+    onnx.save(proto, tmp_path / "m" / "a.onnx", save_as_external_data=True, location="a.data", size_threshold=0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(0, 1, (4, 1, 8)).astype(np.float32))
+    monkeypatch.setattr(rt, "INLINE_EXTERNAL_BYTES", 0)  # nothing read in: onnxruntime reads the folder
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    data, folder = rt.session_bytes(load_model("../m/a.onnx"))
+    assert folder == str((tmp_path / "m").resolve()) and b"a.data" in data
+    report = compare(load_model("../m/a.onnx"), load_model("../m/a.onnx"), tmp_path / "d.npz")
+    assert report.samples == 4
