@@ -25,14 +25,19 @@ Feeds = dict[str, np.ndarray]
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
+def external_data_folders(model: ir.Model) -> set[str]:
+    """Every folder the model's external (lazy) initializers live in (empty when all are in memory)."""
+    return {os.fspath(value.const_value.base_dir or ".") for graph in model.graphs()
+            for value in graph.initializers.values() if isinstance(value.const_value, ir.ExternalTensor)}
+
+
 def external_data_folder(model: ir.Model) -> str | None:
     """The folder the model's external (lazy) weights live in; None when every weight is in memory.
 
     Raises:
         UserError: the external weights live in more than one folder (one session cannot read them).
     """
-    folders = {os.fspath(value.const_value.base_dir) for graph in model.graphs()
-               for value in graph.initializers.values() if isinstance(value.const_value, ir.ExternalTensor)}
+    folders = external_data_folders(model)
     if len(folders) > 1:
         raise UserError(f"external weights live in {len(folders)} folders ({', '.join(sorted(folders))}); "
                         "save the model once so they sit beside it")
@@ -58,11 +63,12 @@ def session_options(*, optimize: bool = False, threads: int = 1, external_folder
 INLINE_EXTERNAL_BYTES = 1 << 20
 
 
-def session_bytes(model: ir.Model) -> tuple[bytes, str | None]:
-    """The model serialized for a session, and the folder its remaining external weights are read from.
+def for_session(model: ir.Model) -> tuple[ir.Model, str | None]:
+    """The model as a session built from bytes needs it, and the folder its external weights are read from.
 
     Small external tensors are read in (on a copy: ``model`` is not changed); large ones stay on
     disk and are read by onnxruntime from their folder (``session_options(external_folder=...)``).
+    A model whose weights are all in memory is returned as it is.
     """
     folder = external_data_folder(model)
     if folder is not None:
@@ -72,7 +78,13 @@ def session_bytes(model: ir.Model) -> tuple[bytes, str | None]:
                 tensor = value.const_value
                 if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= INLINE_EXTERNAL_BYTES:
                     value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
-    return ir.serde.serialize_model(model).SerializeToString(), folder
+    return model, folder
+
+
+def session_bytes(model: ir.Model) -> tuple[bytes, str | None]:
+    """The model serialized for a session (see :func:`for_session`), and its external weights' folder."""
+    ready, folder = for_session(model)
+    return ir.serde.serialize_model(ready).SerializeToString(), folder
 
 
 def session(model: ir.Model | str | os.PathLike[str], *, optimize: bool = False) -> ort.InferenceSession:

@@ -42,7 +42,7 @@ from onnxq.calibration.observers import (
 )
 from onnxq.calibration.ranges import Ranges, TensorRange, model_fingerprint
 from onnxq.errors import OptionError, UserError
-from onnxq.runtime import external_data_folder, session_options
+from onnxq.runtime import for_session, session_options
 
 logger = logging.getLogger(__name__)
 
@@ -313,8 +313,12 @@ def collect(
     samples = 0
     not_float: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
-        proto, aliases = _augmented(model, names)
-        sess = _session(proto, Path(tmp), external_data_folder(model))
+        # NOTE: shape constants stored outside are read in (onnxruntime's shape inference needs
+        # them raw); large lazy weights stay on disk, read from their folder.
+        ready, folder = for_session(model)
+        proto, aliases = _augmented(ready, names)
+        del ready
+        sess = _session(proto, Path(tmp), folder)
         del proto  # the session has its own copy
         wanted = set(names) | set(aliases)
         outputs = [o.name for o in sess.get_outputs() if o.name in wanted]

@@ -267,10 +267,13 @@ def quantize_guarded(
         return quantize(fresh(), data, method=method, method_options=method_options,
                         **{**options, "include": ("(?!)",), "self_check": False})
 
+    def measure_float() -> Rung:
+        began = time.perf_counter()
+        return record(FLOAT_RUNG, *optimized_float(), began)
+
     floating: Rung | None = None
     if float_ms is not None and float_ms > SLOWER_MATTERS_MS and options.get("optimize", True):
-        began = time.perf_counter()
-        floating = record(FLOAT_RUNG, *optimized_float(), began)
+        floating = measure_float()
 
     def quantized_ok() -> bool:
         return any(r.within_floor for r in rungs if r is not floating)
@@ -344,10 +347,8 @@ def quantize_guarded(
     if floating is None and not quantized_ok() and options.get("optimize", True) and not options.get("include"):
         # NOTE: nothing quantized reached the floor on a model too small for the speed rule: the
         # optimized float model is faithful; it wins unless it is slower than FP32.
-        began = time.perf_counter()
-        floating = record(FLOAT_RUNG, *optimized_float(), began)
+        floating = measure_float()
     chosen, rival = choose(results, floating, first)
-    faithful = [x for x in results if x[0].within_floor and x[0] is not floating]
     rung, result, report = chosen
     if rung is floating and rival is not None:
         why = (f"the optimized float model ({(rung.speedup or 0.0):.2f}x) is faster than the "
@@ -357,7 +358,7 @@ def quantize_guarded(
             f"quantization did not pay on this CPU ({why}): the output is the optimized float model",
             Severity.WARNING))
     elif (rung.speedup is not None and rung.speedup < SLOWER_THAN and float_ms is not None
-            and float_ms > SLOWER_MATTERS_MS) or (slow and not faithful):
+            and float_ms > SLOWER_MATTERS_MS) or (slow and not quantized_ok()):
         # NOTE: never slower than float above 1 ms: the optimized float model is the answer then.
         began = time.perf_counter()
         result, report = optimized_float()

@@ -38,6 +38,7 @@ import onnxruntime as ort
 
 from onnxq.errors import OnnxqError, UserError, first_line
 from onnxq.ir.constants import constant_array
+from onnxq.runtime import external_data_folders
 
 #: Integer kernels onnxruntime CPU runs (QDQ fusions, dynamic quantization, weight-only).
 INTEGER_KERNELS = frozenset({
@@ -252,19 +253,9 @@ def inline_proto(model: ir.Model) -> onnx.ModelProto:
     session made from bytes or a copy written elsewhere cannot resolve.
     """
     proto = ir.serde.serialize_model(model)
-    for base_dir in sorted(_external_base_dirs(model)):
+    for base_dir in sorted(external_data_folders(model)):
         onnx.external_data_helper.load_external_data_for_model(proto, base_dir)
     return proto
-
-
-def _external_base_dirs(model: ir.Model) -> set[str]:
-    dirs = set()
-    for graph in model.graphs():
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if isinstance(tensor, ir.ExternalTensor):
-                dirs.add(os.fspath(tensor.base_dir or "."))
-    return dirs
 
 
 def _small_enough(proto: onnx.ModelProto) -> bool:

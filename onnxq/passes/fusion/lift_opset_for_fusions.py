@@ -40,12 +40,17 @@ GATED: tuple[type[RewritePass], ...] = (CanonicalizeActivations, FuseLayerNorm)
 def gated_matches(model: ir.Model, max_opset: int) -> tuple[int, int]:
     """(rewrites the gated rules above the model's opset would make, the opset they need), on a clone."""
     current = model_opset(model)
+    present = {node.op_type for node in ir.traversal.RecursiveGraphIterator(model.graph)}
+    gated = [entry for cls in GATED for entry in cls().rules(model)
+             if current < entry.min_opset <= max_opset and present.issuperset(entry.needs_ops)]
+    if not gated:
+        return 0, current  # NOTE: no clone when no gated pattern can be there (every fixpoint round asks)
     clone = model.clone()
     clone.opset_imports[""] = max_opset
     matches, needed = 0, current
     for cls in GATED:
         for entry in cls().rules(clone):
-            if current < entry.min_opset <= max_opset:
+            if current < entry.min_opset <= max_opset and present.issuperset(entry.needs_ops):
                 found = RewriteRuleSet([entry.rule], commute=entry.commute).apply_to_model(clone)
                 if found:
                     matches, needed = matches + found, max(needed, entry.min_opset)
