@@ -6,9 +6,12 @@ move its contents into the caller's model with :func:`replace_contents`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
+import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -22,6 +25,21 @@ def replace_contents(model: ir.Model, new: ir.Model) -> None:
     model.functions.update(new.functions)
     if new.ir_version is not None:
         model.ir_version = new.ir_version
+
+
+_T = TypeVar("_T")
+
+
+def call_onnx(func: Callable[[onnx.ModelProto], _T], model: ir.Model) -> _T:
+    """Calls an onnx C++ API (shape inference, version converter, checker) on the model's proto.
+
+    Large weights are left out of the proto (and their shapes kept), so a model above protobuf's
+    2 GB limit, or with lazy external weights, goes through without being read into memory. This
+    is onnx_ir's own helper for its public ``ShapeInferencePass`` and ``CheckerPass``; onnx_ir has
+    no public form of it, so it is reached here, in one place, for the passes that need their own
+    inference options (infer-shapes, convert-opset, the quantizer's type reader).
+    """
+    return _c_api_utils.call_onnx_api(func, model)
 
 
 def copy_model(model: ir.Model) -> ir.Model:

@@ -326,14 +326,13 @@ class _Search:
         self.evaluations = 0
         if latency:
             from onnxq.validation.bench import session
-            from onnxq.validation.fusion import inline_proto
 
             self.feed = self.evaluator.batches[0]
             if len(self.evaluator.batches) < self.evaluator.samples:
                 # NOTE: samples were stacked on their batch axis: time one; a sample that was not
                 # stacked (a 0-d input such as a sample rate) is fed as it is.
                 self.feed = {k: v[:1] for k, v in self.feed.items()}
-            self.float_session = session(inline_proto(reference).SerializeToString())
+            self.float_session = session(reference)
 
     def drop(self, floats: frozenset[str]) -> float:
         if floats not in self.scores:
@@ -345,9 +344,8 @@ class _Search:
         if not self.latency:
             return None
         from onnxq.validation.bench import interleaved_times, session
-        from onnxq.validation.fusion import inline_proto
 
-        quant = session(inline_proto(model).SerializeToString())
+        quant = session(model)
         feed = self.feed
         times = interleaved_times([lambda: self.float_session.run(None, feed), lambda: quant.run(None, feed)],
                                   warmup=2, min_runs=5, max_runs=200, budget_s=CURVE_LATENCY_S)

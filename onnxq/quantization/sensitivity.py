@@ -181,15 +181,13 @@ class Evaluator:
     def _runs(self, model: ir.Model | bytes) -> list[list[np.ndarray]]:
         """Every output of ``model``, per batch of the held set."""
         from onnxq.validation.bench import session
-        from onnxq.validation.fusion import inline_proto
 
         start = time.perf_counter()
         # NOTE: the previous variant (an onnx_ir graph: reference cycles, freed only by a full
         # collection) and its session's arena go back to the system first; without this a search
         # of a 14 MB CNN + LSTM held 1.5 GB of dead variants (measured, ddddocr).
         release_memory()
-        data = model if isinstance(model, bytes) else inline_proto(model).SerializeToString()
-        sess = session(data)
+        sess = session(model)
         self.output_names = [o.name for o in sess.get_outputs()]
         runs = [sess.run(self.output_names, b) for b in self.batches]
         self.seconds += time.perf_counter() - start

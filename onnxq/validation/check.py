@@ -32,14 +32,13 @@ import onnx
 import onnx.helper
 import onnx.shape_inference
 import onnx_ir as ir
-from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.errors import OptionError, first_line
 from onnxq.ir.constants import constant_array
+from onnxq.ir.io import save_model
 from onnxq.validation.fusion import (
     FusionCheckError,
     fusion_report,
-    inline_proto,
     is_dq,
     is_q,
     node_names,
@@ -113,10 +112,8 @@ def check(model: ir.Model | str | os.PathLike[str], *, target: str = "ort-cpu") 
         where = "model"
         with tempfile.TemporaryDirectory(prefix="onnxq-check-") as tmp:
             path = Path(tmp) / "model.onnx"
-            proto = inline_proto(model)
-            # NOTE: protobuf cannot serialize 2 GB; larger models get external data in the temp folder.
-            onnx.save(proto, path, save_as_external_data=proto.ByteSize() > 2**31 - 2**20,
-                      location="model.onnx.data")
+            # NOTE: save_model streams lazy weights into the temp folder, beside the copy above 2 GB.
+            save_model(model.clone(), path)
             return _check(path, model, where, target)
     path = Path(model)
     from onnxq.ir.io import load_model
@@ -147,12 +144,10 @@ def _checker(path: Path, model: ir.Model) -> Iterator[Finding]:
         yield Finding("onnx-checker", first_line(e))
         return
 
-    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-
     try:
-        # NOTE: onnx_ir's helper strips large weights before the C++ call (as infer-shapes does).
-        _c_api_utils.call_onnx_api(infer, model)
+        # NOTE: the full check adds strict, type-checked shape inference; from the file, so weights
+        # of any size stay where they are.
+        onnx.checker.check_model(os.fspath(path), full_check=True)
     except Exception as e:  # noqa: BLE001  # InferenceError and friends
         yield Finding("shape-inference", first_line(e))
 

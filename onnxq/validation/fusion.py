@@ -38,7 +38,7 @@ import onnxruntime as ort
 
 from onnxq.errors import OnnxqError, UserError, first_line
 from onnxq.ir.constants import constant_array
-from onnxq.runtime import external_data_folders
+from onnxq.ir.io import load_model, save_model
 
 #: Integer kernels onnxruntime CPU runs (QDQ fusions, dynamic quantization, weight-only).
 INTEGER_KERNELS = frozenset({
@@ -201,7 +201,13 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
     src, out = folder / "named.onnx", folder / "optimized.onnx"
     direct: Path | None = None
     if isinstance(model, ir.Model):
-        proto = inline_proto(model)
+        # NOTE: a copy shares the weights; save_model streams lazy ones into the temp folder
+        # (embedded below the 2 GB protobuf limit, beside the copy above it).
+        named = model.clone()
+        for node, name in zip(named.graph, node_names(named.graph), strict=True):
+            node.name = name
+        save_model(named, src)
+        proto = onnx.load(os.fspath(src), load_external_data=False)
     else:
         path = Path(model)
         if not path.is_file():
@@ -215,15 +221,10 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
             # and all, without a copy.
             direct = path
         else:
-            onnx.external_data_helper.load_external_data_for_model(proto, os.fspath(path.parent))
-    if direct is None:
-        graph = ir.serde.deserialize_graph(proto.graph)
-        for node_proto, name in zip(proto.graph.node, node_names(graph), strict=True):
-            node_proto.name = name
-        # NOTE: protobuf cannot serialize 2 GB; larger models go to the session with external data.
-        big = not _small_enough(proto) or proto.ByteSize() > 2**31 - 2**20
-        onnx.save_model(proto, src, save_as_external_data=big, location="named.onnx.data")
-        if big:
+            named = load_model(path, check=False)
+            for node, name in zip(named.graph, node_names(named.graph), strict=True):
+                node.name = name
+            save_model(named, src)
             proto = onnx.load(os.fspath(src), load_external_data=False)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -244,26 +245,6 @@ def optimized_model(model: ir.Model | str | os.PathLike[str], folder: str | os.P
 def _all_named(proto: onnx.ModelProto) -> bool:
     names = [n.name for n in proto.graph.node]
     return all(names) and len(set(names)) == len(names)
-
-
-def inline_proto(model: ir.Model) -> onnx.ModelProto:
-    """The model as a ModelProto with every weight inside (external data read in).
-
-    NOTE: lazily loaded weights serialize as references relative to the source folder, which a
-    session made from bytes or a copy written elsewhere cannot resolve.
-    """
-    proto = ir.serde.serialize_model(model)
-    for base_dir in sorted(external_data_folders(model)):
-        onnx.external_data_helper.load_external_data_for_model(proto, base_dir)
-    return proto
-
-
-def _small_enough(proto: onnx.ModelProto) -> bool:
-    try:
-        proto.ByteSize()
-    except ValueError:
-        return False
-    return True
 
 
 def fusion_report(model: ir.Model | str | os.PathLike[str], *, cpu: str | None = None) -> FusionReport:

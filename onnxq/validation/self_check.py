@@ -24,16 +24,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
 from onnxq.errors import first_line
 from onnxq.framework.base import Diagnostic, Severity
 from onnxq.runtime import Feeds, runnable_inputs, select_inputs
+from onnxq.runtime import session as runtime_session
 from onnxq.validation import output_kinds as kinds
 from onnxq.validation.bench import interleaved_times, session
-from onnxq.validation.fusion import FusionReport, fusion_report, inline_proto
+from onnxq.validation.fusion import FusionReport, fusion_report
 
 #: Fidelity floors: below them the report warns.
 SQNR_FLOOR_DB = 20.0
@@ -194,9 +193,7 @@ def self_check(
         feeds = [runnable_inputs(float_model, seed=0)[0]]
         report.notes.append("no held-back samples: fidelity measured on one generated input")
     report.samples = len(feeds)
-    float_bytes = inline_proto(float_model).SerializeToString()
-    quant_bytes = inline_proto(quant_model).SerializeToString()
-    float_sess, quant_sess = session(float_bytes), session(quant_bytes)
+    float_sess, quant_sess = session(float_model), session(quant_model)
 
     on_ort_cpu = target_name == "ort-cpu"
     if on_ort_cpu:
@@ -219,7 +216,7 @@ def self_check(
         report.outputs.append(_fidelity(name, [r[i] for r in refs], [g[i] for g in gots], declared.get(name)))
     # NOTE: the per-layer sessions below hold both models again; free these first (bert_like: the
     # self-check's peak fell from about 1.5 GB to well under 1 GB).
-    del float_sess, quant_sess, float_bytes, quant_bytes, refs, gots
+    del float_sess, quant_sess, refs, gots
     report.layers, note = _layers(float_model, quant_model, feeds[:LAYER_SAMPLES])
     if note:
         report.notes.append(note)
@@ -275,21 +272,24 @@ def _layers(float_model: ir.Model, quant_model: ir.Model,
 
     Returns the worst layers first, and a note when they could not be measured.
     """
-    float_proto = inline_proto(float_model)
-    quant_proto = inline_proto(quant_model)
-    graph_inputs = {v.name for v in float_proto.graph.input}
+    # NOTE: copies share the weights (external ones stay lazy); only their graph outputs change.
+    float_copy, quant_copy = float_model.clone(), quant_model.clone()
+    float_values = {v.name: v for v in _values(float_copy.graph)}
+    quant_values = {v.name: v for v in _values(quant_copy.graph)}
+    graph_inputs = {v.name for v in float_copy.graph.inputs}
     produced = {name: f"input '{name}'" for name in graph_inputs}
-    produced.update({out: node.name or node.op_type for node in float_proto.graph.node for out in node.output})
+    produced.update({out.name: node.name or node.op_type for node in float_copy.graph for out in node.outputs})
     position = {name: i for i, name in enumerate(produced)}
-    outputs = {o.name for o in float_proto.graph.output}
-    dq_of = {node.input[0]: node.output[0] for node in quant_proto.graph.node if node.op_type == "DequantizeLinear"}
+    outputs = {o.name for o in float_copy.graph.outputs}
+    dq_of = {node.inputs[0].name: node.outputs[0].name for node in quant_copy.graph
+             if node.op_type == "DequantizeLinear" and node.inputs[0] is not None}
     # NOTE: compare the float tensor with what the quantized graph's consumers see, the DQ after its
     # Q: a quantizer may drop a Relu into the Q's range and leave its name on the pre-Relu tensor.
     tensors: dict[str, tuple[str, str]] = {}
-    for node in quant_proto.graph.node:
-        name = node.input[0] if node.op_type == "QuantizeLinear" else ""
-        if name in produced and name not in outputs and node.output[0] in dq_of:
-            tensors.setdefault(name, (dq_of[node.output[0]], produced[name]))
+    for node in quant_copy.graph:
+        name = node.inputs[0].name if node.op_type == "QuantizeLinear" and node.inputs[0] is not None else ""
+        if name in produced and name not in outputs and node.outputs[0].name in dq_of:
+            tensors.setdefault(name, (dq_of[node.outputs[0].name], produced[name]))
     if not tensors:
         return [], None
     names = sorted(tensors)
@@ -302,18 +302,18 @@ def _layers(float_model: ir.Model, quant_model: ir.Model,
     inner_set = set(inner)
     signal = np.zeros(len(names))
     noise = np.zeros(len(names))
-    base = {id(p): len(p.graph.output) for p in (float_proto, quant_proto)}
+    base = {id(m): list(m.graph.outputs) for m in (float_copy, quant_copy)}
     groups = [range(i, min(i + LAYER_GROUP, len(names))) for i in range(0, len(names), LAYER_GROUP)]
     try:
         for group in groups:
             want_f = [names[i] for i in group if names[i] in inner_set]
             want_q = [quant_names[i] for i in group]
-            for proto, wanted in ((float_proto, want_f), (quant_proto, want_q)):
-                del proto.graph.output[base[id(proto)]:]
-                existing = {o.name for o in proto.graph.output}
-                proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
-            f_sess = _plain_session(float_proto)
-            q_sess = _plain_session(quant_proto)
+            for copy, values, wanted in ((float_copy, float_values, want_f), (quant_copy, quant_values, want_q)):
+                existing = {o.name for o in base[id(copy)]}
+                copy.graph.outputs[:] = [*base[id(copy)], *(values[n] for n in wanted if n not in existing)]
+            # NOTE: no graph optimization, so every named tensor survives to be read.
+            f_sess = runtime_session(float_copy)
+            q_sess = runtime_session(quant_copy)
             for f in feeds:
                 values = dict(zip(want_f, f_sess.run(want_f, f), strict=True)) if want_f else {}
                 gots = q_sess.run(want_q, f)
@@ -340,13 +340,11 @@ def _layers(float_model: ir.Model, quant_model: ir.Model,
     return layers, None
 
 
-def _plain_session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    # NOTE: no graph optimization, so every named tensor survives to be read.
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+def _values(graph: ir.Graph) -> Iterable[ir.Value]:
+    """The main graph's inputs and node outputs (the tensors a run can expose)."""
+    yield from graph.inputs
+    for node in graph:
+        yield from node.outputs
 
 
 def _warn(report: SelfCheckReport, *, sqnr_floor_db: float, top1_floor: float) -> None:

@@ -13,12 +13,11 @@ from typing import ClassVar
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.errors import OptionError, UserError, first_line
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.ir.interop import replace_contents
+from onnxq.ir.interop import call_onnx, replace_contents
 
 #: onnx's version converter does not support opsets older than this.
 MIN_OPSET = 7
@@ -64,7 +63,7 @@ class ConvertOpset(Pass):
             return converted
 
         try:
-            converted = _c_api_utils.call_onnx_api(convert, model)
+            converted = call_onnx(convert, model)
         except Exception as e:  # noqa: BLE001  # the converter raises RuntimeError, ValidationError, ...
             reason = first_line(e)
             raise OpsetConversionError(

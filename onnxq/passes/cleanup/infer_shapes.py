@@ -23,11 +23,11 @@ from typing import ClassVar
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.errors import PassFailedError, first_line
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
+from onnxq.ir.interop import call_onnx
 
 
 class InferShapes(Pass):
@@ -47,7 +47,7 @@ class InferShapes(Pass):
             )
 
         try:
-            inferred = _c_api_utils.call_onnx_api(infer, model)
+            inferred = call_onnx(infer, model)
         except Exception as e:  # noqa: BLE001  # onnx raises InferenceError, RuntimeError, ...
             reason = first_line(e)
             if self.options.strict:

@@ -24,6 +24,7 @@ from onnxq.passes.fusion.fold_pad_into_conv import FoldPadIntoConv
 from onnxq.passes.fusion.fold_transpose_into_gemm import FoldTransposeIntoGemm
 from onnxq.passes.fusion.fuse_gelu import TARGETS, FuseGelu
 from onnxq.passes.fusion.fuse_layer_norm import FuseLayerNorm
+from onnxq.passes.fusion.fuse_rms_norm import FuseRmsNorm
 from onnxq.passes.fusion.lift_constants import LiftConstants
 from onnxq.passes.fusion.lift_opset_for_fusions import LiftOpsetForFusions
 from onnxq.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
@@ -37,6 +38,7 @@ PASSES: tuple[type[Pass], ...] = (
     LiftOpsetForFusions,
     CanonicalizeActivations,
     FuseLayerNorm,
+    FuseRmsNorm,
     FuseGelu,
     CancelTransposes,
     CollapseReshapes,
@@ -88,7 +90,7 @@ def optimize_pipeline(target: str = DEFAULT_TARGET) -> Pipeline:
 
 OPTIMIZE = Preset(
     name="optimize",
-    summary="cleanup + all fusions (BatchNorm, Pad, bias, Mul, activations, LayerNorm, GELU, reshapes, "
+    summary="cleanup + all fusions (BatchNorm, Pad, bias, Mul, activations, LayerNorm, RMSNorm, GELU, reshapes, "
     "transposes, Gemm) to a fixpoint",
     build=optimize_passes,
     max_iterations=OPTIMIZE_MAX_ITERATIONS,
@@ -112,6 +114,7 @@ __all__ = [
     "FoldTransposeIntoGemm",
     "FuseGelu",
     "FuseLayerNorm",
+    "FuseRmsNorm",
     "LiftConstants",
     "LiftOpsetForFusions",
     "MatMulAddToGemm",

@@ -23,7 +23,7 @@ from onnxq.passes.fusion._rewrite import RewritePass, Rule
 LAYER_NORM_OPSET = 17
 
 
-def _last_axis_vector(param: ir.Value, x: ir.Value) -> str | None:
+def last_axis_vector(param: ir.Value, x: ir.Value) -> str | None:
     """None when ``param`` is a rank-1 tensor as long as x's last axis, else why not."""
     if param.shape is None or param.shape.rank() != 1:
         return f"'{param.name}' is not known to be rank 1"
@@ -56,7 +56,7 @@ class _LayerNorm(shipped.LayerNormFusion):
         result = super().check(context, x, epsilon, scale=scale)
         if not result:
             return result  # type: ignore[no-any-return]
-        why = _last_axis_vector(scale, x)
+        why = last_axis_vector(scale, x)
         return result.fail(f"scale {why}") if why else result  # type: ignore[no-any-return]
 
 
@@ -68,7 +68,7 @@ class _LayerNormBias(shipped.LayerNormBiasFusion):
     def check(  # type: ignore[override]
         self, context: Any, x: ir.Value, scale: ir.Value, bias: ir.Value, **kw: Any
     ) -> MatchResult:
-        why = _last_axis_vector(bias, x)
+        why = last_axis_vector(bias, x)
         return MatchResult().fail(f"bias {why}") if why else MatchResult()
 
 

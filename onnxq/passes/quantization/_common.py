@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import _c_api_utils
 
 from onnxq.errors import OptionError
 from onnxq.ir.constants import constant_array
+from onnxq.ir.interop import call_onnx
 
 #: ``metadata_props`` key on every node a quantization pass creates: the pass's name.
 PASS_METADATA_KEY = "onnxq.pass"
@@ -126,7 +126,7 @@ def inferred_dtypes(model: ir.Model) -> dict[str, ir.DataType]:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=False)
 
     try:
-        inferred = _c_api_utils.call_onnx_api(infer, model)
+        inferred = call_onnx(infer, model)
     except Exception:  # noqa: BLE001  # onnx raises InferenceError, RuntimeError...; types stay unknown
         return {}
     result: dict[str, ir.DataType] = {}

@@ -8,6 +8,7 @@ from onnxq.errors import OptionError
 from onnxq.passes.fusion.canonicalize_activations import CanonicalizeActivations
 from onnxq.passes.fusion.fuse_gelu import FuseGelu
 from onnxq.passes.fusion.fuse_layer_norm import FuseLayerNorm
+from onnxq.passes.fusion.fuse_rms_norm import FuseRmsNorm
 from tests.passes.fusion._helpers import assert_declines, assert_fires, ops
 
 
@@ -114,6 +115,34 @@ def test_layer_norm_declines_below_opset_17() -> None:
     text = LAYER_NORM.replace("<int64[1] axes = {-1}, ", "<").replace("ReduceMean(x, axes)", "ReduceMean<axes = [-1]>(x)")
     text = text.replace("ReduceMean(dd, axes)", "ReduceMean<axes = [-1]>(dd)")
     assert_declines(FuseLayerNorm(), _header(16) + text, "needs opset >= 17, model has 16")
+
+
+RMS_NORM = """
+g (float[2, 3, 8] x) => (float[2, 3, 8] y) <int64[1] axes = {-1}, float eps = {1e-6}, float two = {2.0},
+   float[8] scale = {1, 2, 3, 4, 5, 6, 7, 8}> {
+  xx = Pow(x, two)
+  ms = ReduceMean<keepdims = 1>(xx, axes)
+  me = Add(ms, eps)
+  rms = Sqrt(me)
+  r = Reciprocal(rms)
+  n = Mul(x, r)
+  y = Mul(n, scale)
+}
+"""
+
+
+def test_rms_norm_fires_both_orders() -> None:
+    model = assert_fires(FuseRmsNorm(), _header(23) + RMS_NORM, {"rmsnorms_fused": 1})
+    assert ops(model) == ["RMSNormalization"]
+    model = assert_fires(FuseRmsNorm(), _header(23) + RMS_NORM.replace("y = Mul(n, scale)", "y = Mul(scale, n)"),
+                         {"rmsnorms_fused": 1})
+    assert ops(model) == ["RMSNormalization"]
+
+
+def test_rms_norm_declines_on_broadcasting_scale_and_below_opset_23() -> None:
+    text = RMS_NORM.replace("float[8] scale = {1, 2, 3, 4, 5, 6, 7, 8}", "float[3, 1] scale = {1, 2, 3}")
+    assert_declines(FuseRmsNorm(), _header(23) + text, "scale 'scale' is not known to be rank 1")
+    assert_declines(FuseRmsNorm(), _header(22) + RMS_NORM, "needs opset >= 23, model has 22")
 
 
 GELU_ERF = """
