@@ -54,10 +54,10 @@ from onnxq.quantization.sensitivity import (
     cache_key,
     exact,
     load_cached,
-    load_metric,
     save_cached,
 )
 from onnxq.targets import Target, get_target
+from onnxq.validation.compare import load_metric
 
 logger = logging.getLogger(__name__)
 

@@ -68,31 +68,6 @@ def exact(name: str) -> str:
     return f"(?:{re.escape(name)})"
 
 
-def load_metric(spec: str) -> Metric:
-    """Imports ``module:function`` (a file path ``path/to/file.py:function`` also works)."""
-    import importlib
-    import importlib.util
-
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise MetricError(f"--metric {spec!r}: expected module:function")
-    try:
-        if module_name.endswith(".py"):
-            loader = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
-            if loader is None or loader.loader is None:
-                raise ImportError(f"cannot load {module_name}")
-            module = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001  # any import failure is the user's module
-        raise MetricError(f"--metric {spec!r}: cannot import {module_name} ({first_line(e)})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise MetricError(f"--metric {spec!r}: {module_name} has no function {attr!r}")
-    return fn  # type: ignore[no-any-return]
-
-
 def _batches(model: ir.Model, feeds: Sequence[Feeds]) -> list[Feeds]:
     """Feeds stacked along axis 0 (up to MAX_BATCH samples) when every input's batch axis is dynamic."""
     inputs = [v for v in model.graph.inputs if v.name not in model.graph.initializers]

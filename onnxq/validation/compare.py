@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -161,18 +162,25 @@ def _finite(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_metric(spec: str | Metric) -> Metric:
-    """A metric callable from itself or from ``module:function``.
+    """A metric callable from itself or from ``module:function`` (or ``path/to/file.py:function``).
 
     Raises:
-        OptionError: Malformed path, module not importable, or not a callable.
+        OptionError: Malformed spec, module or file not importable, or not a callable.
     """
     if callable(spec):
         return spec
-    module_name, sep, attr = str(spec).partition(":")
+    module_name, sep, attr = str(spec).rpartition(":")
     if not sep or not module_name or not attr:
         raise OptionError(f"--metric {spec!r}: expected module:function")
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py"):
+            loader = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if loader is None or loader.loader is None:
+                raise ImportError(f"cannot load {module_name}")
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001  # any import failure is the user's module
         raise OptionError(f"--metric {spec!r}: cannot import {module_name} ({first_line(e)})") from None
     fn = getattr(module, attr, None)

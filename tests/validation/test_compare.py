@@ -128,6 +128,9 @@ def test_user_metric_callable_and_module_path(quantized: Path, tmp_path: Path, m
         load_metric("nocolon")
     with pytest.raises(OptionError, match="no function 'missing'"):
         load_metric("my_metric_mod:missing")
+    # NOTE: the same loader serves compare and --max-accuracy-drop: a file path works in both.
+    by_path = load_metric(f"{tmp_path / 'my_metric_mod.py'}:neg_mse")
+    assert by_path(np.ones((1, 2), np.float32)[None], None) == -1.0
 
     def broken(outputs: list[np.ndarray], labels: np.ndarray | None) -> float:
         raise KeyError("logits")
