@@ -203,6 +203,9 @@ def quantize(
     if optimize and held is not None and isinstance(reference, ir.Model):
         with clock("optimize"):
             model = _check_optimized(model, reference, held, profile, report, per_channel=per_channel)
+    if mode == "static" and _lowers_hardswish(profile) and _has_op(model, "HardSwish"):
+        with clock("optimize"):
+            _lower_hardswish(model, profile, report, include=include, exclude=exclude)
     if mode == "static" and recovery:
         with clock("recover"):
             _recover(model, recovery, profile, data, report)
@@ -361,6 +364,22 @@ def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_cha
                 f"opset {opset} cannot be converted to {PER_CHANNEL_OPSET} ({e}); weights per-tensor",
                 Severity.WARNING))
     report.opset = (opset, model.opset_imports.get("", 0))
+
+
+def _lowers_hardswish(target: Target) -> bool:
+    """The target runs HardSwish in float but Add and Mul on integer kernels, and absorbs Clip."""
+    return ("HardSwish" in target.float_ops and {"Add", "Mul"} <= set(target.integer_ops)
+            and "Clip" in target.absorbed_ops)
+
+
+def _lower_hardswish(model: ir.Model, target: Target, report: QuantizeReport, *,
+                     include: Sequence[str], exclude: Sequence[str]) -> None:
+    """HardSwish nodes that will be quantized -> Add / Clip / Mul, the 1/6 folded into the Convs after them."""
+    from onnxq.passes.fusion.fold_mul_into_weights import FoldMulIntoWeights
+    from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
+
+    _run(model, Pipeline([LowerHardSwish(include=tuple(include), exclude=tuple(exclude)),
+                          FoldMulIntoWeights(conv_inputs=True)]), [target], report)
 
 
 def _recover(model: ir.Model, names: Sequence[str], target: Target, data: CalibrationData | None,

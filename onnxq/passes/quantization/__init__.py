@@ -19,10 +19,11 @@ from onnxq.framework.pipeline import Pipeline
 from onnxq.passes.quantization._common import Selection
 from onnxq.passes.quantization._plan import make_plan
 from onnxq.passes.quantization.insert_qdq import InsertQDQ
+from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
 from onnxq.passes.quantization.quantize_weights import QuantizeWeights
 from onnxq.targets.base import Target
 
-PASSES: tuple[type[Pass], ...] = (InsertQDQ, QuantizeWeights)
+PASSES: tuple[type[Pass], ...] = (LowerHardSwish, InsertQDQ, QuantizeWeights)
 
 
 def tensors_to_calibrate(
