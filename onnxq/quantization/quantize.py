@@ -375,11 +375,11 @@ def _lowers_hardswish(target: Target) -> bool:
 def _lower_hardswish(model: ir.Model, target: Target, report: QuantizeReport, *,
                      include: Sequence[str], exclude: Sequence[str]) -> None:
     """HardSwish nodes that will be quantized -> Add / Clip / Mul, the 1/6 folded into the Convs after them."""
-    from onnxq.passes.fusion.fold_mul_into_weights import FoldMulIntoWeights
+    from onnxq.passes.fusion.fold_affine_into_conv import FoldAffineIntoConv
     from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
 
     _run(model, Pipeline([LowerHardSwish(include=tuple(include), exclude=tuple(exclude)),
-                          FoldMulIntoWeights(conv_inputs=True)]), [target], report)
+                          FoldAffineIntoConv()]), [target], report)
 
 
 def _recover(model: ir.Model, names: Sequence[str], target: Target, data: CalibrationData | None,

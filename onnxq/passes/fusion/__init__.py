@@ -17,6 +17,7 @@ from onnxq.passes.fusion.cancel_transposes import CancelTransposes
 from onnxq.passes.fusion.canonicalize_activations import CanonicalizeActivations
 from onnxq.passes.fusion.collapse_reshapes import CollapseReshapes
 from onnxq.passes.fusion.eliminate_no_ops import EliminateNoOps
+from onnxq.passes.fusion.fold_affine_into_conv import FoldAffineIntoConv
 from onnxq.passes.fusion.fold_batchnorm import FoldBatchNorm
 from onnxq.passes.fusion.fold_conv_add_bias import FoldConvAddBias
 from onnxq.passes.fusion.fold_mul_into_weights import FoldMulIntoWeights
@@ -37,6 +38,7 @@ PASSES: tuple[type[Pass], ...] = (
     FoldMulIntoWeights,
     LiftOpsetForFusions,
     CanonicalizeActivations,
+    FoldAffineIntoConv,
     FuseLayerNorm,
     FuseRmsNorm,
     FuseGelu,
@@ -107,6 +109,7 @@ __all__ = [
     "CanonicalizeActivations",
     "CollapseReshapes",
     "EliminateNoOps",
+    "FoldAffineIntoConv",
     "FoldBatchNorm",
     "FoldConvAddBias",
     "FoldMulIntoWeights",

@@ -6,10 +6,7 @@ Handled (each exact up to float rounding of the new weights, computed in float64
 - ``Mul(MatMul(x, W), s)`` / ``Div``, W a rank-2 constant, s broadcasting along the last axis
   only -> MatMul(x, W*s);
 - ``MatMul(Mul(x, s), W)``, s a scalar or a vector along x's last axis -> MatMul(x, s[:, None]*W);
-- with ``conv_inputs=true``: ``Conv(Mul(x, s), W, B)``, s a scalar -> Conv(x, W*s, B) (zero padding
-  scales to zero, so any pads are exact). Off in the optimize preset: it runs before
-  canonicalize-activations and would take the 1/6 out of a written-out HardSwish; the quantizer
-  turns it on after lower-hardswish.
+- a scalar Mul *before* a Conv is fold-affine-into-conv's (it runs after canonicalize-activations).
 
 onnxscript's ``_fuse_conv_affine`` covers only a *scalar* Mul followed by a scalar Add
 after a Conv that already has a bias, and names its initializers without checking for
@@ -19,7 +16,6 @@ so it is not used. A Div by a constant with a zero is declined.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -154,44 +150,16 @@ class _ScaleMatMulInput(RewriteRuleClassBase):
         return op.MatMul(x, op.initializer(ir.tensor(new_w), name=fresh_name(w.graph, f"{w.name}_scaled")))
 
 
-class _ScaleConvInput(RewriteRuleClassBase):
-    def pattern(self, op, x, s, w):  # type: ignore[no-untyped-def]
-        return op.Conv(op.Mul(x, s), w, _allow_other_inputs=True, _outputs=["conv_out"])
-
-    def check(self, context, x, s, w, conv_out):  # type: ignore[no-untyped-def]
-        result = MatchResult()
-        if local_constant(w, context.graph_or_function) is None:
-            return result.fail(f"Conv weight '{w.name}' is not a constant of this graph")
-        factor = _factor(s, False)
-        if factor is None or factor.size != 1:
-            return result.fail(f"'{s.name}' is not a scalar constant")
-        return result
-
-    def rewrite(self, op, x, s, w, conv_out):  # type: ignore[no-untyped-def]
-        conv = conv_out.producer()
-        weight = constant(w)
-        new_w = (weight.astype(np.float64) * _factor(s, False).reshape(())).astype(weight.dtype)  # type: ignore[union-attr]
-        inputs = [x, op.initializer(ir.tensor(new_w), name=fresh_name(w.graph, f"{w.name}_scaled")), *conv.inputs[2:]]
-        return op.Conv(*inputs, **conv.attributes)
-
-
 class FoldMulIntoWeights(RewritePass):
     name: ClassVar[str] = "fold-mul-into-weights"
     summary: ClassVar[str] = "Fold Mul/Div by constants into adjacent Conv/MatMul weights"
 
-    @dataclasses.dataclass(frozen=True)
-    class Options:
-        conv_inputs: bool = dataclasses.field(
-            default=False, metadata={"help": "also fold a scalar Mul before a Conv into its weights"})
-
     def rules(self, model: ir.Model) -> Sequence[Rule]:
         stat = "muls_folded"
-        conv_inputs = (Rule(_ScaleConvInput.rule(name="fold-mul-into-weights:mul-conv"), stat, commute=True),)
         return (
             Rule(_ScaleConv.rule(name="fold-mul-into-weights:conv-mul"), stat, commute=True),
             Rule(_DivConv.rule(name="fold-mul-into-weights:conv-div"), stat),
             Rule(_ScaleMatMulOutput.rule(name="fold-mul-into-weights:matmul-mul"), stat, commute=True),
             Rule(_DivMatMulOutput.rule(name="fold-mul-into-weights:matmul-div"), stat),
             Rule(_ScaleMatMulInput.rule(name="fold-mul-into-weights:mul-matmul"), stat, commute=True),
-            *(conv_inputs if self.options.conv_inputs else ()),
         )

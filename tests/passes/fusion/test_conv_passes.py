@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from onnxq.passes.fusion.fold_conv_add_bias import FoldConvAddBias
 from onnxq.passes.fusion.fold_mul_into_weights import FoldMulIntoWeights
 from onnxq.passes.fusion.fold_pad_into_conv import FoldPadIntoConv
@@ -79,3 +81,38 @@ g (float[2, 3] v, float[2] s) => (float[2, 2] z, float[2, 2] u) <float[3, 2] m =
 """
     assert_declines(FoldMulIntoWeights(), text, "'s' is not a constant")
     assert_declines(FoldMulIntoWeights(), text, "'d' is not a constant without zeros")
+
+
+AFFINE_CONV = """<ir_version: 8, opset_import: ["" : 14]>
+g (float[1, 4, 8, 8] x) => (float[1, 6, 8, 8] y) <float a = {0.5}, float b = {-1.25},
+    float[6, 4, 1, 1] w = {PW}, float[6] bias = {1, 2, 3, 4, 5, 6}, float[6, 6, 3, 3] w3 = {K3}> {
+  m = Mul(x, a)
+  s = Add(m, b)
+  p = Conv(s, w, bias)
+  q = Mul(p, a)
+  r = Add(q, b)
+  y = Conv<pads = [1, 1, 1, 1]>(r, w3)
+}
+"""
+
+
+def _affine_text() -> str:
+    rng = np.random.default_rng(3)
+    return AFFINE_CONV.replace("PW", ", ".join(f"{v:.3f}" for v in rng.normal(0, 1, 24))).replace(
+        "K3", ", ".join(f"{v:.3f}" for v in rng.normal(0, 1, 324)))
+
+
+def test_fold_affine_into_conv_folds_the_pointwise_shift_and_both_scales() -> None:
+    from onnxq.passes.fusion.fold_affine_into_conv import FoldAffineIntoConv
+
+    model = assert_fires(FoldAffineIntoConv(), _affine_text(), {"affines_folded": 2}, atol=1e-4)
+    # NOTE: the affine before the padded 3x3 Conv stays: its border outputs would see zeros
+    assert ops(model) == ["Conv", "Mul", "Add", "Conv"]
+
+
+def test_fold_affine_into_conv_declines_a_shift_before_a_padded_conv() -> None:
+    from onnxq.passes.fusion.fold_affine_into_conv import FoldAffineIntoConv
+
+    text = _affine_text().replace("  m = Mul(x, a)\n  s = Add(m, b)\n  p = Conv(s, w, bias)\n  q = Mul(p, a)\n",
+                                  "  p = Conv(x, w, bias)\n  q = Identity(p)\n")
+    assert_declines(FoldAffineIntoConv(), text, "the Conv pads its input")

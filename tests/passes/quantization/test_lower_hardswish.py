@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxq import runtime
-from onnxq.passes.fusion.fold_mul_into_weights import FoldMulIntoWeights
+from onnxq.passes.fusion.fold_affine_into_conv import FoldAffineIntoConv
 from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
 from onnxq.quantization import quantize as quantize_model
 from onnxq.validation.self_check import sqnr_db
@@ -36,7 +36,7 @@ def test_lowered_then_the_sixth_folds_into_the_next_conv() -> None:
     lowered = assert_fires(LowerHardSwish(), text, {"hardswish_lowered": 1}, atol=1e-4)
     assert ops(lowered) == ["Conv", "Add", "Clip", "Mul", "Mul", "Conv"]
     # NOTE: Conv(x / 6) = Conv with W / 6 whatever the pads (a zero pad scales to zero).
-    folded = assert_fires(FoldMulIntoWeights(conv_inputs=True), _lowered_text(text), {"muls_folded": 1}, atol=1e-4)
+    folded = assert_fires(FoldAffineIntoConv(), _lowered_text(text), {"affines_folded": 1}, atol=1e-4)
     assert ops(folded) == ["Conv", "Add", "Clip", "Mul", "Conv"]
 
 
@@ -45,10 +45,6 @@ def _lowered_text(text: str) -> str:
                         "  h = Mul(m, sixth)").replace(
         "> {\n  a =", ", float three = {3.0}, float zero = {0.0}, float six = {6.0}, "
         "float sixth = {0.16666667}> {\n  a =", 1)
-
-
-def test_the_optimize_preset_does_not_fold_a_mul_before_a_conv() -> None:
-    assert_declines(FoldMulIntoWeights(), _lowered_text(_text_with_weights()), "")
 
 
 def test_an_excluded_hardswish_stays() -> None:
