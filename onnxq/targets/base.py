@@ -85,6 +85,8 @@ class Target(Resource):
         absorbed_ops: Ops removed when the following Q makes them redundant (Relu, Clip).
         float_ops: Ops that stay float whatever surrounds them (documentation and ``check``).
         quantize_graph_outputs: Whether a graph output may be quantized when nothing needs it.
+        static_shapes: The provider runs static shapes only: ``quantize`` fixes dynamic input dims
+            to the calibration samples' shapes.
         requires_bias_int32: Bias of Conv/Gemm is quantized to int32 (scale x_scale*w_scale).
         cpu: The CPU kind the profile was chosen for (``vnni``, ``avx2``, ``arm64``) or None.
         cpu_note: Why the types were chosen; the quantize summary prints it.
@@ -107,6 +109,7 @@ class Target(Resource):
     absorbed_ops: frozenset[str] = frozenset()
     float_ops: frozenset[str] = frozenset()
     quantize_graph_outputs: bool = False
+    static_shapes: bool = False
     requires_bias_int32: bool = True
     cpu: str | None = None
     cpu_note: str = ""
@@ -217,7 +220,7 @@ def get_target(name: str, cpu: str | None = None) -> Target:
 def _load_builtins() -> None:
     import importlib
 
-    for module in ("onnxq.targets.ort_cpu", "onnxq.targets.tensorrt"):
+    for module in ("onnxq.targets.ort_cpu", "onnxq.targets.tensorrt", "onnxq.targets.qnn"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -45,7 +45,7 @@ from onnxq.validation.fusion import (
     qparams,
 )
 
-TARGETS = ("ort-cpu", "tensorrt")
+TARGETS = ("ort-cpu", "tensorrt", "qnn")
 #: Opset from which per-channel (axis) Q/DQ exist; QDQ itself needs 10.
 PER_CHANNEL_OPSET = 13
 QDQ_OPSET = 10
@@ -131,6 +131,8 @@ def _check(path: Path, model: ir.Model, where: str, target: str) -> CheckReport:
     report = CheckReport(where, target, findings)
     if target == "ort-cpu":
         findings.extend(_ort_cpu(model, path, report))
+    elif target == "qnn":
+        findings.extend(_qnn(model))
     else:
         findings.extend(_tensorrt(model))
     return report
@@ -353,6 +355,31 @@ def _ort_cpu(model: ir.Model, path: Path, report: CheckReport) -> Iterator[Findi
     for text in fusion.warnings:
         rule = "ort-cpu-saturation" if text.startswith("u8s8") else "ort-cpu-slow-kernel"
         yield Finding(rule, text, None, "warning")
+
+
+def _qnn(model: ir.Model) -> Iterator[Finding]:
+    """QNN HTP: static shapes, and every node on the HTP as measured on its simulator."""
+    from onnxq.targets import qnn_htp
+
+    dynamic = [v for v in model.graph.inputs if v.shape is None or not v.shape.is_static()]
+    for value in dynamic:
+        yield Finding("qnn-static-shapes", f"input '{value.name}' has dynamic dims; the HTP runs static shapes "
+                      "only ('onnxq quantize --target qnn' fixes them from the calibration samples)")
+    if dynamic:
+        return
+    if not qnn_htp.available():
+        yield Finding("qnn-offload", f"offload not measured: {qnn_htp.INSTALL_HINT}", None, "warning")
+        return
+    try:
+        offload = qnn_htp.offload(model)
+    except Exception as e:  # noqa: BLE001  # onnxruntime raises its own types
+        yield Finding("qnn-offload", f"the QNN EP cannot load the model: {first_line(e)}")
+        return
+    for name, op in offload.fallbacks:
+        yield Finding("qnn-offload", f"{op} runs on the CPU EP, not the HTP (measured on the simulator)", name)
+    if offload.fallbacks and offload.refusal:
+        yield Finding("qnn-offload", f"refused with the CPU fallback disabled: {offload.refusal}")
+    yield Finding("qnn-offload", offload.summary(), None, "info")
 
 
 def _tensorrt(model: ir.Model) -> Iterator[Finding]:

@@ -30,6 +30,7 @@ from onnxq.errors import first_line
 from onnxq.framework.base import Diagnostic, Severity
 from onnxq.runtime import Feeds, runnable_inputs, select_inputs
 from onnxq.runtime import session as runtime_session
+from onnxq.targets import qnn_htp
 from onnxq.validation import output_kinds as kinds
 from onnxq.validation.bench import interleaved_times, session
 from onnxq.validation.fusion import FusionReport, fusion_report
@@ -99,6 +100,8 @@ class SelfCheckReport:
     layers: list[LayerFidelity]
     warnings: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: ``--target qnn``: where the nodes ran on the HTP simulator (:class:`onnxq.targets.qnn_htp.Offload`).
+    offload: Any = None
 
     @property
     def ok(self) -> bool:
@@ -110,6 +113,7 @@ class SelfCheckReport:
             "ok": self.ok,
             "samples": self.samples,
             "fusion": self.fusion.to_json() if self.fusion else None,
+            "offload": None if self.offload is None else dataclasses.asdict(self.offload),
             "latency": None if self.latency is None else {
                 "float_ms": self.latency.float_ms, "quant_ms": self.latency.quant_ms,
                 "speedup": self.latency.speedup, "runs": self.latency.runs},
@@ -124,6 +128,8 @@ class SelfCheckReport:
         out = [f"self-check ({self.target}): " + ("ok" if self.ok else f"{len(self.warnings)} warning(s)")]
         if self.fusion is not None:
             out.extend(self.fusion.lines(verbose=verbose))
+        if self.offload is not None:
+            out.append(f"offload: {self.offload.summary()}")
         if self.latency is not None:
             out.append(f"latency (1 thread, median of {self.latency.runs}): float {self.latency.float_ms:.3f} ms, "
                        f"quantized {self.latency.quant_ms:.3f} ms ({self.latency.speedup:.2f}x)")
@@ -204,13 +210,23 @@ def self_check(
                                   warmup=3, min_runs=10, max_runs=500, budget_s=latency_budget_s)
         report.latency = LatencyCheck(float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3),
                                       len(times[0]))
+    elif target_name == "qnn" and qnn_htp.available():
+        # NOTE: the HTP's arithmetic is what a device computes: fidelity is judged on its outputs.
+        report.offload = qnn_htp.offload(quant_model)
+        report.notes.append("fidelity measured on the HTP simulator (onnxruntime-qnn); latency is not measured")
     else:
+        hint = f" ({qnn_htp.INSTALL_HINT} to measure offload and fidelity on the HTP simulator)" \
+            if target_name == "qnn" else ""
         report.notes.append(f"{target_name} cannot run here: fusion and latency are not measured, "
-                            "fidelity is measured on onnxruntime CPU")
+                            f"fidelity is measured on onnxruntime CPU{hint}")
 
     names = [o.name for o in float_sess.get_outputs()]
     refs = [float_sess.run(names, f) for f in feeds]
-    gots = [quant_sess.run(names, f) for f in feeds]
+    if report.offload is not None:
+        htp = qnn_htp.run(quant_model, feeds)
+        gots = [[h[n] for n in names] for h in htp]
+    else:
+        gots = [quant_sess.run(names, f) for f in feeds]
     declared = kinds.output_kinds(float_model)
     for i, name in enumerate(names):
         report.outputs.append(_fidelity(name, [r[i] for r in refs], [g[i] for g in gots], declared.get(name)))
@@ -348,6 +364,11 @@ def _values(graph: ir.Graph) -> Iterable[ir.Value]:
 
 
 def _warn(report: SelfCheckReport, *, sqnr_floor_db: float, top1_floor: float) -> None:
+    if report.offload is not None and not report.offload.complete:
+        names = ", ".join(f"{n} ({op})" for n, op in report.offload.fallbacks[:3])
+        more = f" and {len(report.offload.fallbacks) - 3} more" if len(report.offload.fallbacks) > 3 else ""
+        report.warnings.append(f"not every node runs on the HTP: {report.offload.summary()}"
+                               + (f"; first: {names}{more}" if names else ""))
     fusion = report.fusion
     causes: list[str] = []
     if fusion is not None:

@@ -169,3 +169,13 @@ def test_choose_weighs_the_optimized_float_model() -> None:
     assert choose([plain, fast, floating], floating[0], plain[0])[0][1] == "mixed"
     # No float rung (a model under 1 ms): the fastest faithful result.
     assert choose([rung("plain", False, 2.0), rung("mixed", True, 1.1)], None)[0][1] == "mixed"
+
+
+def test_mixed_precision_is_tried_only_where_it_could_beat_float() -> None:
+    from onnxq.quantization.guard import FLOAT_MARGIN, MIXED_KEEPS, Rung, mixed_can_win
+
+    floating = Rung("float", True, "", 1.5, 1.0)
+    # NOTE: mixed results kept at most MIXED_KEEPS of the plain speed-up on the dev set
+    assert mixed_can_win(Rung("plain", False, "", 1.5 * FLOAT_MARGIN / MIXED_KEEPS * 1.01, 1.0), floating)
+    assert not mixed_can_win(Rung("plain", False, "", 1.67, 1.0), floating)  # PicoDet: plain 1.67x, float 1.51x
+    assert mixed_can_win(Rung("plain", False, "", 1.1, 1.0), None)  # float not measured (below 1 ms)

@@ -1,0 +1,89 @@
+"""qnn: Qualcomm's HTP profile, checked on the HTP simulator that onnxruntime-qnn ships."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from onnxq.targets import get_target, qnn_htp
+
+needs_htp = pytest.mark.skipif(not qnn_htp.available(), reason=f"HTP simulator not installed: {qnn_htp.INSTALL_HINT}")
+
+
+def test_profile_rules() -> None:
+    target = get_target("qnn")
+    conv = ir.Node("", "Conv", [None, None])
+    matmul = ir.Node("", "MatMul", [None, None])
+    assert target.weight_axis(conv, 4) == 0 and target.weight_axis(matmul, 2) is None  # per-channel: Conv only
+    assert target.static_shapes and target.quantize_graph_outputs
+    assert target.activation_qrange() == (0, 255) and target.weight_qrange() == (-127, 127)
+    with pytest.raises(Exception, match="does not apply"):
+        get_target("qnn", cpu="avx2")
+
+
+def _digits() -> tuple[ir.Model, list[dict[str, np.ndarray]], str]:
+    from models import zoo
+    from onnxq.ir.io import load_model
+
+    zoo.ensure_built(["digits_cnn"])
+    calib = zoo.load_calib("digits_cnn")
+    samples = [{k: v[i:i + 1] for k, v in calib.items()} for i in range(48)]
+    return load_model(zoo.model_path("digits_cnn")), samples, "digits_cnn"
+
+
+def test_dynamic_input_needs_samples_for_its_shape() -> None:
+    import onnxq
+    from onnxq.errors import OptionError
+
+    model, _, _ = _digits()
+    if all(v.shape is not None and v.shape.is_static() for v in model.graph.inputs):
+        model.graph.inputs[0].shape = ir.Shape(["N", *list(model.graph.inputs[0].shape)[1:]])
+    with pytest.raises(OptionError, match="static shapes only"):
+        onnxq.quantize(model, None, target="qnn")
+
+
+@needs_htp
+def test_quantized_for_qnn_runs_entirely_on_the_htp_and_keeps_its_answers() -> None:
+    import onnxq
+
+    model, samples, _ = _digits()
+    quantized, report = onnxq.quantize(model, samples, target="qnn")
+    check = report.self_check
+    assert check is not None and check.offload is not None, report
+    # NOTE: every node on QNN, and the session loads with the CPU fallback disabled
+    assert check.offload.complete, check.offload.summary()
+    assert check.offload.on_qnn == check.offload.nodes > 0
+    assert [i.shape.is_static() for i in quantized.graph.inputs] == [True]
+    (out,) = check.outputs  # NOTE: the HTP simulator's own outputs against FP32 on the held-back samples
+    assert out.top1_agreement is not None and out.top1_agreement >= 0.9, out
+    assert any("HTP simulator" in n for n in check.notes)
+
+
+@needs_htp
+def test_a_graph_quantized_for_ort_cpu_falls_back_and_the_nodes_are_named() -> None:
+    import onnxq
+
+    model, samples, _ = _digits()
+    quantized, _ = onnxq.quantize(model, samples, target="ort-cpu", self_check=False)
+    if not all(v.shape is not None and v.shape.is_static() for v in quantized.graph.inputs):
+        quantized.graph.inputs[0].shape = ir.Shape(list(samples[0]["input"].shape))
+    offload = qnn_htp.offload(quantized)
+    assert not offload.complete and offload.fallbacks, offload
+    assert offload.refusal  # NOTE: refused with the CPU fallback disabled
+    assert offload.on_qnn + len(offload.fallbacks) == offload.nodes
+
+
+@needs_htp
+def test_check_names_the_nodes_left_to_the_cpu(tmp_path) -> None:
+    import onnxq
+    from onnxq.validation.check import check
+
+    model, samples, _ = _digits()
+    quantized, _ = onnxq.quantize(model, samples, target="ort-cpu", self_check=False)
+    quantized.graph.inputs[0].shape = ir.Shape(list(samples[0]["input"].shape))
+    report = check(quantized, target="qnn")
+    offload = [f for f in report.findings if f.rule == "qnn-offload" and f.severity == "error"]
+    assert offload and any(f.node for f in offload), [str(f) for f in report.findings]
+    qnn_model, _ = onnxq.quantize(_digits()[0], samples, target="qnn", self_check=False)
+    assert not [f for f in check(qnn_model, target="qnn").findings if f.severity == "error"]
