@@ -5,6 +5,9 @@ are fixed to the calibration samples' shapes), both tools quantize the same FP32
 same calibration samples, A8W8:
 
 - ``onnxq``: ``onnxq.quantize(model, calib, target="qnn")`` (optimize, calibrate, QDQ for the HTP);
+- ``onnxq-a16``: the same with 16-bit activations (``target="qnn-a16"``, opset 21);
+- ``onnxq-guard``: ``onnxq quantize --target qnn`` as shipped (the guard tries A16W8 when A8W8 is
+  below the fidelity floor on the held-back calibration samples); the rung it kept;
 - ``ort-qnn``: onnxruntime's recipe for QNN, ``qnn_preprocess_model`` then
   ``get_qnn_qdq_config`` (uint8 activations and weights, its defaults) and ``quantize``, on the
   model with its input shapes fixed (the recipe needs static shapes).
@@ -115,11 +118,17 @@ def measure(name: str, samples: int) -> list[str]:
     refs = [float_sess.run(None, f) for f in held_feeds]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for tool in ("onnxq", "ort-qnn"):
+        for tool in ("onnxq", "onnxq-a16", "onnxq-guard", "ort-qnn"):
             began = time.perf_counter()
             try:
-                if tool == "onnxq":
-                    result, _ = onnxq.quantize(load_model(path), calib_feeds, target="qnn", self_check=False)
+                if tool in ("onnxq", "onnxq-a16"):
+                    result, _ = onnxq.quantize(load_model(path), calib_feeds, self_check=False,
+                                               target="qnn" if tool == "onnxq" else "qnn-a16")
+                elif tool == "onnxq-guard":
+                    from onnxq.quantization.guard import quantize_guarded
+
+                    result, _, guard = quantize_guarded(load_model(path), calib_feeds, target="qnn")
+                    tool = f"onnxq-guard ({guard.chosen})"
                 else:
                     fixed = _fixed(path, calib_feeds[0], Path(tmp) / "fixed.onnx")
                     _ort_qnn(fixed, calib_feeds, Path(tmp) / "ort.onnx")

@@ -48,6 +48,7 @@ from onnxq.errors import first_line
 from onnxq.framework.base import Diagnostic, Severity
 from onnxq.quantization.quantize import QuantizeReport, quantize
 from onnxq.runtime import release_memory
+from onnxq.targets import Target, get_target
 from onnxq.validation.self_check import SQNR_FLOOR_DB, TOP1_FLOOR, SelfCheckReport, self_check
 
 logger = logging.getLogger(__name__)
@@ -283,8 +284,13 @@ def quantize_guarded(
         began = time.perf_counter()
         return record(FLOAT_RUNG, *optimized_float(), began)
 
+    # NOTE: a target that runs quantized graphs only (the QNN HTP: a float node falls back to the
+    # CPU) has no float alternative: neither the optimized float model nor mixed precision.
+    target = options.get("target", "ort-cpu")
+    profile = target if isinstance(target, Target) else get_target(target, cpu=options.get("cpu"))
+    float_allowed = profile.float_nodes_run
     floating: Rung | None = None
-    if float_ms is not None and float_ms > SLOWER_MATTERS_MS and options.get("optimize", True):
+    if float_allowed and float_ms is not None and float_ms > SLOWER_MATTERS_MS and options.get("optimize", True):
         floating = measure_float()
 
     def quantized_ok() -> bool:
@@ -312,6 +318,17 @@ def quantize_guarded(
             # NOTE: far below the floor (a collapse), other clipping does not bring it back (measured on
             # the dev set): the time goes to mixed precision instead.
             ladder += [(f"calibration ({m})", m, None, None) for m in RECOVERY_METHODS if m != method]
+        if profile.wider_activations is not None and left() > 0:
+            # NOTE: the same provider with 16-bit activations, before any float alternative: on the
+            # HTP a float node would leave the NPU (fer_emotion A8W8 26.4 dB -> A16W8 32.9 dB).
+            began = time.perf_counter()
+            try:
+                result, report = quantize(fresh(), data, method=method, method_options=method_options,
+                                          **{**options, "target": profile.wider_activations})
+                record(f"16-bit activations ({profile.wider_activations})", result, report, began)
+            except Exception as e:  # noqa: BLE001  # a rung that fails is reported; the ladder goes on
+                rungs.append(Rung(f"16-bit activations ({profile.wider_activations})", False,
+                                  f"failed: {first_line(e)}", None, time.perf_counter() - began))
         for name, rung_method, rung_passes, rung_exclude in ladder:
             if left() <= 0 or quantized_ok():
                 break
@@ -338,8 +355,8 @@ def quantize_guarded(
     if mixed_cannot_win and floating is not None and not quantized_ok():
         floating.note = (f"mixed precision skipped: it keeps at most {MIXED_KEEPS:.0%} of the plain speed-up "
                          f"({first.speedup:.2f}x), which cannot beat this ({floating.speedup:.2f}x)")
-    if (not quantized_ok() and not float_wins and not mixed_cannot_win and data is not None and left() > 0
-            and not options.get("include")):
+    if (float_allowed and not quantized_ok() and not float_wins and not mixed_cannot_win and data is not None
+            and left() > 0 and not options.get("include")):
         began = time.perf_counter()
         try:
             from onnxq.quantization.mixed_precision import quantize_mixed
@@ -360,7 +377,8 @@ def quantize_guarded(
         except Exception as e:  # noqa: BLE001
             rungs.append(Rung("mixed", False, f"failed: {first_line(e)}", None, time.perf_counter() - began))
 
-    if floating is None and not quantized_ok() and options.get("optimize", True) and not options.get("include"):
+    if (float_allowed and floating is None and not quantized_ok() and options.get("optimize", True)
+            and not options.get("include")):
         # NOTE: nothing quantized reached the floor on a model too small for the speed rule: the
         # optimized float model is faithful; it wins unless it is slower than FP32.
         floating = measure_float()

@@ -331,7 +331,7 @@ def _largest(outputs: Mapping[str, np.ndarray]) -> float:
 
 
 #: The GELU form each target's fusions emit (``fuse-gelu{target}``).
-GELU_FORMS = {"ort-cpu": "ort-cpu", "tensorrt": "tensorrt", "qnn": "ort-cpu"}
+GELU_FORMS = {"ort-cpu": "ort-cpu", "tensorrt": "tensorrt", "qnn": "ort-cpu", "qnn-a16": "ort-cpu"}
 
 
 def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_channel: bool,
@@ -370,6 +370,13 @@ def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_cha
             report.diagnostics.append(Diagnostic(
                 f"opset {opset} cannot be converted to {PER_CHANNEL_OPSET} ({e}); weights per-tensor",
                 Severity.WARNING))
+    lifted = model.opset_imports.get("", 0)
+    if lifted < target.min_qdq_opset:
+        # NOTE: the target's Q/DQ types need a newer opset (16-bit activations: 21).
+        _run(model, Pipeline([registry.create("convert-opset", {"opset": str(target.min_qdq_opset)})]),
+             [target], report)
+        report.diagnostics.append(Diagnostic(
+            f"opset {lifted} -> {target.min_qdq_opset}: {target.name}'s QuantizeLinear types need it"))
     report.opset = (opset, model.opset_imports.get("", 0))
 
 

@@ -87,6 +87,10 @@ class Target(Resource):
         quantize_graph_outputs: Whether a graph output may be quantized when nothing needs it.
         static_shapes: The provider runs static shapes only: ``quantize`` fixes dynamic input dims
             to the calibration samples' shapes.
+        float_nodes_run: A node left float runs on the provider (False: it falls back to another
+            device, so the accuracy guard has no float alternative to offer).
+        wider_activations: The name of the same provider's profile with 16-bit activations (the
+            accuracy guard's first rung), or None.
         requires_bias_int32: Bias of Conv/Gemm is quantized to int32 (scale x_scale*w_scale).
         cpu: The CPU kind the profile was chosen for (``vnni``, ``avx2``, ``arm64``) or None.
         cpu_note: Why the types were chosen; the quantize summary prints it.
@@ -110,6 +114,8 @@ class Target(Resource):
     float_ops: frozenset[str] = frozenset()
     quantize_graph_outputs: bool = False
     static_shapes: bool = False
+    float_nodes_run: bool = True
+    wider_activations: str | None = None
     requires_bias_int32: bool = True
     cpu: str | None = None
     cpu_note: str = ""
@@ -178,6 +184,8 @@ class Target(Resource):
 
 
 def _qrange(dtype: ir.DataType, *, reduce: bool, symmetric: bool) -> tuple[int, int]:
+    if dtype == ir.DataType.UINT16:
+        return (0, 65535)
     if dtype == ir.DataType.UINT8:
         return (0, 127) if reduce else (0, 255)
     if dtype == ir.DataType.INT8:

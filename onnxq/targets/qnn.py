@@ -6,8 +6,8 @@ checked on the HTP simulator that ``onnxruntime-qnn`` ships (:mod:`onnxq.targets
 - The HTP runs quantized graphs only, and static shapes only: every op's float inputs and outputs
   pass through Q/DQ (a QDQ node unit), graph inputs and outputs included; a node QNN does not take
   falls back to the CPU EP, or fails the load with ``session.disable_cpu_ep_fallback=1``.
-- Activations uint8 asymmetric (uint16 needs opset 21, not emitted here); weights int8 symmetric;
-  int32 bias at x_scale * w_scale.
+- Activations uint8 asymmetric, or uint16 with ``qnn-a16`` (16-bit Q/DQ need opset 21, so the
+  model is converted); weights int8 symmetric; int32 bias at x_scale * w_scale.
 - Per-channel weights only for Conv (axis 0) and ConvTranspose (axis 1); MatMul and Gemm weights
   per-tensor.
 - Data-movement ops (Reshape, Transpose, Slice, MaxPool...) keep their input's scale.
@@ -22,6 +22,9 @@ import onnx_ir as ir
 from onnxq.targets.base import ACTIVATION_INPUTS, Target, UnknownTargetError, register_target
 
 NAME = "qnn"
+#: The same HTP with 16-bit activations (A16W8): finer activation steps for models A8W8 hurts.
+A16_NAME = "qnn-a16"
+A16_OPSET = 21
 #: Ops the HTP runs as QDQ node units (onnxruntime's QNN op builders). Not Erf: measured, the HTP
 #: refuses it (GELU goes to com.microsoft.Gelu instead).
 INTEGER_OPS = frozenset({
@@ -72,20 +75,22 @@ class QnnTarget(Target):
         return super().activation_inputs(node)
 
 
-def qnn_target(cpu: str | None = None) -> Target:
-    """The QNN HTP profile; ``cpu`` does not apply (the HTP is an NPU)."""
+def qnn_target(cpu: str | None = None, *, activation_bits: int = 8) -> Target:
+    """The QNN HTP profile, A8W8 (``activation_bits=16``: A16W8); ``cpu`` does not apply (an NPU)."""
+    name = NAME if activation_bits == 8 else A16_NAME
     if cpu is not None:
-        raise UnknownTargetError(f"target {NAME} runs on Qualcomm's HTP; --cpu {cpu} does not apply to it")
+        raise UnknownTargetError(f"target {name} runs on Qualcomm's HTP; --cpu {cpu} does not apply to it")
     return QnnTarget(
-        name=NAME,
-        activation_dtype=ir.DataType.UINT8,
+        name=name,
+        activation_dtype=ir.DataType.UINT8 if activation_bits == 8 else ir.DataType.UINT16,
         activation_symmetric=False,
         weight_dtype=ir.DataType.INT8,
         weight_symmetric=True,
         reduce_range=False,
         per_channel=True,
         min_per_channel_opset=13,
-        min_qdq_opset=13,
+        # NOTE: 16-bit QuantizeLinear / DequantizeLinear exist from opset 21.
+        min_qdq_opset=13 if activation_bits == 8 else A16_OPSET,
         integer_ops=INTEGER_OPS,
         output_optional_ops=frozenset(),
         anchor_ops=ANCHOR_OPS,
@@ -94,6 +99,8 @@ def qnn_target(cpu: str | None = None) -> Target:
         float_ops=frozenset(),
         quantize_graph_outputs=True,
         static_shapes=True,
+        float_nodes_run=False,
+        wider_activations=A16_NAME if activation_bits == 8 else None,
         requires_bias_int32=True,
         cpu=None,
         cpu_note=NOTE,
@@ -102,3 +109,4 @@ def qnn_target(cpu: str | None = None) -> Target:
 
 
 register_target(NAME, qnn_target)
+register_target(A16_NAME, lambda cpu=None: qnn_target(cpu, activation_bits=16))

@@ -45,7 +45,7 @@ from onnxq.validation.fusion import (
     qparams,
 )
 
-TARGETS = ("ort-cpu", "tensorrt", "qnn")
+TARGETS = ("ort-cpu", "tensorrt", "qnn", "qnn-a16")
 #: Opset from which per-channel (axis) Q/DQ exist; QDQ itself needs 10.
 PER_CHANNEL_OPSET = 13
 QDQ_OPSET = 10
@@ -131,7 +131,7 @@ def _check(path: Path, model: ir.Model, where: str, target: str) -> CheckReport:
     report = CheckReport(where, target, findings)
     if target == "ort-cpu":
         findings.extend(_ort_cpu(model, path, report))
-    elif target == "qnn":
+    elif target.startswith("qnn"):
         findings.extend(_qnn(model))
     else:
         findings.extend(_tensorrt(model))

@@ -210,13 +210,13 @@ def self_check(
                                   warmup=3, min_runs=10, max_runs=500, budget_s=latency_budget_s)
         report.latency = LatencyCheck(float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3),
                                       len(times[0]))
-    elif target_name == "qnn" and qnn_htp.available():
+    elif target_name.startswith("qnn") and qnn_htp.available():
         # NOTE: the HTP's arithmetic is what a device computes: fidelity is judged on its outputs.
         report.offload = qnn_htp.offload(quant_model)
         report.notes.append("fidelity measured on the HTP simulator (onnxruntime-qnn); latency is not measured")
     else:
         hint = f" ({qnn_htp.INSTALL_HINT} to measure offload and fidelity on the HTP simulator)" \
-            if target_name == "qnn" else ""
+            if target_name.startswith("qnn") else ""
         report.notes.append(f"{target_name} cannot run here: fusion and latency are not measured, "
                             f"fidelity is measured on onnxruntime CPU{hint}")
 
