@@ -44,10 +44,15 @@ def external_data_folder(model: ir.Model) -> str | None:
     return folders.pop() if folders else None
 
 
-def session_options(*, optimize: bool = False, threads: int = 1, external_folder: str | None = None
-                    ) -> ort.SessionOptions:
-    """onnxruntime CPU session options: optimization level, intra-op threads, external weights' folder."""
+def session_options(*, optimize: bool = False, threads: int = 1, external_folder: str | None = None,
+                    arena: bool = True) -> ort.SessionOptions:
+    """onnxruntime CPU session options: optimization level, intra-op threads, external weights' folder.
+
+    ``arena=False`` returns each run's memory to the system after the run (for sessions that
+    expose many intermediate tensors once, where the arena would keep the largest run reserved).
+    """
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = arena
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
@@ -87,13 +92,14 @@ def session_bytes(model: ir.Model) -> tuple[bytes, str | None]:
     return ir.serde.serialize_model(ready).SerializeToString(), folder
 
 
-def session(model: ir.Model | str | os.PathLike[str], *, optimize: bool = False) -> ort.InferenceSession:
+def session(model: ir.Model | str | os.PathLike[str], *, optimize: bool = False,
+            arena: bool = True) -> ort.InferenceSession:
     """A CPU InferenceSession for an in-memory model (external weights read from their folder) or a file."""
     if isinstance(model, ir.Model):
         data, folder = session_bytes(model)
-        opts = session_options(optimize=optimize, external_folder=folder)
+        opts = session_options(optimize=optimize, external_folder=folder, arena=arena)
         return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(os.fspath(model), session_options(optimize=optimize),
+    return ort.InferenceSession(os.fspath(model), session_options(optimize=optimize, arena=arena),
                                 providers=["CPUExecutionProvider"])
 
 

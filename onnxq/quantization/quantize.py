@@ -419,8 +419,9 @@ def _lower_hardswish(model: ir.Model, target: Target, report: QuantizeReport, *,
     from onnxq.passes.fusion.fold_affine_into_conv import FoldAffineIntoConv
     from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
 
+    # NOTE: shapes of the new values are inferred again (calibration sizes its runs by them).
     _run(model, Pipeline([LowerHardSwish(include=tuple(include), exclude=tuple(exclude)),
-                          FoldAffineIntoConv()]), [target], report)
+                          FoldAffineIntoConv(), PassRegistry.default().create("infer-shapes")]), [target], report)
 
 
 def _recover(model: ir.Model, names: Sequence[str], target: Target, data: CalibrationData | None,

@@ -328,8 +328,8 @@ def _layers(float_model: ir.Model, quant_model: ir.Model,
                 existing = {o.name for o in base[id(copy)]}
                 copy.graph.outputs[:] = [*base[id(copy)], *(values[n] for n in wanted if n not in existing)]
             # NOTE: no graph optimization, so every named tensor survives to be read.
-            f_sess = runtime_session(float_copy)
-            q_sess = runtime_session(quant_copy)
+            f_sess = runtime_session(float_copy, arena=False)
+            q_sess = runtime_session(quant_copy, arena=False)
             for f in feeds:
                 values = dict(zip(want_f, f_sess.run(want_f, f), strict=True)) if want_f else {}
                 gots = q_sess.run(want_q, f)
