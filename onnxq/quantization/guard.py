@@ -352,7 +352,7 @@ def quantize_guarded(
                 if rung_exclude:
                     extra_exclude = rung_exclude
     mixed_cannot_win = not mixed_can_win(first, floating)
-    if mixed_cannot_win and floating is not None and not quantized_ok():
+    if mixed_cannot_win and not float_wins and floating is not None and not quantized_ok():
         floating.note = (f"mixed precision skipped: it keeps at most {MIXED_KEEPS:.0%} of the plain speed-up "
                          f"({first.speedup:.2f}x), which cannot beat this ({floating.speedup:.2f}x)")
     if (float_allowed and not quantized_ok() and not float_wins and not mixed_cannot_win and data is not None
