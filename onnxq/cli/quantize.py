@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="skip loading the result in onnxruntime to check fusion, speed and fidelity")
     p.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                    help="write weights to <output>.data (auto: only above 2 GB)")
+    p.add_argument("--qnn-context", action="store_true",
+                   help="--target qnn*: also write OUT_ctx.onnx, the model compiled for the HTP as an EP-context "
+                        "model (devices load it without compiling again; needs onnxq[qnn])")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     # Mixed precision (onnxq.quantization.mixed_precision): with --calib, the budget is what the search meets.
     p.add_argument("--max-accuracy-drop", type=float, metavar="X",
@@ -77,12 +81,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
+def _qnn_context(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Writes OUT_ctx.onnx beside the output and checks it on the HTP simulator."""
+    from onnxq.calibration import CalibrationData
+    from onnxq.errors import OptionError
+    from onnxq.targets import qnn_htp
+
+    if not qnn_htp.available():
+        raise OptionError(f"--qnn-context needs the QNN execution provider: {qnn_htp.INSTALL_HINT}")
+    feeds = [f for _, f in itertools.islice(CalibrationData.from_source(args.calib).feeds(model), 2)] \
+        if args.calib is not None else []
+    path = args.output.with_name(args.output.stem + "_ctx.onnx")
+    with stderr.status(f"compiling for the HTP into {path}"):
+        written = qnn_htp.write_context(model, path, feeds)
+    if not args.json:
+        stderr.print(written.summary())
+    return {"path": written.path, "size_bytes": written.size, "max_abs_diff": written.max_abs_diff}
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxq.errors import OptionError
     from onnxq.quantization.guard import guard_applies, quantize_guarded
     from onnxq.quantization.quantize import quantize
 
     check_output(args.model, args.output)
+    if getattr(args, "qnn_context", False) and not args.target.startswith("qnn"):
+        raise OptionError(f"--qnn-context needs --target qnn or qnn-a16, not {args.target}")
     if args.mode == "static" and args.calib is None and args.ranges is None:
         raise OptionError("static quantization needs --calib PATH (or --ranges FILE); or use --mode dynamic")
     if args.calib is not None and not args.calib.exists():
@@ -124,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     doc = report.to_json()
     doc.update(input=str(args.model), output=str(args.output),
                size_bytes={"input": _size(args.model), "output": _size(args.output)})
+    if getattr(args, "qnn_context", False):
+        doc["qnn_context"] = _qnn_context(model, args)
     if guard is not None:
         doc["guard"] = guard.to_json()
         doc["within_floor"] = guard.within_floor

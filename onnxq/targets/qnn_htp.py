@@ -21,6 +21,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -158,6 +159,63 @@ def _boundary_nodes(model: ir.Model) -> set[str]:
             or (node.op_type == "DequantizeLinear" and any(id(o) in outputs for o in node.outputs))}
 
 
+@dataclasses.dataclass
+class ContextModel:
+    """An EP-context model the QNN EP wrote, checked by loading it back."""
+
+    path: str
+    size: int
+    #: Largest difference between its outputs and the source model's on the HTP, over the feeds.
+    max_abs_diff: float
+
+    def summary(self) -> str:
+        return (f"EP-context model {self.path} ({self.size / 2**20:.1f} MB, the compiled HTP graph inside): "
+                f"loads on QNN, max abs difference to the QDQ model's HTP outputs {self.max_abs_diff:.3g}")
+
+
+def write_context(model: ir.Model, path: str | os.PathLike[str],
+                  feeds: Sequence[Mapping[str, np.ndarray]]) -> ContextModel:
+    """Writes the model compiled for the HTP as an EP-context model (``ep.context_enable``).
+
+    A device loads it without compiling the graph again. Written to a temporary name beside
+    ``path`` and renamed into place once it has loaded on QNN and given the QDQ model's outputs.
+
+    Raises:
+        RuntimeError: the backend is missing, or the written model does not load on QNN.
+    """
+    import onnxruntime_qnn
+
+    device = _device()
+    if device is None:
+        raise RuntimeError(f"the QNN execution provider is not installed: {INSTALL_HINT}")
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}.onnx")
+    data, folder = session_bytes(model)
+    opts = session_options(optimize=False, external_folder=folder)
+    opts.add_provider_for_devices([device], {"backend_path": onnxruntime_qnn.get_qnn_htp_path()})
+    opts.add_session_config_entry("ep.context_enable", "1")
+    opts.add_session_config_entry("ep.context_embed_mode", "1")
+    opts.add_session_config_entry("ep.context_file_path", os.fspath(temp))
+    try:
+        with _stdout_to_stderr():
+            source = ort.InferenceSession(data, opts)
+        check = ort.SessionOptions()
+        check.log_severity_level = 3
+        check.add_provider_for_devices([device], {"backend_path": onnxruntime_qnn.get_qnn_htp_path()})
+        with _stdout_to_stderr():
+            loaded = ort.InferenceSession(os.fspath(temp), check)
+        names = [o.name for o in source.get_outputs()]
+        diff = 0.0
+        for feed in feeds:
+            for a, b in zip(source.run(names, dict(feed)), loaded.run(names, dict(feed)), strict=True):
+                diff = max(diff, float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))))
+        del source, loaded
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return ContextModel(os.fspath(target), target.stat().st_size, diff)
+
+
 def run(model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Every output of ``model`` on the simulated HTP (CPU fallback allowed), per feed."""
     sess = htp_session(model)
@@ -165,4 +223,5 @@ def run(model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict
     return [dict(zip(names, sess.run(names, dict(f)), strict=True)) for f in feeds]
 
 
-__all__ = ["EP_NAME", "INSTALL_HINT", "Offload", "available", "htp_session", "offload", "run"]
+__all__ = ["EP_NAME", "INSTALL_HINT", "ContextModel", "Offload", "available", "htp_session", "offload", "run",
+           "write_context"]

@@ -103,3 +103,24 @@ def test_sixteen_bit_activations_run_on_the_htp_and_are_finer() -> None:
     # NOTE: 8-bit weights bound the gain here (about +2 dB on digits; fer_emotion 26.4 -> 32.9 dB)
     assert r16.self_check.outputs[0].sqnr_db > r8.self_check.outputs[0].sqnr_db + 1, (
         r16.self_check.outputs[0], r8.self_check.outputs[0])
+
+
+@needs_htp
+def test_cli_writes_a_context_model_that_loads_on_qnn(tmp_path) -> None:
+    import onnx
+
+    from models import zoo
+    from onnxq.cli import main
+
+    zoo.ensure_built(["digits_cnn"])
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{k: v[:32] for k, v in zoo.load_calib("digits_cnn").items()})
+    out = tmp_path / "q.onnx"
+    argv = ["quantize", str(zoo.model_path("digits_cnn")), "-o", str(out), "--calib", str(calib),
+            "--target", "qnn", "--no-guard", "--qnn-context", "--json"]
+    assert main(argv) == 0
+    context = tmp_path / "q_ctx.onnx"
+    ops = [n.op_type for n in onnx.load(context).graph.node]
+    assert "EPContext" in ops and "Conv" not in ops, ops  # NOTE: the compiled HTP graph, one node
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "q.onnx", "q_ctx.onnx"]
+    assert main(argv[:-2] + ["--target", "ort-cpu", "--qnn-context"]) == 2
