@@ -330,10 +330,6 @@ def _largest(outputs: Mapping[str, np.ndarray]) -> float:
                 if np.asarray(w).dtype.kind == "f" and np.size(w)), default=1.0)
 
 
-#: The GELU form each target's fusions emit (``fuse-gelu{target}``).
-GELU_FORMS = {"ort-cpu": "ort-cpu", "tensorrt": "tensorrt", "qnn": "ort-cpu", "qnn-a16": "ort-cpu"}
-
-
 def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_channel: bool,
              target: Target, skip: frozenset[str] = frozenset(),
              instrumentations: Sequence[Any] = ()) -> None:
@@ -341,10 +337,8 @@ def _prepare(model: ir.Model, report: QuantizeReport, *, optimize: bool, per_cha
     from onnxq.passes.fusion import optimize_pipeline
 
     registry = PassRegistry.default()
-    # NOTE: the fusions use the target's name only to pick its GELU form; other profiles get the
-    # portable ONNX one. QNN's op builders take com.microsoft.Gelu where an Erf is refused
-    # (measured on the HTP simulator: the zoo transformer 257/263 -> 231/231 nodes on QNN).
-    fusion_target = GELU_FORMS.get(target.name, "onnx")
+    # NOTE: the fusions use the target only to pick its GELU form.
+    fusion_target = target.gelu_form
     fold = registry.create("fold-constants", {"input_size_limit": str(FOLD_WEIGHTS_LIMIT),
                                               "output_size_limit": str(FOLD_WEIGHTS_LIMIT)})
     if _weight_bytes(model) > SELF_CHECK_MAX_BYTES:

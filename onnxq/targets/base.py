@@ -91,6 +91,8 @@ class Target(Resource):
             device, so the accuracy guard has no float alternative to offer).
         wider_activations: The name of the same provider's profile with 16-bit activations (the
             accuracy guard's first rung), or None.
+        gelu_form: The GELU form the optimize preset emits for it (``fuse-gelu{target}``:
+            ``ort-cpu`` com.microsoft Gelu, ``tensorrt``, or the portable ``onnx`` one).
         requires_bias_int32: Bias of Conv/Gemm is quantized to int32 (scale x_scale*w_scale).
         cpu: The CPU kind the profile was chosen for (``vnni``, ``avx2``, ``arm64``) or None.
         cpu_note: Why the types were chosen; the quantize summary prints it.
@@ -116,6 +118,7 @@ class Target(Resource):
     static_shapes: bool = False
     float_nodes_run: bool = True
     wider_activations: str | None = None
+    gelu_form: str = "onnx"
     requires_bias_int32: bool = True
     cpu: str | None = None
     cpu_note: str = ""

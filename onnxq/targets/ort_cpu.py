@@ -158,6 +158,7 @@ def ort_cpu_target(cpu: str | None = None) -> Target:
         absorbed_ops=ABSORBED_OPS,
         float_ops=FLOAT_OPS,
         quantize_graph_outputs=False,
+        gelu_form="ort-cpu",
         cpu=chosen,
         cpu_note=f"{source} {chosen}: {note}",
         notes=NOTES,

@@ -90,25 +90,35 @@ class Offload:
         return f"{head}; on CPU: {ops or 'none'}{refused}"
 
 
-def htp_session(model: ir.Model, *, fallback: bool = True, record: bool = False) -> ort.InferenceSession:
+def _options(external_folder: str | None = None, config: Mapping[str, str] | None = None) -> ort.SessionOptions:
+    """Session options with the QNN EP on the simulated HTP first (the CPU EP behind it)."""
+    import onnxruntime_qnn
+
+    device = _device()
+    if device is None:
+        raise RuntimeError(f"the QNN execution provider is not installed: {INSTALL_HINT}")
+    opts = session_options(optimize=False, external_folder=external_folder)
+    opts.add_provider_for_devices([device], {"backend_path": onnxruntime_qnn.get_qnn_htp_path()})
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
+    return opts
+
+
+def htp_session(model: ir.Model, *, fallback: bool = True, record: bool = False,
+                config: Mapping[str, str] | None = None) -> ort.InferenceSession:
     """A session on the simulated HTP (``fallback``: nodes QNN refuses go to the CPU EP).
 
     Raises:
         RuntimeError: the backend is missing, or onnxruntime refuses the model (without fallback:
             a node the HTP cannot run).
     """
-    import onnxruntime_qnn
-
-    device = _device()
-    if device is None:
-        raise RuntimeError(f"the QNN execution provider is not installed: {INSTALL_HINT}")
-    data, folder = session_bytes(model)
-    opts = session_options(optimize=False, external_folder=folder)
-    opts.add_provider_for_devices([device], {"backend_path": onnxruntime_qnn.get_qnn_htp_path()})
+    entries = dict(config or {})
     if not fallback:
-        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        entries["session.disable_cpu_ep_fallback"] = "1"
     if record:
-        opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        entries["session.record_ep_graph_assignment_info"] = "1"
+    data, folder = session_bytes(model)
+    opts = _options(folder, entries)
     with _stdout_to_stderr():
         return ort.InferenceSession(data, opts)
 
@@ -183,27 +193,13 @@ def write_context(model: ir.Model, path: str | os.PathLike[str],
     Raises:
         RuntimeError: the backend is missing, or the written model does not load on QNN.
     """
-    import onnxruntime_qnn
-
-    device = _device()
-    if device is None:
-        raise RuntimeError(f"the QNN execution provider is not installed: {INSTALL_HINT}")
     target = Path(path)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}.onnx")
-    data, folder = session_bytes(model)
-    opts = session_options(optimize=False, external_folder=folder)
-    opts.add_provider_for_devices([device], {"backend_path": onnxruntime_qnn.get_qnn_htp_path()})
-    opts.add_session_config_entry("ep.context_enable", "1")
-    opts.add_session_config_entry("ep.context_embed_mode", "1")
-    opts.add_session_config_entry("ep.context_file_path", os.fspath(temp))
     try:
+        source = htp_session(model, config={"ep.context_enable": "1", "ep.context_embed_mode": "1",
+                                            "ep.context_file_path": os.fspath(temp)})
         with _stdout_to_stderr():
-            source = ort.InferenceSession(data, opts)
-        check = ort.SessionOptions()
-        check.log_severity_level = 3
-        check.add_provider_for_devices([device], {"backend_path": onnxruntime_qnn.get_qnn_htp_path()})
-        with _stdout_to_stderr():
-            loaded = ort.InferenceSession(os.fspath(temp), check)
+            loaded = ort.InferenceSession(os.fspath(temp), _options())
         names = [o.name for o in source.get_outputs()]
         diff = 0.0
         for feed in feeds:

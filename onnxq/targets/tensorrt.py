@@ -115,6 +115,7 @@ def tensorrt_target(cpu: str | None = None) -> Target:
         absorbed_ops=frozenset(),
         float_ops=frozenset(),
         quantize_graph_outputs=False,
+        gelu_form="tensorrt",
         requires_bias_int32=False,
         cpu=None,
         cpu_note=NOTE,
