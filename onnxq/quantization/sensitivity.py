@@ -206,7 +206,7 @@ class Evaluator:
         if self.output_kinds[i] == output_kinds.SEQUENCE and runs is not None:
             return output_kinds.sequence_agreement([r[i] for r in self.reference_runs], [r[i] for r in runs])
         if self.output_kinds[i] == output_kinds.CLASS_SCORES:
-            return float(np.mean(ref.argmax(-1) == out.argmax(-1)))
+            return float(np.mean(output_kinds.decided(ref, out)))
         a = ref.reshape(max(len(ref), 1) if ref.ndim else 1, -1).astype(np.float64)
         b = out.reshape(max(len(out), 1) if out.ndim else 1, -1).astype(np.float64)
         norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)

@@ -91,6 +91,9 @@ class Target(Resource):
             device, so the accuracy guard has no float alternative to offer).
         wider_activations: The name of the same provider's profile with 16-bit activations (the
             accuracy guard's first rung), or None.
+        dynamic_kernels: The provider runs onnxruntime's dynamic-quantization kernels
+            (DynamicQuantizeMatMul, DynamicQuantizeLSTM, MatMulIntegerToFloat): the accuracy guard
+            tries INT8 weights with activation ranges taken at run time.
         gelu_form: The GELU form the optimize preset emits for it (``fuse-gelu{target}``:
             ``ort-cpu`` com.microsoft Gelu, ``tensorrt``, or the portable ``onnx`` one).
         requires_bias_int32: Bias of Conv/Gemm is quantized to int32 (scale x_scale*w_scale).
@@ -118,6 +121,7 @@ class Target(Resource):
     static_shapes: bool = False
     float_nodes_run: bool = True
     wider_activations: str | None = None
+    dynamic_kernels: bool = False
     gelu_form: str = "onnx"
     requires_bias_int32: bool = True
     cpu: str | None = None

@@ -159,6 +159,7 @@ def ort_cpu_target(cpu: str | None = None) -> Target:
         float_ops=FLOAT_OPS,
         quantize_graph_outputs=False,
         gelu_form="ort-cpu",
+        dynamic_kernels=True,
         cpu=chosen,
         cpu_note=f"{source} {chosen}: {note}",
         notes=NOTES,

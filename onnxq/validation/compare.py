@@ -298,8 +298,9 @@ def compare(
             raise CompareError(f"{cand_name}: output '{name}' differs in shape or dtype from {ref_name}'s: "
                                f"{fid.mismatch}")
         mean_abs = _mean_abs(r, g)
+        # NOTE: compare reports the exact arg-max agreement (the self-check's floor excuses FP32 ties)
         report.outputs.append(OutputMetrics(name, fid.sqnr_db, fid.cosine, fid.max_abs_error, mean_abs,
-                                            fid.top1_agreement))
+                                            fid.exact_agreement if fid.top1_agreement is not None else None))
     first = per_output_ref[0] if per_output_ref else []
     report.rows = sum(int(a.shape[0]) if a.ndim else 1 for a in first)
     label_array: np.ndarray | None

@@ -64,6 +64,8 @@ class OutputFidelity:
     kind: str = "tensor"
     #: Share of sequences whose CTC decoding agrees; ``None`` unless the output is a sequence.
     sequence_agreement: float | None = None
+    #: The agreement above without excusing float-model ties (exact arg-max; ``output_kinds.decided``).
+    exact_agreement: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +142,9 @@ class SelfCheckReport:
             top1 = f", top-1 agreement {o.top1_agreement:.1%}" if o.top1_agreement is not None else ""
             if o.sequence_agreement is not None:
                 top1 = f", sequence agreement {o.sequence_agreement:.1%}"
+            agreed = o.top1_agreement if o.top1_agreement is not None else o.sequence_agreement
+            if o.exact_agreement is not None and agreed is not None and o.exact_agreement < agreed:
+                top1 += f" ({o.exact_agreement:.1%} exact; the rest changed only where FP32 itself was within 2:1)"
             out.append(f"output '{o.name}' on {self.samples} sample(s): SQNR {_db(o.sqnr_db)}, cosine {o.cosine:.5f}, "
                        f"max abs error {o.max_abs_error:.4g}{top1}")
         if self.layers:
@@ -279,7 +284,10 @@ def _fidelity(name: str, refs: Sequence[np.ndarray], gots: Sequence[np.ndarray],
     kind = kinds.kind_of_arrays(kind, refs)
     top1 = kinds.top1_agreement(refs, gots) if kind == kinds.CLASS_SCORES else None
     sequence = kinds.sequence_agreement(refs, gots) if kind == kinds.SEQUENCE else None
-    return OutputFidelity(name, sqnr_db(ref, got), cosine, max_abs, top1, kind=kind, sequence_agreement=sequence)
+    exact = (kinds.top1_agreement(refs, gots, tie=0.0) if kind == kinds.CLASS_SCORES
+             else kinds.sequence_agreement(refs, gots, tie=0.0) if kind == kinds.SEQUENCE else None)
+    return OutputFidelity(name, sqnr_db(ref, got), cosine, max_abs, top1, kind=kind, sequence_agreement=sequence,
+                          exact_agreement=exact)
 
 
 def _layers(float_model: ir.Model, quant_model: ir.Model,

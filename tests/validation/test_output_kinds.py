@@ -80,3 +80,27 @@ def test_embeddings_get_no_argmax_measure() -> None:
     ref = rng.standard_normal((8, 384)).astype(np.float32)
     fid = _fidelity("emb", [ref], [ref + 0.01], kinds.TENSOR)
     assert fid.top1_agreement is None and fid.sequence_agreement is None and fid.cosine > 0.99
+
+
+def test_a_flip_where_fp32_itself_is_undecided_is_a_tie_not_a_disagreement() -> None:
+    # FP32 logits: row 0 prefers class 0 over class 1 by 0.2 (odds 1.2:1), row 1 by 2.0 (7.4:1)
+    ref = np.array([[2.0, 1.8, -3.0], [3.0, 1.0, -3.0]])
+    got = np.array([[1.9, 2.0, -3.0], [1.0, 3.0, -3.0]])  # both rows flip to class 1
+    assert kinds.top1_agreement([ref], [got]) == 0.5  # only the decided row counts against
+    assert kinds.top1_agreement([ref], [got], tie=0.0) == 0.0  # exact arg-max
+    # the same rows as probabilities: the gap is measured as log(p_own / p_theirs)
+    probs = np.exp(ref) / np.exp(ref).sum(-1, keepdims=True)
+    assert kinds.top1_agreement([probs], [got]) == 0.5
+    fid = _fidelity("scores", [ref], [got], kinds.CLASS_SCORES)
+    assert fid.top1_agreement == 0.5 and fid.exact_agreement == 0.0
+
+
+def test_a_sequence_changed_only_at_fp32_ties_agrees() -> None:
+    ref = _ctc([0, 3, 0, 0, 2, 2, 0])
+    ref[4, 0, 4] = 4.9  # step 4: FP32 prefers 2 over 4 by 0.1
+    tied, decided = _ctc([0, 3, 0, 0, 4, 2, 0]), _ctc([0, 3, 0, 0, 2, 2, 4])  # step 6: by 10
+    assert kinds.sequence_agreement([ref], [tied]) == 1.0
+    assert kinds.sequence_agreement([ref], [tied], tie=0.0) == 0.0
+    assert kinds.sequence_agreement([ref], [decided]) == 0.0
+    fid = _fidelity("ctc", [ref], [tied], kinds.SEQUENCE)
+    assert fid.sequence_agreement == 1.0 and fid.exact_agreement == 0.0
