@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from onnxq.errors import OnnxqError
 
 #: Modules under onnxq.cli, one per command; each has ``add_parser(subparsers)``.
-COMMANDS = ("run", "passes", "inspect", "convert", "check", "bench", "optimize", "quantize", "compare", "sweep")
+COMMANDS = ("run", "passes", "inspect", "convert", "check", "bench", "optimize", "quantize", "compare", "sweep",
+            "export_ort")
 
 
 class _Parser(argparse.ArgumentParser):
