@@ -12,7 +12,9 @@ Rules (each finding names the rule and the node or tensor):
   ``qdq-pair`` (a Q and its DQs use the same parameters);
 - target rules: ``ort-cpu`` runs the model through onnxruntime's optimizer and names every QDQ group
   that stays float (:mod:`onnxq.validation.fusion`); ``tensorrt`` uses
-  ``onnxq.targets.tensorrt_rules`` when it is installed.
+  ``onnxq.targets.tensorrt_rules`` when it is installed; ``qnn`` measures the offload on the HTP
+  simulator; ``nnapi`` / ``coreml`` partition the model with onnxruntime's mobile usability
+  checker and name every node left to the CPU, with why (:mod:`onnxq.targets.mobile`).
 
 The QDQ rules are hand-written: onnx's checker validates types, not quantization parameters.
 """
@@ -45,7 +47,7 @@ from onnxq.validation.fusion import (
     qparams,
 )
 
-TARGETS = ("ort-cpu", "tensorrt", "qnn", "qnn-a16")
+TARGETS = ("ort-cpu", "tensorrt", "qnn", "qnn-a16", "nnapi", "coreml")
 #: Opset from which per-channel (axis) Q/DQ exist; QDQ itself needs 10.
 PER_CHANNEL_OPSET = 13
 QDQ_OPSET = 10
@@ -133,6 +135,8 @@ def _check(path: Path, model: ir.Model, where: str, target: str) -> CheckReport:
         findings.extend(_ort_cpu(model, path, report))
     elif target.startswith("qnn"):
         findings.extend(_qnn(model))
+    elif target in ("nnapi", "coreml"):
+        findings.extend(_mobile(path, target))
     else:
         findings.extend(_tensorrt(model))
     return report
@@ -380,6 +384,22 @@ def _qnn(model: ir.Model) -> Iterator[Finding]:
     if offload.fallbacks and offload.refusal:
         yield Finding("qnn-offload", f"refused with the CPU fallback disabled: {offload.refusal}")
     yield Finding("qnn-offload", offload.summary(), None, "info")
+
+
+def _mobile(path: Path, target: str) -> Iterator[Finding]:
+    """Nodes onnxruntime would not hand to NNAPI / CoreML (:mod:`onnxq.targets.mobile`)."""
+    from onnxq.targets import mobile
+
+    try:
+        found = mobile.partitions(path, target)
+    except Exception as e:  # noqa: BLE001  # onnxruntime cannot load or optimize it
+        yield Finding(f"{target}-partitions", f"onnxruntime cannot load the model to partition it: {first_line(e)}")
+        return
+    for node in found.unsupported:
+        yield Finding(f"{target}-partitions", f"{node.op} runs on the CPU EP: {node.reason}", node.node, "warning")
+    yield Finding(f"{target}-partitions", found.summary(), None, "info")
+    for caveat in found.caveats:
+        yield Finding(f"{target}-caveat", f"not checked: {caveat.strip()}", None, "info")
 
 
 def _tensorrt(model: ir.Model) -> Iterator[Finding]:
