@@ -124,6 +124,7 @@ def read_activations(model: ir.Model, tensors: Sequence[str], feeds: Iterable[Ma
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False  # NOTE: the arena would keep the largest run's activations
     samples = [select_inputs(model, f) for f, _ in zip(feeds, range(max_samples), strict=False)]
     for start in range(0, len(tensors), STATISTICS_GROUP):
         group = list(tensors[start:start + STATISTICS_GROUP])
@@ -144,12 +145,15 @@ def channel_statistics(model: ir.Model, tensors: Sequence[str], feeds: Iterable[
     count: dict[str, float] = {}
 
     def visit(name: str, value: np.ndarray) -> None:
-        array = np.moveaxis(value, axes[name], -1)
-        flat = array.reshape(-1, array.shape[-1])
-        entry = stats.setdefault(name, {"absmax": np.zeros(flat.shape[1]), "sum": np.zeros(flat.shape[1])})
-        entry["absmax"] = np.maximum(entry["absmax"], np.abs(flat).max(axis=0))
-        entry["sum"] += flat.sum(axis=0, dtype=np.float64)
-        count[name] = count.get(name, 0.0) + flat.shape[0]
+        # NOTE: reductions over the other axes, no moved or absolute copy of the (large) activation
+        axis = axes[name] % value.ndim
+        others = tuple(i for i in range(value.ndim) if i != axis)
+        channels = value.shape[axis]
+        entry = stats.setdefault(name, {"absmax": np.zeros(channels), "sum": np.zeros(channels)})
+        absmax = np.maximum(value.max(axis=others), -value.min(axis=others))
+        entry["absmax"] = np.maximum(entry["absmax"], absmax)
+        entry["sum"] += value.sum(axis=others, dtype=np.float64)
+        count[name] = count.get(name, 0.0) + value.size // max(channels, 1)
 
     read_activations(model, tensors, feeds, visit, max_samples=max_samples)
     for name, entry in stats.items():
