@@ -122,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
         return _run_mixed(args, out)
     with stderr.status(f"loading {args.model}"):
         model = load_model(args.model)
+    from onnxq.quantization.quantize import AlreadyQuantizedError, refuse_integer_model
+
+    try:
+        refuse_integer_model(model)
+    except AlreadyQuantizedError as e:
+        raise AlreadyQuantizedError(f"{args.model}: {e}") from None
     kwargs: dict[str, Any] = dict(
         target=args.target,
         mode=args.mode,

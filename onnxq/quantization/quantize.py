@@ -154,6 +154,7 @@ def quantize(
     method = method.replace("_", "-")
     if method not in METHODS:
         raise OptionError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    refuse_integer_model(model)
     profile = target if isinstance(target, Target) else get_target(target, cpu=cpu)
     report = QuantizeReport(
         target=profile.name,
@@ -164,6 +165,13 @@ def quantize(
         cpu_note=getattr(profile, "cpu_note", None),
     )
     report.ops_before = _op_histogram(model)
+    carried = report.ops_before.get("QuantizeLinear", 0) + report.ops_before.get("DequantizeLinear", 0)
+    if carried and not any(n.metadata_props.get("onnxq.pass") for n in model.graph if n.op_type == "QuantizeLinear"):
+        report.diagnostics.append(Diagnostic(
+            f"the model already carries {report.ops_before.get('QuantizeLinear', 0)} QuantizeLinear and "
+            f"{report.ops_before.get('DequantizeLinear', 0)} DequantizeLinear (a QAT export or another tool's "
+            "output): their scales are kept as they are, only what they leave float is quantized",
+            Severity.WARNING))
     if _weight_bytes(model) <= SELF_CHECK_MAX_BYTES:
         # NOTE: the sessions below are built from serialized bytes, where a relative external-data
         # path would resolve against the working directory, not the model's folder; weights of this
@@ -486,6 +494,33 @@ def _self_check(model: ir.Model, reference: Any, held: CalibrationData | None, t
                 report.diagnostics.append(Diagnostic(f"did not fuse, Q/DQ removed: {group}", Severity.INFO))
             check = self_check(reference, model, samples, target=target)
     report.self_check = check
+
+
+#: Ops of a model quantized to integer kernels already (onnxruntime's QOperator / dynamic / weight-only
+#: formats): quantizing it again has no float to start from.
+INTEGER_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul",
+    "QLinearConcat", "QLinearSigmoid", "QLinearSoftmax", "QLinearLeakyRelu", "QLinearAveragePool",
+    "QLinearGlobalAveragePool", "QAttention", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
+    "MatMulIntegerToFloat", "MatMulNBits", "QLinearConvTranspose", "QLinearReduceMean", "QLinearWhere",
+})
+
+
+class AlreadyQuantizedError(UserError):
+    """The input runs on integer kernels already."""
+
+
+def refuse_integer_model(model: ir.Model) -> None:
+    """Raises AlreadyQuantizedError when ``model`` runs integer kernels (QOperator, dynamic, weight-only)."""
+    found: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type in INTEGER_OPS:
+            found[node.op_type] = found.get(node.op_type, 0) + 1
+    if found:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(found.items()))
+        raise AlreadyQuantizedError(
+            f"the model is already quantized ({ops}): quantize its float original; "
+            "'onnxq check' and 'onnxq bench' take this one as it is")
 
 
 def _has_op(model: ir.Model, op_type: str) -> bool:
