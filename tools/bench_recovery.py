@@ -3,7 +3,8 @@
 One row per (model, method) over the models of ``tools/thirdparty.py`` (all ten, or ``--models``):
 fidelity of the INT8 model to FP32 on the eval samples, with the measure that fits each output
 kind (``class_scores``: top-1 agreement; ``ctc_sequence``: whole-sequence agreement after greedy
-CTC decoding; the others: SQNR dB and cosine; a multi-output model reports its worst output),
+CTC decoding; both excuse FP32's own ties as the self-check does; the others: SQNR dB and cosine; a
+multi-output model reports its worst output),
 speed-up over FP32 at 1 thread (interleaved medians, ORT_ENABLE_ALL, with a bootstrap 95%
 interval: "within noise" when it holds 1.0), the tool's wall time and peak RSS (each tool runs
 in its own subprocess under ``/usr/bin/time -f %M``), and

@@ -17,8 +17,8 @@ guard tries, in order and within ``time_limit_s``:
    sensitivity on the held-back samples) to a budget equivalent to the floor;
 5. ``float``: the optimized float model, always faithful.
 
-On a model above 1 ms, or a smaller one whose faithful plain result is clearly slower than
-float, the optimized float model is measured right after the plain rung: the
+On a model above 1 ms, or one above 0.2 ms whose faithful plain result is below 0.8x, the
+optimized float model is measured right after the plain rung: the
 ``optimize`` preset alone often gains much (a written-out HardSwish fused: 1.5x on a PicoDet
 detector), and when it is at least as fast as the plain quantized result, no rung can beat it
 (rungs only add float nodes or change ranges), so the ladder is skipped and float is the answer.
@@ -71,6 +71,10 @@ MIXED_MIN_S = 60.0
 SLOWER_MATTERS_MS = 1.0
 #: A speed-up below this is slower than float beyond the noise of interleaved medians.
 SLOWER_THAN = 0.95
+#: Below 1 ms a faithful plain result still loses to float when slower than this, on a model whose
+#: float run takes at least TIMED_MS (shorter runs are mostly call overhead and timing noise).
+CLEARLY_SLOWER = 0.8
+TIMED_MS = 0.2
 #: The optimized float model wins over a faithful quantized one only when faster by this factor
 #: (their speed-ups come from separate interleaved runs; ties go to the smaller model).
 FLOAT_MARGIN = 1.05
@@ -298,7 +302,8 @@ def quantize_guarded(
     # NOTE: below 1 ms too when the faithful plain result is clearly slower than float (a 0.6 ms Keras
     # CNN at 0.55x): a quantized model that halves the speed is not what anyone asked for. (Below the
     # floor there, the ladder runs first; float is measured after it when nothing is faithful.)
-    clearly_slower = first.within_floor and first.speedup is not None and first.speedup < SLOWER_THAN
+    clearly_slower = (first.within_floor and first.speedup is not None and first.speedup < CLEARLY_SLOWER
+                      and float_ms is not None and float_ms >= TIMED_MS)
     if (float_allowed and float_ms is not None and (float_ms > SLOWER_MATTERS_MS or clearly_slower)
             and options.get("optimize", True)):
         floating = measure_float()

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxq.cli import main
-from onnxq.quantization.guard import FLOAT_RUNG, SLOWER_THAN, quantize_guarded
+from onnxq.quantization.guard import CLEARLY_SLOWER, FLOAT_RUNG, quantize_guarded
 from tests.quantization import _fragile
 
 
@@ -57,7 +57,7 @@ def test_guard_keeps_a_faithful_plain_result() -> None:
     assert names[0] == "plain (minmax)" and guard.rungs[0].within_floor and guard.within_floor
     assert set(names[1:]) <= {FLOAT_RUNG}
     if FLOAT_RUNG in names:
-        assert (guard.rungs[0].speedup or 0) < SLOWER_THAN
+        assert (guard.rungs[0].speedup or 0) < CLEARLY_SLOWER
 
 
 @pytest.mark.parametrize("guard", [True, False])

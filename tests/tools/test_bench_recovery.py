@@ -20,6 +20,8 @@ import bench_recovery as br  # noqa: E402
 def test_each_output_kind_gets_its_measure() -> None:
     rng = np.random.default_rng(0)
     scores = [rng.normal(size=(1, 5)) for _ in range(4)]
+    for s in scores:
+        s[0, np.argmax(s)] += 3.0  # FP32 decided (a change within 2:1 would be a tie, not a disagreement)
     flipped = [s.copy() for s in scores]
     flipped[0][0, np.argmax(scores[0])] = -10  # one decision of four changes
     cls = br.score_output("p", "class_scores", scores, flipped)
