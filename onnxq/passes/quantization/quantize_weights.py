@@ -114,6 +114,7 @@ def quantize_weights(
         "biases_quantized": 0,
         "per_tensor_fallbacks": 0,
         "weight_scales_inflated": 0,
+        "dead_channels": 0,
     }
     use_axis = per_channel and target.per_channel
     if use_axis and opset < target.min_per_channel_opset:
@@ -197,14 +198,22 @@ def quantize_weights(
                 factor = float(np.max(needed[inflated] / scale[inflated]) if scale.ndim else needed / scale)
                 scale = np.maximum(scale, needed * np.float32(1.001)).astype(np.float32)
                 stats["weight_scales_inflated"] += int(inflated.sum())
-                diagnostics.append(
-                    Diagnostic(
-                        f"{op} bias would overflow int32 at scale x_scale*w_scale; weight scale of "
-                        f"{int(inflated.sum())} channel(s) inflated up to {factor:.3g}x",
-                        Severity.WARNING,
-                        node=node.name,
+                if axis is not None and _dead(w, axis, inflated):
+                    # NOTE: channels whose weights are ~0 (BatchNorm folding of a channel whose scale
+                    # is ~0): their output is the bias either way, so raising the scale loses nothing
+                    stats["dead_channels"] += int(inflated.sum())
+                    diagnostics.append(Diagnostic(
+                        f"{op}: {int(inflated.sum())} channel(s) with weights ~0 (their output is the bias): "
+                        "weight scale raised so the int32 bias fits; nothing lost", Severity.INFO, node=node.name))
+                else:
+                    diagnostics.append(
+                        Diagnostic(
+                            f"{op} bias would overflow int32 at scale x_scale*w_scale; weight scale of "
+                            f"{int(inflated.sum())} channel(s) inflated up to {factor:.3g}x",
+                            Severity.WARNING,
+                            node=node.name,
+                        )
                     )
-                )
 
         q = round_to_grid(w, along_axis(scale, w.ndim, axis), 0, (qmin, qmax), target.weight_dtype.numpy())
         key = (id(weight), axis, scale.tobytes())
@@ -270,3 +279,14 @@ def quantize_weights(
             del graph.initializers[value.name]
     modified = stats["weights_quantized"] > 0 or stats["biases_quantized"] > 0
     return PassResult(modified, {k: v for k, v in stats.items() if v} if modified else {}, tuple(diagnostics))
+
+
+#: A channel whose largest weight is below this share of the layer's largest is dead.
+DEAD_SHARE = 1e-6
+
+
+def _dead(w: np.ndarray, axis: int, channels: np.ndarray) -> bool:
+    """Whether every one of ``channels`` (a mask over ``axis``) has weights ~0 against the layer's."""
+    per_channel = np.abs(np.moveaxis(np.asarray(w, np.float64), axis, 0)).reshape(w.shape[axis], -1).max(axis=1)
+    layer = float(per_channel.max(initial=0.0))
+    return bool(layer > 0 and np.all(per_channel[channels] <= DEAD_SHARE * layer))

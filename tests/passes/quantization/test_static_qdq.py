@@ -352,6 +352,29 @@ g (float[1,3,4,4] x) => (float[1,4,4,4] y) {
     assert_all_fused(ops, QLinearConv=1)
 
 
+def test_dead_channels_with_a_big_bias_are_said_quietly_and_lose_nothing() -> None:
+    # BatchNorm folding of a channel whose scale is ~0 leaves weights ~1e-30 and its shift as bias:
+    # the channel's output is the bias either way, so the raised scale is not worth a warning
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    weights[1] = 1e-30
+    bias = np.array([0.1, 3.0, -0.2, 0.0], np.float32)
+    model = build(
+        H18
+        + """
+g (float[1,3,4,4] x) => (float[1,4,4,4] y) {
+  y = Conv(x, w, b)
+}""",
+        w=weights,
+        b=bias,
+    )
+    result, ops = quantize_and_check(model, tol=0.03)
+    said = [d for d in result.diagnostics if "int32" in d.message]
+    assert said and all(d.severity == Severity.INFO and "weights ~0" in d.message for d in said), said
+    assert any(k.endswith("dead_channels") and v == 1 for k, v in result.stats.items()), result.stats
+    assert_all_fused(ops, QLinearConv=1)
+
+
 @pytest.mark.parametrize("pattern", ["conv_b", "Conv", "conv_[b-z]"])
 def test_exclude_by_name_op_type_or_regex(pattern: str) -> None:
     text = (
