@@ -332,10 +332,8 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
     assert_all_fused(ops, QLinearConv=1)
 
 
-def test_bias_overflow_inflates_weight_scale() -> None:
-    bias = np.array([500.0, -400.0, 0.1, 0.0], np.float32)
-    weights = (np.random.default_rng(0).standard_normal((4, 3, 1, 1)) * 1e-4).astype(np.float32)
-    model = build(
+def _one_conv(weights: np.ndarray, bias: np.ndarray) -> ir.Model:
+    return build(
         H18
         + """
 g (float[1,3,4,4] x) => (float[1,4,4,4] y) {
@@ -344,6 +342,12 @@ g (float[1,3,4,4] x) => (float[1,4,4,4] y) {
         w=weights,
         b=bias,
     )
+
+
+def test_bias_overflow_inflates_weight_scale() -> None:
+    bias = np.array([500.0, -400.0, 0.1, 0.0], np.float32)
+    weights = (np.random.default_rng(0).standard_normal((4, 3, 1, 1)) * 1e-4).astype(np.float32)
+    model = _one_conv(weights, bias)
     result, ops = quantize_and_check(model, tol=0.03, input_scale=1e-6)
     warnings = [d for d in result.diagnostics if d.severity == Severity.WARNING and "int32" in d.message]
     assert warnings and "inflated" in warnings[0].message
@@ -359,15 +363,7 @@ def test_dead_channels_with_a_big_bias_are_said_quietly_and_lose_nothing() -> No
     weights = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
     weights[1] = 1e-30
     bias = np.array([0.1, 3.0, -0.2, 0.0], np.float32)
-    model = build(
-        H18
-        + """
-g (float[1,3,4,4] x) => (float[1,4,4,4] y) {
-  y = Conv(x, w, b)
-}""",
-        w=weights,
-        b=bias,
-    )
+    model = _one_conv(weights, bias)
     result, ops = quantize_and_check(model, tol=0.03)
     said = [d for d in result.diagnostics if "int32" in d.message]
     assert said and all(d.severity == Severity.INFO and "weights ~0" in d.message for d in said), said
