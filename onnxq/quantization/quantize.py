@@ -29,6 +29,7 @@ from onnxq.framework.context import PassContext
 from onnxq.framework.pipeline import Pipeline, apply
 from onnxq.framework.registry import PassRegistry
 from onnxq.ir.interop import copy_model
+from onnxq.passes.quantization._common import PASS_METADATA_KEY
 from onnxq.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def quantize(
     )
     report.ops_before = _op_histogram(model)
     carried = report.ops_before.get("QuantizeLinear", 0) + report.ops_before.get("DequantizeLinear", 0)
-    if carried and not any(n.metadata_props.get("onnxq.pass") for n in model.graph if n.op_type == "QuantizeLinear"):
+    if carried and not any(n.metadata_props.get(PASS_METADATA_KEY) for n in model.graph if n.op_type == "QuantizeLinear"):
         report.diagnostics.append(Diagnostic(
             f"the model already carries {report.ops_before.get('QuantizeLinear', 0)} QuantizeLinear and "
             f"{report.ops_before.get('DequantizeLinear', 0)} DequantizeLinear (a QAT export or another tool's "
@@ -496,25 +497,17 @@ def _self_check(model: ir.Model, reference: Any, held: CalibrationData | None, t
     report.self_check = check
 
 
-#: Ops of a model quantized to integer kernels already (onnxruntime's QOperator / dynamic / weight-only
-#: formats): quantizing it again has no float to start from.
-INTEGER_OPS = frozenset({
-    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul",
-    "QLinearConcat", "QLinearSigmoid", "QLinearSoftmax", "QLinearLeakyRelu", "QLinearAveragePool",
-    "QLinearGlobalAveragePool", "QAttention", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
-    "MatMulIntegerToFloat", "MatMulNBits", "QLinearConvTranspose", "QLinearReduceMean", "QLinearWhere",
-})
-
-
 class AlreadyQuantizedError(UserError):
     """The input runs on integer kernels already."""
 
 
 def refuse_integer_model(model: ir.Model) -> None:
     """Raises AlreadyQuantizedError when ``model`` runs integer kernels (QOperator, dynamic, weight-only)."""
+    from onnxq.validation.fusion import INTEGER_KERNELS
+
     found: dict[str, int] = {}
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type in INTEGER_OPS:
+        if node.op_type in INTEGER_KERNELS:
             found[node.op_type] = found.get(node.op_type, 0) + 1
     if found:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(found.items()))
