@@ -13,9 +13,9 @@ whether the result is valid (``onnx.checker`` full check and onnxruntime loads i
 Methods (``--methods`` picks some):
 
 - ``onnxq-plain``: ``onnxq quantize --no-guard`` (the plain command as it was);
-- ``onnxq-cle`` / ``onnxq-sq`` / ``onnxq-bc``: one recovery pass alone through the Python API,
-  ``quantize(model, calib, recovery=("cross-layer-equalization",))`` / ``("smooth-quant",)`` /
-  ``("correct-bias",)`` (no guard);
+- ``onnxq-cle`` / ``onnxq-sq`` / ``onnxq-bc`` / ``onnxq-ada``: one recovery pass alone through the
+  Python API, ``quantize(model, calib, recovery=("cross-layer-equalization",))`` /
+  ``("smooth-quant",)`` / ``("correct-bias",)`` / ``("adaround",)`` (no guard);
 - ``onnxq-guard``: ``onnxq quantize`` as shipped (the guard is on by default); the rung it kept;
 - ``ort-static``: ``onnxruntime.quantization.quantize_static``, QDQ, per-channel, MinMax, u8
   activations and s8 weights, ``reduce_range`` on AVX2 CPUs without VNNI; no pre-processing;
@@ -69,6 +69,7 @@ METHODS: dict[str, tuple[str, float]] = {
     "onnxq-cle": ("onnxq API, recovery=(cross-layer-equalization,)", 600),
     "onnxq-sq": ("onnxq API, recovery=(smooth-quant,)", 600),
     "onnxq-bc": ("onnxq API, recovery=(correct-bias,)", 600),
+    "onnxq-ada": ("onnxq API, recovery=(adaround,)", 600),
     "onnxq-guard": ("onnxq quantize (guard on, default)", 900),
     "ort-static": ("onnxruntime quantize_static QDQ per-channel MinMax u8/s8", 600),
     "nncf": ("nncf.quantize (default preset)", 600),
@@ -80,7 +81,8 @@ METHODS: dict[str, tuple[str, float]] = {
 #: take hours even on the smallest model, so fewer, on at most this many samples.
 ADAROUND_ITERATIONS = 200
 ADAROUND_SAMPLES = 64
-RECOVERY = {"onnxq-cle": "cross-layer-equalization", "onnxq-sq": "smooth-quant", "onnxq-bc": "correct-bias"}
+RECOVERY = {"onnxq-cle": "cross-layer-equalization", "onnxq-sq": "smooth-quant", "onnxq-bc": "correct-bias",
+            "onnxq-ada": "adaround"}
 AGREEMENT_KINDS = ("class_scores", "ctc_sequence")
 NNCF_PATH = Path("/tmp/nncf_env")
 AIMET_PATH = Path("/tmp/aimet_env")

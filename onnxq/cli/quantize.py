@@ -12,8 +12,11 @@ from onnxq.ir.io import load_model, save_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from onnxq.passes.recovery import PASSES
     from onnxq.quantization.quantize import METHODS, MODES
     from onnxq.targets import TARGETS
+
+    RECOVERY = tuple(cls.name for cls in PASSES)  # noqa: N806
 
     p = sub.add_parser("quantize", help="quantize a model to INT8 (static QDQ or dynamic)")
     p.add_argument("model", type=Path, help="input float .onnx file (never modified)")
@@ -37,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="leave matching nodes in float (repeatable)")
     p.add_argument("--include", action="append", default=[], metavar="NAME|OP|REGEX",
                    help="quantize only matching nodes (repeatable)")
+    p.add_argument("--recovery", action="append", default=[], choices=RECOVERY, metavar="PASS",
+                   help="accuracy-recovery pass run before calibration (repeatable; in order): "
+                        f"{', '.join(RECOVERY)}; the guard's rungs keep it")
     p.add_argument("--ranges", type=Path, metavar="FILE", help="reuse calibrated ranges; skip calibration")
     p.add_argument("--save-ranges", type=Path, metavar="FILE", help="write the calibrated ranges as JSON")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
@@ -119,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--overrides {args.overrides}: no such file")
     _check_gate(args)
     if getattr(args, "max_accuracy_drop", None) is not None and args.mode == "static":
+        if getattr(args, "recovery", None):
+            raise OptionError("--recovery does not combine with --max-accuracy-drop (mixed precision measures "
+                              "each node without recovery passes); drop one of them")
         return _run_mixed(args, out)
     with stderr.status(f"loading {args.model}"):
         model = load_model(args.model)
@@ -136,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         include=args.include,
         ranges=str(args.ranges) if args.ranges else None,
+        recovery=tuple(getattr(args, "recovery", ()) or ()),
         save_ranges=str(args.save_ranges) if args.save_ranges else None,
         optimize=args.optimize,
         self_check=args.self_check,

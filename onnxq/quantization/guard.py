@@ -224,14 +224,17 @@ def quantize_guarded(
         model: The float model.
         calibration: Calibration samples in any ``quantize()`` form (read more than once).
         time_limit_s: Time for the ladder after the plain rung.
-        method / method_options / options: As for :func:`~onnxq.quantization.quantize.quantize`.
+        method / method_options / options: As for :func:`~onnxq.quantization.quantize.quantize`;
+            ``recovery`` passes the user chose run in every static rung, before the ladder's own.
     """
     from onnxq.quantization.quantize import SELF_CHECK_MAX_BYTES, _weight_bytes
 
     start = time.perf_counter()
+    chosen = tuple(options.pop("recovery", None) or ())
     if _weight_bytes(model) > SELF_CHECK_MAX_BYTES:
         # NOTE: no self-check above this size (quantize() says why), so no fidelity to guard.
-        result, report = quantize(model, calibration, method=method, method_options=method_options, **options)
+        result, report = quantize(model, calibration, method=method, method_options=method_options,
+                                  recovery=chosen, **options)
         rung = Rung(f"plain ({method})", True, "not measured (model too large for the self-check)", None,
                     time.perf_counter() - start)
         return result, report, GuardReport([rung], rung.name, True, time_limit_s)
@@ -276,7 +279,8 @@ def quantize_guarded(
     held: list[dict[str, Any]] = []
     reference = fresh()
     began = time.perf_counter()
-    plain, plain_report = quantize(fresh(), data, method=method, method_options=method_options, **options)
+    plain, plain_report = quantize(fresh(), data, method=method, method_options=method_options, recovery=chosen,
+                                   **options)
     if data is not None and plain_report.holdout_samples:
         _, rest = data.split(holdout=plain_report.holdout_samples)
         held = [dict(f) for _, f in rest.feeds(reference)]
@@ -339,7 +343,7 @@ def quantize_guarded(
             began = time.perf_counter()
             try:
                 result, report = quantize(fresh(), data, method=method, method_options=method_options,
-                                          **{**options, "target": profile.wider_activations})
+                                          recovery=chosen, **{**options, "target": profile.wider_activations})
                 record(f"16-bit activations ({profile.wider_activations})", result, report, began)
             except Exception as e:  # noqa: BLE001  # a rung that fails is reported; the ladder goes on
                 rungs.append(Rung(f"16-bit activations ({profile.wider_activations})", False,
@@ -351,7 +355,8 @@ def quantize_guarded(
             use = rung_passes if rung_passes is not None else recovery
             floats = rung_exclude if rung_exclude is not None else extra_exclude
             try:
-                result, report = quantize(fresh(), data, method=rung_method, recovery=use,
+                result, report = quantize(fresh(), data, method=rung_method,
+                                          recovery=tuple(dict.fromkeys((*chosen, *use))),
                                           method_options=method_options if rung_method == method else None,
                                           **{**options, "exclude": [*options.get("exclude", ()), *floats]})
             except Exception as e:  # noqa: BLE001  # a rung that fails is reported; the ladder goes on

@@ -151,6 +151,8 @@ def test_tensorrt_target_gives_symmetric_int8(tmp_path: Path) -> None:
         (["--calib", "{tmp}/nan.npz"], "NaN"),
         (["--calib", "{example}", "--method", "kl"], "invalid choice"),
         (["--ranges", "{tmp}/other.json"], "another model"),
+        (["--calib", "{example}", "--recovery", "adaround", "--max-accuracy-drop", "0.01"], "does not combine"),
+        (["--calib", "{example}", "--recovery", "rounding"], "invalid choice"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(extra: list[str], message: str, tmp_path: Path, capsys) -> None:

@@ -104,3 +104,18 @@ def test_min_speedup_gate_passes_when_met(tmp_path: Path, capsys: pytest.Capture
     code = main(["quantize", str(example_model_path()), "-o", str(out), "--calib", str(example_inputs_path()),
                  "--no-guard", "-q", "--min-speedup", "0.01"])
     assert code == 0 and out.exists()
+
+
+def test_recovery_runs_the_named_passes_before_calibration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = _run(tmp_path, capsys, name="plain.onnx")
+    rounded = _run(tmp_path, capsys, "--recovery", "adaround", name="ada.onnx")
+    assert not any(k.startswith("adaround.") for k in plain["stats"])
+    assert rounded["stats"]["adaround.layers_rounded"] >= 1
+    # the example's logits: AdaRound's rounding is closer to FP32 than nearest rounding
+    sqnr = [d["self_check"]["outputs"][0]["sqnr_db"] for d in (plain, rounded)]
+    assert sqnr[1] > sqnr[0], sqnr
+    # with the guard on, its rungs keep the chosen pass
+    out = tmp_path / "guarded.onnx"
+    assert main(["quantize", str(example_model_path()), "-o", str(out), "--calib", str(example_inputs_path()),
+                 "--recovery", "adaround", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stats"]["adaround.layers_rounded"] >= 1

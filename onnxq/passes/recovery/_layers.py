@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -80,6 +81,13 @@ def linear(node: ir.Node) -> Linear | None:
     if len(w.shape) != 2:
         return None
     return Linear(node, weight, None, 1, 0)
+
+
+def quantized_layers(model: ir.Model, target: Any, selection: Any) -> list[Linear]:
+    """The linear layers ``quantize-weights`` will quantize whose input is an activation, in graph order."""
+    return [layer for node in model.graph
+            if (layer := linear(node)) is not None and target.is_integer_op(node) and selection.selects(node)
+            and node.inputs[0] is not None and not node.inputs[0].is_initializer()]
 
 
 def scale_along(array: np.ndarray, factor: np.ndarray, axis: int) -> np.ndarray:

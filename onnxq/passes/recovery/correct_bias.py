@@ -31,7 +31,7 @@ from onnxq.passes.recovery._layers import (
     activation_axis,
     channel_statistics,
     fake_quantize_weight,
-    linear,
+    quantized_layers,
     set_initializer,
     single_user,
 )
@@ -96,9 +96,7 @@ class CorrectBias(Pass):
         target = ctx.resource(Target)
         data = ctx.resource(CalibrationData)
         selection = Selection(self.options.include, self.options.exclude)
-        layers = [layer for node in model.graph
-                  if (layer := linear(node)) is not None and target.is_integer_op(node) and selection.selects(node)
-                  and node.inputs[0] is not None and not node.inputs[0].is_initializer()]
+        layers = quantized_layers(model, target, selection)
         if not layers:
             return PassResult(False, {})
         inputs = {}

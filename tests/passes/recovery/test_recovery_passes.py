@@ -18,7 +18,8 @@ from onnxq.calibration.data import CalibrationData
 from onnxq.framework.context import PassContext
 from onnxq.framework.pipeline import Pipeline, apply
 from onnxq.framework.registry import PassRegistry
-from onnxq.passes.recovery import CorrectBias, CrossLayerEqualization, SmoothQuant
+from onnxq.passes.recovery import AdaRound, CorrectBias, CrossLayerEqualization, SmoothQuant
+from onnxq.passes.recovery.adaround import adaround_rows
 from onnxq.passes.recovery.smooth_quant import smoothing_scales
 from tests.passes.quantization.qdq_helpers import HOST, quantize
 from tests.quantization import _fragile
@@ -164,8 +165,77 @@ def test_recovery_passes_are_registered_with_their_options() -> None:
 
 def test_recovery_passes_are_idempotent() -> None:
     feeds = [{"x": row} for row in _fragile.samples(32)["x"]]
-    for pass_ in (CrossLayerEqualization(), SmoothQuant(), CorrectBias()):
+    for pass_ in (CrossLayerEqualization(), SmoothQuant(), CorrectBias(), AdaRound(iterations=50)):
         model = _fragile.model()
         _apply(model, pass_, feeds)
         again = apply(model, Pipeline([pass_]), PassContext.with_resources([HOST, CalibrationData.from_source(feeds)]))
         assert not again.modified, pass_.name
+
+
+def _correlated(rng: np.random.Generator, rows: int, k: int, mix: np.ndarray) -> np.ndarray:
+    return (rng.standard_normal((rows, k)) @ mix).astype(np.float32)
+
+
+def test_adaround_rows_beats_nearest_rounding_on_unseen_inputs() -> None:
+    # Correlated inputs: rounding errors of neighbouring weights add up in the output unless
+    # chosen together, which nearest rounding cannot do.
+    rng = np.random.default_rng(3)
+    k, c, qlim = 48, 16, 64
+    mix = rng.standard_normal((k, k)) * 0.4 + np.eye(k)
+    w = (rng.standard_normal((c, k)) * 0.1).astype(np.float32)
+    scale = np.abs(w).max(axis=1) / qlim
+    x = _correlated(rng, 4096, k, mix)
+    ints, before, after = adaround_rows(w, scale, x.T.astype(np.float64) @ x / len(x), qlim, iterations=300)
+    assert after < 0.7 * before
+    assert np.all(ints == np.round(ints)) and np.abs(ints).max() <= qlim
+    # the largest weight of each channel keeps its rounding (so the scale does not change), and
+    # every weight moves at most one step from its float value
+    top = np.abs(w).argmax(axis=1)
+    np.testing.assert_array_equal(ints[np.arange(c), top], np.round(w[np.arange(c), top] / scale))
+    assert np.all(np.abs(ints - w / scale[:, None]) < 1.0)
+    # numpy reference on inputs the Gram matrix never saw
+    test = _correlated(rng, 4096, k, mix)
+    nearest = np.clip(np.round(w / scale[:, None]), -qlim, qlim)
+    err_nearest = np.mean((test @ (nearest * scale[:, None] - w).T) ** 2)
+    err_ada = np.mean((test @ (ints * scale[:, None] - w).T) ** 2)
+    assert err_ada < 0.7 * err_nearest, (err_nearest, err_ada)
+
+
+CONV = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 6, 10, 10] x) => (float[1, 8, 5, 5] y) {
+  y = Conv<pads=[1, 1, 1, 1], strides=[2, 2]>(x, w, b)
+}"""
+
+
+def test_adaround_rounds_conv_weights_onto_the_quantizer_grid_and_lowers_the_output_error() -> None:
+    rng = np.random.default_rng(4)
+    mix = rng.standard_normal((6, 6)) * 0.5 + np.eye(6)
+    weights = {"w": (rng.standard_normal((8, 6, 3, 3)) * 0.2).astype(np.float32),
+               "b": np.zeros(8, np.float32)}
+
+    def feeds(seed: int, n: int) -> list[dict[str, np.ndarray]]:
+        r = np.random.default_rng(seed)
+        return [{"x": np.einsum("ij,bjhw->bihw", mix, r.standard_normal((1, 6, 10, 10))).astype(np.float32)}
+                for _ in range(n)]
+
+    calib, held = feeds(5, 32), feeds(6, 32)
+    model = _model(CONV, **weights)
+    want = _run(model, held)
+    stats = _apply(model, AdaRound(), calib)
+    assert stats["adaround.layers_rounded"] == 1 and stats["adaround.mean_error_vs_nearest_pct"] < 80
+    qlim = 64 if HOST.reduce_range else 127
+    scale = np.abs(weights["w"]).max(axis=(1, 2, 3)) / qlim
+    got = model.graph.initializers["w"].const_value.numpy()
+    steps = got / scale[:, None, None, None]
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # on quantize-weights' grid
+    assert np.all(np.abs(steps - weights["w"] / scale[:, None, None, None]) < 1.0)
+    nearest = _model(CONV, **{**weights, "w": np.round(weights["w"] / scale[:, None, None, None]).astype(
+        np.float32) * scale[:, None, None, None]})
+    assert _sqnr(want, _run(model, held)) > _sqnr(want, _run(nearest, held)) + 1.5
+    # the INT8 pipeline writes exactly these weights: its weight DequantizeLinear reproduces them
+    quantized = _model(CONV, **weights)
+    _apply(quantized, AdaRound(), calib)
+    quantize(quantized, calib)
+    ints = {v.name: v.const_value.numpy() for v in quantized.graph.initializers.values()
+            if v.const_value is not None and v.const_value.dtype == ir.DataType.INT8}
+    assert any(np.array_equal(q.astype(np.float32), np.round(steps)) for q in ints.values())
