@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from onnxq import runtime
 from onnxq.convert import dims
-from onnxq.convert.verify import check_model, compare_with_source, first_line, infer_shapes
+from onnxq.convert.verify import QUANTIZED_STEPS, check_model, compare_with_source, first_line, infer_shapes
 from onnxq.errors import ConversionError, MissingExtraError, OptionError
 
 #: Opset used when the caller does not choose one.
@@ -169,6 +169,7 @@ def finish(
     atol: float = DEFAULT_ATOL,
     reference: str = "the source model",
     notes: Sequence[str] = (),
+    steps: Mapping[str, float] | None = None,
 ) -> ConversionResult:
     """Names dims, checks, optionally cleans up, and compares outputs with the source.
 
@@ -188,6 +189,8 @@ def finish(
         atol: Absolute tolerance of the numeric check.
         reference: How to call the source in messages ("PyTorch", "TensorFlow"...).
         notes: Carried into the result.
+        steps: Output name -> quantization step, for outputs of an integer source compared in
+            steps (:func:`onnxq.convert.verify.compare_with_source`).
 
     Raises:
         ConversionError: A check failed; the message names the source and the failure.
@@ -210,8 +213,13 @@ def finish(
         check_model(model, where=source, stage="the model after cleanup")
     infer_shapes(model, where=source)
     diffs = compare_with_source(
-        model, feeds, expected, where=source, rtol=rtol, atol=atol, reference=reference, optimized=optimize
+        model, feeds, expected, where=source, rtol=rtol, atol=atol, reference=reference, optimized=optimize,
+        steps=steps,
     )
+    if steps:
+        notes = [*notes, "int8 source: " + ", ".join(
+            f"'{name}' compared within {QUANTIZED_STEPS} quantization steps of {step:g} "
+            f"(max diff {diffs.get(name, 0.0) / step:.3g} steps)" for name, step in steps.items())]
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     return ConversionResult(
         model=model,

@@ -86,6 +86,7 @@ def from_tflite(
         raise ModelLoadError(f"{where}: not a valid TFLite model: {first_line(e)}") from e
     aliases = _signature_names(interpreter)
     arrays, expected = _run_interpreter(interpreter, aliases, example_inputs, where)
+    steps = _quantization_steps(tf, path, interpreter)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NOTE: tf2onnx opens a (deprecated) tf.lite.Interpreter too
@@ -99,6 +100,7 @@ def from_tflite(
     renumber_generated_names(model)
     feeds = {renamed.get(k, k): v for k, v in arrays.items()}
     expected = {renamed.get(k, k): v for k, v in expected.items()}
+    steps = {renamed.get(k, k): v for k, v in steps.items()}
     return finish(
         model,
         source_kind="tflite",
@@ -115,6 +117,7 @@ def from_tflite(
         atol=atol,
         reference="the TFLite interpreter",
         notes=[] if example_inputs else ["the numeric check used random inputs (seed 0)"],
+        steps=steps,
     )
 
 
@@ -153,6 +156,41 @@ def _run_interpreter(
             f"{where}: the TFLite interpreter fails on the check inputs: {first_line(e)}"
         ) from e
     return arrays, expected
+
+
+def _quantization_steps(tf: Any, path: Path, interpreter: Any) -> dict[str, float]:
+    """Output tensor name -> quantization step, for the outputs of an integer model.
+
+    An int8 / uint8 / int16 output is compared in its own integers (step 1); a float output that a
+    DEQUANTIZE op produces, in the step of the tensor it dequantizes. Ops are read from an
+    interpreter without the default delegates (XNNPACK hides them behind DELEGATE nodes).
+    """
+    steps: dict[str, float] = {}
+    producers: dict[int, tuple[str, list[int]]] = {}
+    tensors: dict[int, dict[str, Any]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            bare = tf.lite.Interpreter(model_path=os.fspath(path), experimental_op_resolver_type=(
+                tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+            bare.allocate_tensors()
+            for op in bare._get_ops_details():  # noqa: SLF001  # the only way to read the op list
+                for out in op["outputs"]:
+                    producers[int(out)] = (str(op["op_name"]), [int(i) for i in op["inputs"]])
+            tensors = {int(t["index"]): t for t in bare.get_tensor_details()}
+        except Exception:  # noqa: BLE001  # no op list: float tolerance for every output
+            return {}
+    for detail in interpreter.get_output_details():
+        scale = float(detail["quantization"][0])
+        if np.dtype(detail["dtype"]).kind in "iu" and scale > 0:
+            steps[detail["name"]] = 1.0
+            continue
+        op = producers.get(int(detail["index"]))
+        if op is not None and op[0] == "DEQUANTIZE" and op[1]:
+            source = tensors.get(op[1][0])
+            if source is not None and np.dtype(source["dtype"]).kind in "iu" and source["quantization"][0] > 0:
+                steps[detail["name"]] = float(source["quantization"][0])
+    return steps
 
 
 def _signature_names(interpreter: Any) -> dict[str, str]:

@@ -198,3 +198,28 @@ def test_importing_onnxq_convert_imports_no_framework() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_outputs_of_an_integer_source_may_differ_by_a_few_quantization_steps() -> None:
+    model = ir.from_proto(onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[4] x, int8[4] q) => (float[4] y, int8[4] p) {
+      y = Identity(x)
+      p = Identity(q)
+    }"""))
+    x = np.array([0.0, 0.25, 0.5, 1.0], np.float32)
+    q = np.array([-128, 0, 5, 127], np.int8)
+    feeds = {"x": x, "q": q}
+    step = 1.0 / 256
+    off = {"y": x + 2 * step, "p": q}
+    kwargs = {"where": "m.tflite", "rtol": 1e-4, "atol": 1e-5, "reference": "the TFLite interpreter"}
+    with pytest.raises(ConversionError, match="output 'y'"):
+        compare_with_source(model, feeds, off, **kwargs)  # float tolerance: two steps are too much
+    assert compare_with_source(model, feeds, off, steps={"y": step}, **kwargs)["y"] == pytest.approx(2 * step)
+    with pytest.raises(ConversionError, match=r"more than 3 quantization steps of 0\.00390625"):
+        compare_with_source(model, feeds, {"y": x + 4 * step, "p": q}, steps={"y": step}, **kwargs)
+    shifted = {"y": x, "p": (q.astype(np.int16) - 2).clip(-128, 127).astype(np.int8)}
+    with pytest.raises(ConversionError, match="output 'p'"):
+        compare_with_source(model, feeds, shifted, **kwargs)
+    assert compare_with_source(model, feeds, shifted, steps={"p": 1.0}, **kwargs)["p"] == 2.0
+    with pytest.raises(ConversionError, match="output 'p'"):
+        compare_with_source(model, feeds, {"y": x, "p": q.astype(np.int16)}, steps={"p": 1.0}, **kwargs)

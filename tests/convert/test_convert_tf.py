@@ -174,3 +174,32 @@ def test_conversion_is_deterministic(tf_sources: dict[str, Any], name: str) -> N
     """tf2onnx numbers names from a process-wide counter; two conversions must still give equal bytes."""
     first, second = (convert(tf_sources["folder"] / name).model for _ in range(2))
     assert ir.to_proto(first).SerializeToString() == ir.to_proto(second).SerializeToString()
+
+
+@pytest.mark.parametrize("io_type", ["float32", "int8"])
+def test_int8_tflite_is_compared_in_quantization_steps(io_type: str, tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="image")
+    hidden = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="probs")(
+        keras.layers.Flatten()(hidden)))
+    rng = np.random.default_rng(0)
+
+    def samples() -> Any:
+        for _ in range(16):
+            yield [rng.random((1, 8, 8, 3), np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = samples
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io_type == "int8":
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+    with contextlib.redirect_stdout(io.StringIO()):
+        (tmp_path / "q.tflite").write_bytes(converter.convert())
+    result = from_tflite(tmp_path / "q.tflite")
+    # the softmax output of an int8 model has TFLite's fixed step 1/256; an int8 output is compared
+    # in its own integers
+    step = "1" if io_type == "int8" else "0.00390625"
+    assert any(f"compared within 3 quantization steps of {step} " in note for note in result.notes), result.notes
+    assert result.max_abs_diff["output_0"] <= 3 * float(step)
