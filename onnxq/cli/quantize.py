@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="quantize only matching nodes (repeatable)")
     p.add_argument("--recovery", action="append", default=[], choices=RECOVERY, metavar="PASS",
                    help="accuracy-recovery pass run before calibration (repeatable; in order): "
-                        f"{', '.join(RECOVERY)}; the guard's rungs keep it")
+                        f"{', '.join(RECOVERY)}; the guard's calibrated rungs keep it")
     p.add_argument("--ranges", type=Path, metavar="FILE", help="reuse calibrated ranges; skip calibration")
     p.add_argument("--save-ranges", type=Path, metavar="FILE", help="write the calibrated ranges as JSON")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
