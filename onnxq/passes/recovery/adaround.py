@@ -79,11 +79,12 @@ def _output_error(delta: np.ndarray, gram: np.ndarray) -> float:
 
 def adaround_rows(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, qlim: int, *, iterations: int = 500,
                   reg: float = 0.01, beta: tuple[float, float] = (20.0, 2.0), warm_start: float = 0.2,
-                  lr: float = 0.05) -> tuple[np.ndarray, float, float]:
+                  lr: float = 0.05, deadline: float | None = None) -> tuple[np.ndarray, float, float]:
     """Integer weights ``[C, K]`` for ``w`` (rows are output channels) on the grid ``scale`` (``[C]``
     or a scalar), chosen by AdaRound against the Gram matrix of the inputs.
 
-    Returns the integers and the output error of nearest and of the returned rounding.
+    Returns the integers and the output error of nearest and of the returned rounding; past
+    ``deadline`` (``time.perf_counter()``), nearest rounding.
     """
     w = np.asarray(w, np.float64)
     s = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1, 1) if np.ndim(scale) else scale, w.shape)
@@ -102,6 +103,8 @@ def adaround_rows(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, qlim: int,
     m2 = np.zeros_like(v)
     warm = int(warm_start * iterations)
     for step in range(iterations):
+        if deadline is not None and step % 16 == 0 and time.perf_counter() > deadline:
+            return nearest, before, before
         h = rectified_sigmoid(v)
         delta = (base32 + h) * s32 - w32
         grad = 2.0 * (delta @ g32 if g32.ndim == 2 else np.einsum("ckl,cl->ck", g32, delta)) * s32
@@ -229,10 +232,14 @@ class AdaRound(Pass):
                 scale = weight_scales(layer.w, (axis,) if axis is not None else (), qlim)
                 gram = entry.gram / entry.count
                 ints, before, after = adaround_rows(entry.rows, scale, gram, qlim,
-                                                    iterations=self.options.iterations, reg=self.options.reg)
+                                                    iterations=self.options.iterations, reg=self.options.reg,
+                                                    deadline=began + self.options.time_limit_s)
                 entry.gram = None
                 if after >= before:
-                    kept += 1
+                    if time.perf_counter() - began > self.options.time_limit_s:
+                        out_of_time += 1
+                    else:
+                        kept += 1
                     continue
                 s = np.asarray(scale, np.float64).reshape(-1, 1) if np.ndim(scale) else float(scale)
                 new_rows = (ints * s).astype(np.float32)

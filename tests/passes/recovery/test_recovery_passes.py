@@ -199,6 +199,10 @@ def test_adaround_rows_beats_nearest_rounding_on_unseen_inputs() -> None:
     err_nearest = np.mean((test @ (nearest * scale[:, None] - w).T) ** 2)
     err_ada = np.mean((test @ (ints * scale[:, None] - w).T) ** 2)
     assert err_ada < 0.7 * err_nearest, (err_nearest, err_ada)
+    # past its deadline, a layer keeps nearest rounding
+    late, b, a = adaround_rows(w, scale, x.T.astype(np.float64) @ x / len(x), qlim, deadline=0.0)
+    np.testing.assert_array_equal(late, nearest)
+    assert a == b
 
 
 CONV = """<ir_version: 8, opset_import: ["" : 17]>
