@@ -84,10 +84,17 @@ def linear(node: ir.Node) -> Linear | None:
 
 
 def quantized_layers(model: ir.Model, target: Any, selection: Any) -> list[Linear]:
-    """The linear layers ``quantize-weights`` will quantize whose input is an activation, in graph order."""
+    """The linear layers ``quantize-weights`` will quantize whose input is an activation, in graph order.
+
+    Not the filters of a signal-processing front end (``insert-qdq`` leaves them float): a pass
+    that changes a layer's function to suit its rounded weights must not touch a float layer.
+    """
+    from onnxq.passes.quantization._plan import signal_front_end
+
+    front_end = signal_front_end(model.graph)
     return [layer for node in model.graph
             if (layer := linear(node)) is not None and target.is_integer_op(node) and selection.selects(node)
-            and node.inputs[0] is not None and not node.inputs[0].is_initializer()]
+            and node not in front_end and node.inputs[0] is not None and not node.inputs[0].is_initializer()]
 
 
 def scale_along(array: np.ndarray, factor: np.ndarray, axis: int) -> np.ndarray:
