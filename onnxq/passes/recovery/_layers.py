@@ -84,17 +84,18 @@ def linear(node: ir.Node) -> Linear | None:
 
 
 def quantized_layers(model: ir.Model, target: Any, selection: Any) -> list[Linear]:
-    """The linear layers ``quantize-weights`` will quantize whose input is an activation, in graph order.
+    """The linear layers ``insert-qdq`` will quantize whose input is an activation, in graph order.
 
-    Not the filters of a signal-processing front end (``insert-qdq`` leaves them float): a pass
-    that changes a layer's function to suit its rounded weights must not touch a float layer.
+    Read from the placement plan itself: not the filters of a signal-processing front end, nor a
+    layer with no quantized neighbour, nor anything else the plan leaves float. A pass that changes
+    a layer's function to suit its rounded weights must not touch a layer that stays float.
     """
-    from onnxq.passes.quantization._plan import signal_front_end
+    from onnxq.passes.quantization._plan import make_plan
 
-    front_end = signal_front_end(model.graph)
+    planned = set(make_plan(model, target, selection).quantized)
     return [layer for node in model.graph
-            if (layer := linear(node)) is not None and target.is_integer_op(node) and selection.selects(node)
-            and node not in front_end and node.inputs[0] is not None and not node.inputs[0].is_initializer()]
+            if node in planned and (layer := linear(node)) is not None
+            and node.inputs[0] is not None and not node.inputs[0].is_initializer()]
 
 
 def scale_along(array: np.ndarray, factor: np.ndarray, axis: int) -> np.ndarray:
