@@ -239,3 +239,31 @@ def test_zoo_digits_cnn_from_its_calibration_npz() -> None:
     relus = [n.outputs[0].name for n in model.graph if n.op_type == "Relu"]
     for name in relus:
         assert entropy[name].min == 0.0 and 0.0 < entropy[name].max <= ranges[name].max
+
+
+def test_large_activations_are_read_in_groups_with_the_same_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxq.calibration import collector
+
+    model = parse("""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[N, 64, 64] x) => (float[N, 64, 64] y) {
+      a = Relu(x)
+      b = Mul(a, a)
+      c = Sub(b, x)
+      y = Tanh(c)
+    }""")
+    rng = np.random.default_rng(3)
+    samples = [{"x": rng.standard_normal((2, 64, 64)).astype(np.float32) * (i + 1)} for i in range(4)]
+    names = ["x", "a", "b", "c", "y"]
+    # each tensor of a sample is 2 * 64 * 64 * 4 = 32768 bytes: three fit in 100000, not four
+    assert collector.output_groups(model, names, samples[0], 100_000) == [["x", "a", "b"], ["c", "y"]]
+    assert collector.output_groups(model, names, samples[0], 10**9) == [names]
+    whole = calibrate(model, samples, method="percentile")
+    runs = []
+    real = collector._session
+    monkeypatch.setattr(collector, "_session", lambda *a: runs.append(1) or real(*a))
+    monkeypatch.setattr(collector, "GROUP_BYTES", 40_000)  # one tensor a group
+    grouped = calibrate(model, samples, method="percentile")
+    assert len(runs) == 5
+    assert grouped.samples == whole.samples == 4
+    assert {k: grouped[k] for k in grouped} == {k: whole[k] for k in whole}
