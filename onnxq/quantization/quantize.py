@@ -172,7 +172,8 @@ def quantize(
         report.diagnostics.append(Diagnostic(
             f"the model already carries {report.ops_before.get('QuantizeLinear', 0)} QuantizeLinear and "
             f"{report.ops_before.get('DequantizeLinear', 0)} DequantizeLinear (a QAT export or another tool's "
-            "output): their scales are kept as they are, only what they leave float is quantized",
+            "output): their scales are kept as they are (int8 activations move to uint8 with the same values "
+            "where the target runs uint8), only what they leave float is quantized",
             Severity.WARNING))
     if _weight_bytes(model) <= SELF_CHECK_MAX_BYTES:
         # NOTE: the sessions below are built from serialized bytes, where a relative external-data
@@ -196,6 +197,11 @@ def quantize(
         _fix_input_shapes(model, calibration, profile, report)
     with clock("optimize"):
         _prepare(model, report, optimize=optimize, per_channel=per_channel, target=profile)
+    if carried and mode == "static":
+        from onnxq.passes.quantization.legalize_qdq import LegalizeQDQ
+
+        with clock("optimize"):
+            _run(model, Pipeline([LegalizeQDQ()]), [profile], report)
     if overrides is not None:
         from onnxq.quantization import mixed_precision as mp
 
