@@ -13,6 +13,8 @@ Rules from onnxruntime's NNAPI EP source (``nnapi_builtin/builders/helper.h``,
   (Android API 29+, on axis 0; MatMul per-tensor), or uint8 per-tensor.
 - Softmax's quantized output must have scale 1/256 and zero point 0: onnxq's calibrated ranges
   do not give that, so Softmax is left float (NNAPI runs it in float).
+- HardSwish: NNAPI has neither HardSwish nor HardSigmoid; ``quantize`` lowers it to
+  ``x * Clip(x + 3, 0, 6) / 6`` (``lower-hardswish``), which it runs.
 - Static shapes: onnxruntime's mobile checker counts a node with a dynamic input as unsupported;
   ``quantize`` fixes the inputs to the calibration samples' shapes.
 
@@ -38,6 +40,7 @@ NOTES = {
     "Gemm": "QDQ unit on NNAPI; int8 weights per-tensor",
     "MatMul": "QDQ unit on NNAPI; int8 weights per-tensor",
     "Softmax": "float on NNAPI: its quantized output must be scale 1/256, zero point 0",
+    "HardSwish": "lowered to Add / Clip / Mul: NNAPI has no HardSwish or HardSigmoid",
     "*": "uint8 activations only; ops outside the QDQ list run in float on NNAPI or on the CPU EP",
 }
 NOTE = ("Android NNAPI through onnxruntime's NNAPI EP: uint8 activations, int8 weights with zero point 0 "
@@ -73,7 +76,9 @@ def nnapi_target(cpu: str | None = None) -> Target:
         anchor_ops=ANCHOR_OPS,
         data_movement_ops=DATA_MOVEMENT_OPS,
         absorbed_ops=frozenset({"Relu", "Clip"}),
-        float_ops=frozenset({"Softmax"}),
+        # NOTE: HardSwish is float here so that quantize lowers it to Add / Clip / Mul, which NNAPI
+        # runs: its table has no HardSwish or HardSigmoid (a PP-LCNet classifier: 2 partitions -> 1).
+        float_ops=frozenset({"Softmax", "HardSwish"}),
         quantize_graph_outputs=False,
         static_shapes=True,
         float_nodes_run=True,
