@@ -221,7 +221,8 @@ def quantize(
     if optimize and held is not None and isinstance(reference, ir.Model):
         with clock("optimize"):
             model = _check_optimized(model, reference, held, profile, report, per_channel=per_channel)
-    if mode == "static" and _lowers_hardswish(profile) and _has_op(model, "HardSwish"):
+    if mode == "static" and _lowers_hardswish(profile) and (
+            _has_op(model, "HardSwish") or ("HardSigmoid" in profile.lowered_ops and _has_op(model, "HardSigmoid"))):
         with clock("optimize"):
             _lower_hardswish(model, profile, report, include=include, exclude=exclude)
     if mode == "static" and recovery:
@@ -433,7 +434,8 @@ def _lower_hardswish(model: ir.Model, target: Target, report: QuantizeReport, *,
     from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
 
     # NOTE: shapes of the new values are inferred again (calibration sizes its runs by them).
-    _run(model, Pipeline([LowerHardSwish(include=tuple(include), exclude=tuple(exclude)),
+    _run(model, Pipeline([LowerHardSwish(include=tuple(include), exclude=tuple(exclude),
+                                         hardsigmoid="HardSigmoid" in target.lowered_ops),
                           FoldAffineIntoConv(), PassRegistry.default().create("infer-shapes")]), [target], report)
 
 

@@ -84,6 +84,8 @@ class Target(Resource):
         data_movement_ops: Ops that run on int8 when input and output share scale/zero point.
         absorbed_ops: Ops removed when the following Q makes them redundant (Relu, Clip).
         float_ops: Ops that stay float whatever surrounds them (documentation and ``check``).
+        lowered_ops: Ops the provider has no kernel for at all, which ``quantize`` writes out in
+            ops it runs (``HardSigmoid`` -> Mul / Add / Clip for NNAPI).
         quantize_graph_outputs: Whether a graph output may be quantized when nothing needs it.
         static_shapes: The provider runs static shapes only: ``quantize`` fixes dynamic input dims
             to the calibration samples' shapes.
@@ -117,6 +119,7 @@ class Target(Resource):
     data_movement_ops: frozenset[str] = frozenset()
     absorbed_ops: frozenset[str] = frozenset()
     float_ops: frozenset[str] = frozenset()
+    lowered_ops: frozenset[str] = frozenset()
     quantize_graph_outputs: bool = False
     static_shapes: bool = False
     float_nodes_run: bool = True

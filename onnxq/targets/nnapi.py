@@ -13,8 +13,8 @@ Rules from onnxruntime's NNAPI EP source (``nnapi_builtin/builders/helper.h``,
   (Android API 29+, on axis 0; MatMul per-tensor), or uint8 per-tensor.
 - Softmax's quantized output must have scale 1/256 and zero point 0: onnxq's calibrated ranges
   do not give that, so Softmax is left float (NNAPI runs it in float).
-- HardSwish: NNAPI has neither HardSwish nor HardSigmoid; ``quantize`` lowers it to
-  ``x * Clip(x + 3, 0, 6) / 6`` (``lower-hardswish``), which it runs.
+- HardSwish and HardSigmoid: NNAPI has neither; ``quantize`` lowers them to
+  ``x * Clip(x + 3, 0, 6) / 6`` and ``Clip(alpha * x + beta, 0, 1)`` (``lower-hardswish``).
 - Static shapes: onnxruntime's mobile checker counts a node with a dynamic input as unsupported;
   ``quantize`` fixes the inputs to the calibration samples' shapes.
 
@@ -41,6 +41,7 @@ NOTES = {
     "MatMul": "QDQ unit on NNAPI; int8 weights per-tensor",
     "Softmax": "float on NNAPI: its quantized output must be scale 1/256, zero point 0",
     "HardSwish": "lowered to Add / Clip / Mul: NNAPI has no HardSwish or HardSigmoid",
+    "HardSigmoid": "lowered to Mul / Add / Clip: NNAPI has no HardSigmoid",
     "*": "uint8 activations only; ops outside the QDQ list run in float on NNAPI or on the CPU EP",
 }
 NOTE = ("Android NNAPI through onnxruntime's NNAPI EP: uint8 activations, int8 weights with zero point 0 "
@@ -79,6 +80,7 @@ def nnapi_target(cpu: str | None = None) -> Target:
         # NOTE: HardSwish is float here so that quantize lowers it to Add / Clip / Mul, which NNAPI
         # runs: its table has no HardSwish or HardSigmoid (a PP-LCNet classifier: 2 partitions -> 1).
         float_ops=frozenset({"Softmax", "HardSwish"}),
+        lowered_ops=frozenset({"HardSigmoid"}),
         quantize_graph_outputs=False,
         static_shapes=True,
         float_nodes_run=True,

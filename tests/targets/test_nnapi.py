@@ -70,3 +70,29 @@ def test_adds_concats_and_pools_stay_on_nnapi(tmp_path: Path) -> None:
     found = mobile.partitions(path, "nnapi")
     assert (found.supported, found.partitions) == (found.nodes, 1), found.unsupported
     assert all(o.sqnr_db > 25 for o in report.self_check.outputs)
+
+
+def test_hardsigmoid_is_written_out_for_nnapi(tmp_path: Path) -> None:
+    # NNAPI has no HardSigmoid (its table, and onnxruntime inlines HardSwish into one): a
+    # squeeze-excite gate must become Mul / Add / Clip to stay in the partition.
+    model = build("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 8, 8, 8] x) => (float[1, 8, 8, 8] y) {
+      c = Conv<pads = [1, 1, 1, 1]>(x, w, b)
+      m = GlobalAveragePool(c)
+      e = Conv(m, w2, b2)
+      h = HardSigmoid<alpha = 0.2, beta = 0.5>(e)
+      y = Mul(c, h)
+    }""", w=(8, 8, 3, 3), b=(8,), w2=(8, 8, 1, 1), b2=(8,))
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)} for _ in range(12)]
+    quantized, report = onnxq.quantize(model, feeds, target="nnapi")
+    assert report.stats["lower-hardswish.hardsigmoid_lowered"] == 1
+    assert "HardSigmoid" not in {n.op_type for n in quantized.graph}
+    path = tmp_path / "se.onnx"
+    save_model(quantized, path)
+    found = mobile.partitions(path, "nnapi")
+    assert (found.supported, found.partitions) == (found.nodes, 1), found.unsupported
+    assert all(o.sqnr_db > 25 for o in report.self_check.outputs), [o.sqnr_db for o in report.self_check.outputs]
+    # ort-cpu has a HardSigmoid kernel: it is left alone there
+    _, cpu = onnxq.quantize(model, feeds, target="ort-cpu", self_check=False)
+    assert "lower-hardswish.hardsigmoid_lowered" not in cpu.stats

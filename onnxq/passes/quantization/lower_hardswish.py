@@ -56,6 +56,35 @@ class _LowerHardSwish(RewriteRuleClassBase):
         return op.Mul(op.Mul(x, gate), scalar(1.0 / 6.0, "hardswish_sixth"))
 
 
+class _LowerHardSigmoid(RewriteRuleClassBase):
+    """``HardSigmoid(x) = Clip(alpha * x + beta, 0, 1)``, its definition, for providers without it."""
+
+    def __init__(self, name: str, selection: Selection) -> None:
+        super().__init__(name)
+        self.selection = selection
+
+    def pattern(self, op, x):  # type: ignore[no-untyped-def]
+        return op.HardSigmoid(x, _outputs=["out"])
+
+    def check(self, context: Any, x: ir.Value, out: ir.Value) -> MatchResult:
+        node = out.producer()
+        if node is None or not self.selection.selects(node):
+            return MatchResult().fail("not selected for quantization")
+        return MatchResult()
+
+    def rewrite(self, op, x, out):  # type: ignore[no-untyped-def]
+        graph = x.graph
+        node = out.producer()
+        alpha = node.attributes.get_float("alpha", 0.2)
+        beta = node.attributes.get_float("beta", 0.5)
+
+        def scalar(value: float, base: str) -> ir.Value:
+            return op.initializer(ir.tensor(np.array(value, np.float32)), name=fresh_name(graph, base))
+
+        scaled = op.Add(op.Mul(x, scalar(alpha, "hardsigmoid_alpha")), scalar(beta, "hardsigmoid_beta"))
+        return op.Clip(scaled, scalar(0.0, "hardsigmoid_zero"), scalar(1.0, "hardsigmoid_one"))
+
+
 class LowerHardSwish(RewritePass):
     name: ClassVar[str] = "lower-hardswish"
     summary: ClassVar[str] = "HardSwish -> Add / Clip / Mul, which integer kernels run (for QDQ on ort-cpu)"
@@ -66,8 +95,15 @@ class LowerHardSwish(RewritePass):
             default=(), metadata={"help": "only HardSwish nodes matching these names or regexes (':'-separated)"})
         exclude: tuple[str, ...] = dataclasses.field(
             default=(), metadata={"help": "leave HardSwish nodes matching these names or regexes as they are"})
+        hardsigmoid: bool = dataclasses.field(
+            default=False, metadata={"help": "also write HardSigmoid out as Clip(alpha * x + beta, 0, 1) "
+                                             "(for providers without it: NNAPI)"})
 
     def rules(self, model: ir.Model) -> Sequence[Rule]:
         selection = Selection(self.options.include, self.options.exclude)
-        return (Rule(_LowerHardSwish.rule("lower-hardswish", selection), "hardswish_lowered",
-                     min_opset=CLIP_INPUTS_OPSET, needs_ops=("HardSwish",)),)
+        rules = [Rule(_LowerHardSwish.rule("lower-hardswish", selection), "hardswish_lowered",
+                      min_opset=CLIP_INPUTS_OPSET, needs_ops=("HardSwish",))]
+        if self.options.hardsigmoid:
+            rules.append(Rule(_LowerHardSigmoid.rule("lower-hardsigmoid", selection), "hardsigmoid_lowered",
+                              min_opset=CLIP_INPUTS_OPSET, needs_ops=("HardSigmoid",)))
+        return tuple(rules)
