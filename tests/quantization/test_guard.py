@@ -227,3 +227,40 @@ def test_guard_takes_run_time_activation_ranges_when_calibrated_ones_cannot_fit_
     assert "QuantizeLinear" not in ops and ops & {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear"}
     held = loud(200, 7)[:, 0]
     assert _agreement(ir.from_proto(proto), model, held[:, None]) >= 0.97
+
+
+def test_a_close_call_between_float_and_int8_is_timed_head_to_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxq.quantization import guard as g
+    from onnxq.validation import bench
+
+    def rung(name: str, ok: bool, speedup: float) -> tuple[g.Rung, str, SimpleNamespace]:
+        return g.Rung(name, ok, "", speedup, 1.0), name, SimpleNamespace(self_check=None)
+
+    timed: list[float] = []
+
+    def fake_times(runners, **_: object) -> list[list[float]]:
+        timed.append(ratio)
+        return [[1.0] * 15, [1.0 / ratio] * 15]  # float's seconds, the quantized model's seconds
+
+    monkeypatch.setattr(bench, "interleaved_times", fake_times)
+    monkeypatch.setattr(bench, "session", lambda model, **_: SimpleNamespace(run=lambda *a: None))
+    monkeypatch.setattr("onnxq.runtime.select_inputs", lambda model, feed: feed)
+
+    def settle(q_speed: float, f_speed: float, recovered: bool = False) -> str:
+        plain = rung("plain", True, q_speed)
+        floating = rung(g.FLOAT_RUNG, True, f_speed)
+        results = [plain, floating]
+        first = rung("plain0", False, 2.0)[0] if recovered else plain[0]
+        chosen, rival = g.choose(results, floating[0], first)
+        return g.settle_close_call(chosen, rival, results, floating[0], first, {"x": 0})[0][1]
+
+    # 1.06x against 1.01x from two separate runs: the head-to-head run decides, with choose's margins
+    ratio = 0.90
+    assert settle(1.06, 1.01) == g.FLOAT_RUNG and timed == [0.90]
+    ratio = 1.00
+    assert settle(1.06, 1.01) == "plain"  # a tie goes to the smaller, quantized model
+    ratio = 1.03
+    assert settle(1.06, 1.01, recovered=True) == g.FLOAT_RUNG  # a recovered result must win by 5 %
+    # far apart: no second timing
+    timed.clear()
+    assert settle(1.60, 1.01) == "plain" and timed == []
