@@ -198,10 +198,10 @@ def quantize(
     with clock("optimize"):
         _prepare(model, report, optimize=optimize, per_channel=per_channel, target=profile)
     if carried and mode == "static":
-        from onnxq.passes.quantization.legalize_qdq import LegalizeQDQ
+        from onnxq.passes.quantization import CompleteCarriedQDQ, LegalizeQDQ
 
         with clock("optimize"):
-            _run(model, Pipeline([LegalizeQDQ()]), [profile], report)
+            _run(model, Pipeline([CompleteCarriedQDQ(), LegalizeQDQ()]), [profile], report)
     if overrides is not None:
         from onnxq.quantization import mixed_precision as mp
 

@@ -18,13 +18,14 @@ from onnxq.framework.base import Pass
 from onnxq.framework.pipeline import Pipeline
 from onnxq.passes.quantization._common import Selection
 from onnxq.passes.quantization._plan import make_plan
+from onnxq.passes.quantization.complete_carried_qdq import CompleteCarriedQDQ
 from onnxq.passes.quantization.insert_qdq import InsertQDQ
 from onnxq.passes.quantization.legalize_qdq import LegalizeQDQ
 from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
 from onnxq.passes.quantization.quantize_weights import QuantizeWeights
 from onnxq.targets.base import Target
 
-PASSES: tuple[type[Pass], ...] = (LowerHardSwish, LegalizeQDQ, InsertQDQ, QuantizeWeights)
+PASSES: tuple[type[Pass], ...] = (LowerHardSwish, CompleteCarriedQDQ, LegalizeQDQ, InsertQDQ, QuantizeWeights)
 
 
 def tensors_to_calibrate(
@@ -72,4 +73,4 @@ def static_pipeline(
     return Pipeline(passes)
 
 
-__all__ = ["PASSES", "InsertQDQ", "LegalizeQDQ", "QuantizeWeights", "static_pipeline", "tensors_to_calibrate"]
+__all__ = ["PASSES", "CompleteCarriedQDQ", "InsertQDQ", "LegalizeQDQ", "QuantizeWeights", "static_pipeline", "tensors_to_calibrate"]

@@ -14,6 +14,13 @@ point), and each int8 constant read through a DequantizeLinear by anything but a
 (Conv / ConvTranspose / Gemm / MatMul input B stay int8: onnxruntime's u8s8 kernels take them).
 Left alone: a Q whose output is a graph output or feeds another op, zero points that are not
 initializers, 16-bit and float8 types. Runs only for targets with uint8 asymmetric activations.
+
+Where the target keeps weights to 7 bits (``reduce_range``: ort-cpu on AVX2 without VNNI, whose
+u8s8 kernels saturate the int16 pair sums of ``vpmaddubsw``), carried full-range int8 weights
+(any ``|w| > 64``) move to uint8 (``w + 128``, zero point ``z + 128``): the same values, run by
+the u8u8 kernels, which do not saturate. A PyTorch QAT digits CNN (full-range per-channel weights)
+measured 16.0 dB against its own QAT model on AVX2 as carried, 50.2 dB after; u8u8 keeps 1.4x
+over FP32 on Zen 3 (``ort_cpu`` module notes).
 """
 
 from __future__ import annotations
@@ -63,13 +70,16 @@ class LegalizeQDQ(Pass):
         if target.activation_dtype != ir.DataType.UINT8 or target.activation_symmetric:
             return PassResult(False, {})
         graph = model.graph
-        activations = constants = 0
+        activations = constants = weights = 0
         for node in list(graph):
             if node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx") and len(node.inputs) >= 3:
                 activations += self._activation(graph, node)
             elif node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx") and len(node.inputs) >= 3:
                 constants += self._constant(graph, node)
-        stats = {k: v for k, v in (("activations_to_uint8", activations), ("constants_to_uint8", constants)) if v}
+                if target.reduce_range:
+                    weights += self._full_range_weight(graph, node)
+        stats = {k: v for k, v in (("activations_to_uint8", activations), ("constants_to_uint8", constants),
+                                   ("full_range_weights_to_uint8", weights)) if v}
         return PassResult(bool(stats), stats)
 
     @staticmethod
@@ -94,14 +104,29 @@ class LegalizeQDQ(Pass):
 
     @staticmethod
     def _constant(graph: ir.Graph, dq: ir.Node) -> int:
+        """An int8 constant read through a DQ outside weight slots -> uint8, the same values."""
+        return LegalizeQDQ._shift_dq(graph, dq, weights=False)
+
+    @staticmethod
+    def _full_range_weight(graph: ir.Graph, dq: ir.Node) -> int:
+        """Full-range int8 weights (saturating u8s8 on AVX2) -> uint8, the same values."""
+        return LegalizeQDQ._shift_dq(graph, dq, weights=True)
+
+    @staticmethod
+    def _shift_dq(graph: ir.Graph, dq: ir.Node, *, weights: bool) -> int:
+        """The int8 data and zero point of ``dq`` moved to uint8 (+128) when every reader is a
+        weight slot (``weights``, and some ``|w| > 64``) or none is (``not weights``)."""
         data, zp = _int8_initializer(dq.inputs[0]), _int8_initializer(dq.inputs[2])
         if data is None or zp is None:
             return 0
+        if weights and (not data.size or int(np.abs(data.astype(np.int16)).max()) <= 64):
+            return 0
         uses = dq.outputs[0].uses()
-        if not uses or any(WEIGHT_SLOTS.get(u.node.op_type) == u.idx for u in uses):
+        if not uses or any((WEIGHT_SLOTS.get(u.node.op_type) == u.idx) != weights for u in uses):
             return 0
         if len(dq.inputs[0].uses()) != 1:  # type: ignore[union-attr]
             return 0  # NOTE: shared int8 data read elsewhere as int8
-        dq.replace_input_with(0, _shifted(graph, dq.inputs[0].name or "constant", data))  # type: ignore[union-attr]
+        base = dq.inputs[0].name or ("weight" if weights else "constant")  # type: ignore[union-attr]
+        dq.replace_input_with(0, _shifted(graph, base, data))
         dq.replace_input_with(2, _shifted(graph, dq.inputs[2].name or "zero_point", zp))  # type: ignore[union-attr]
         return 1
