@@ -43,7 +43,7 @@ REPO_ROOT = MODELS_DIR.parent
 #: Script module -> the zoo entries it produces, in build order (fastest first). Kept here,
 #: not read from the scripts, so a cache check does not import torch or TensorFlow.
 SCRIPTS: dict[str, tuple[str, ...]] = {
-    "digits_cnn": ("digits_cnn",),
+    "digits_cnn": ("digits_cnn", "digits_cnn_qat"),
     "lstm_gru": ("lstm_gru", "lstm_gru_op12"),
     "transformer_digits": ("transformer_digits",),
     "dynamic_transformer": ("dynamic_transformer",),

@@ -22,6 +22,7 @@ from models import build, zoo  # noqa: E402
 #: and AVX2/AVX-512 kernels (models/README.md, "Robustness"), so another CPU passes too.
 THRESHOLDS = {
     "digits_cnn": 0.95,
+    "digits_cnn_qat": 0.95,
     "lstm_gru": 0.90,
     "lstm_gru_op12": 0.90,
     "transformer_digits": 0.90,
@@ -43,7 +44,11 @@ VARIANTS = {
     "lstm_gru_op12": ("lstm_gru", 12),
     "keras_cnn_op11": ("keras_cnn_savedmodel", 11),
 }
-FAST = ("digits_cnn", "dynamic_transformer")
+#: How many output quantization steps a QAT export may differ from its PyTorch source by.
+QAT_STEPS = 4
+#: QAT exports and their opset (per-channel QuantizeLinear needs 13).
+QAT_OPSETS = {"digits_cnn_qat": 13}
+FAST = ("digits_cnn", "digits_cnn_qat", "dynamic_transformer")
 
 
 def check_entry(name: str, out_dir: Path) -> dict:
@@ -51,7 +56,7 @@ def check_entry(name: str, out_dir: Path) -> dict:
     info = zoo.entry(name, out_dir)
     for key in ("architecture", "source_framework", "route", "converter", "params", "dataset", "inputs"):
         assert info[key], f"{name}: manifest lacks {key}"
-    assert info["opset"] == (VARIANTS[name][1] if name in VARIANTS else 18)
+    assert info["opset"] == (VARIANTS[name][1] if name in VARIANTS else QAT_OPSETS.get(name, 18))
     assert info["params"] > 0
     for filename in info["files"].values():
         assert (out_dir / filename).is_file()
@@ -63,10 +68,23 @@ def check_entry(name: str, out_dir: Path) -> dict:
     assert len(labels) == info["eval_samples"] == len(next(iter(inputs.values())))
     assert info["calib_samples"] >= 200
     assert info["metric"]["value"] >= THRESHOLDS[name], f"{name}: {info['metric']}"
-    assert info["max_abs_diff_vs_source"] is not None and info["max_abs_diff_vs_source"] < 1e-3
+    assert info["max_abs_diff_vs_source"] is not None and info["max_abs_diff_vs_source"] < _tolerance(model)
     # NOTE: measured again through the public helper, from the files alone.
     assert zoo.evaluate(name, out_dir=out_dir) == pytest.approx(info["metric"]["value"], abs=1e-6)
     return info
+
+
+def _tolerance(model: object) -> float:
+    """Float tolerance; a QAT export's output in steps of its last quantization (QAT_STEPS).
+
+    PyTorch's FakeQuantize multiplies by the inverse scale where QuantizeLinear divides: values
+    on a rounding tie land one step apart, and a step early in the network moves the logits by a
+    few output steps (digits_cnn_qat: 3 steps of 0.14 at most over the 450 held-out digits).
+    """
+    last = next((n for n in reversed(list(model.graph)) if n.op_type == "DequantizeLinear"), None)
+    if last is None or last.outputs[0] not in list(model.graph.outputs):
+        return 1e-3
+    return QAT_STEPS * float(last.inputs[1].const_value.numpy().max())
 
 
 @pytest.fixture(scope="module")
