@@ -90,6 +90,8 @@ HEAD_TO_HEAD_S = 3.0
 HEAD_TO_HEAD_RUNS = 15
 #: The name of the optimized float model's rung.
 FLOAT_RUNG = "float (optimized, no QDQ)"
+#: The same rung on a model that already carries Q/DQ (a QAT export): those stay, nothing is added.
+CARRIED_RUNG = "carried QDQ only (optimized, no QDQ added)"
 DYNAMIC_RUNG = "dynamic (INT8 weights, activation ranges at run time)"
 
 
@@ -253,6 +255,10 @@ def quantize_guarded(
     def fresh() -> ir.Model:
         return ir.from_proto(original)
 
+    carried = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in original.graph.node)
+    float_name = CARRIED_RUNG if carried else FLOAT_RUNG
+    float_output = ("the optimized model with only the QDQ it carried" if carried else "the optimized float model")
+
     rungs: list[Rung] = []
     results: list[tuple[Rung, ir.Model, QuantizeReport]] = []
 
@@ -269,8 +275,8 @@ def quantize_guarded(
         # NOTE: only the results the choice can still fall on stay in memory (the most faithful, the
         # fastest faithful one); freed sessions go back to the system between rungs (peak RSS).
         # The optimized float model stays too: it is compared with the quantized results at the end.
-        kept = [x for x in results if x[0].name == FLOAT_RUNG]
-        quantized = [x for x in results if x[0].name != FLOAT_RUNG]
+        kept = [x for x in results if x[0].name == float_name]
+        quantized = [x for x in results if x[0].name != float_name]
         faithful = [x for x in quantized if x[0].within_floor]
         if faithful:
             kept.append(max(faithful, key=lambda x: x[0].speedup or 0.0))
@@ -300,7 +306,7 @@ def quantize_guarded(
 
     def measure_float() -> Rung:
         began = time.perf_counter()
-        return record(FLOAT_RUNG, *optimized_float(), began)
+        return record(float_name, *optimized_float(), began)
 
     # NOTE: a target that runs quantized graphs only (the QNN HTP: a float node falls back to the
     # CPU) has no float alternative: neither the optimized float model nor mixed precision.
@@ -425,13 +431,13 @@ def quantize_guarded(
         chosen, rival = settle_close_call(chosen, rival, results, floating, first, held[0])
     rung, result, report = chosen
     if rung is floating and rival is not None:
-        why = (f"the optimized float model ({(rung.speedup or 0.0):.2f}x) is faster than the "
+        why = (f"{float_output} ({(rung.speedup or 0.0):.2f}x) is faster than the "
                f"{'fastest faithful' if rival.within_floor else 'most faithful'} quantized result "
                f"({rival.name}: {(rival.speedup or 0.0):.2f}x)")
         if "head to head" in rival.note:
             why += f"; {rival.note.split('; ')[-1]}"
         report.diagnostics.append(Diagnostic(
-            f"quantization did not pay on this CPU ({why}): the output is the optimized float model",
+            f"quantization did not pay on this CPU ({why}): the output is {float_output}",
             Severity.WARNING))
     elif (rung.speedup is not None and rung.speedup < SLOWER_THAN and float_ms is not None
             and float_ms > SLOWER_MATTERS_MS) or (slow and not quantized_ok()):
@@ -440,10 +446,10 @@ def quantize_guarded(
         result, report = optimized_float()
         why = (f"every faithful quantized result was slower than float ({rung.speedup:.2f}x)"
                if rung.speedup is not None else "quantized results were slower than float")
-        rung = Rung(FLOAT_RUNG, True, "float", 1.0, time.perf_counter() - began, why)
+        rung = Rung(float_name, True, "float", 1.0, time.perf_counter() - began, why)
         rungs.append(rung)
         report.diagnostics.append(Diagnostic(
-            f"quantization did not pay on this CPU ({why}): the output is the optimized float model",
+            f"quantization did not pay on this CPU ({why}): the output is {float_output}",
             Severity.WARNING))
     guard = GuardReport(rungs, rung.name, rung.within_floor, time_limit_s)
     return result, report, guard
@@ -512,7 +518,8 @@ def settle_close_call(chosen: tuple[Rung, Any, Any], rival: Rung | None, results
     ratio = float(sorted(times[0])[len(times[0]) // 2] / sorted(times[1])[len(times[1]) // 2])
     recovered = plain is not None and quantized[0] is not plain
     float_wins = ratio <= FLOAT_MARGIN if recovered else ratio < 1 / FLOAT_MARGIN
-    note = (f"head to head with the optimized float model, interleaved ({len(times[0])} runs each): "
+    versus = "the carried-QDQ model" if as_float[0].name == CARRIED_RUNG else "the optimized float model"
+    note = (f"head to head with {versus}, interleaved ({len(times[0])} runs each): "
             f"{ratio:.2f}x its speed")
     quantized[0].note = "; ".join(x for x in (quantized[0].note, note) if x)
     if float_wins:
