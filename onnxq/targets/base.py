@@ -238,7 +238,8 @@ def get_target(name: str, cpu: str | None = None) -> Target:
 def _load_builtins() -> None:
     import importlib
 
-    for module in ("onnxq.targets.ort_cpu", "onnxq.targets.tensorrt", "onnxq.targets.qnn", "onnxq.targets.nnapi"):
+    for module in ("onnxq.targets.ort_cpu", "onnxq.targets.tensorrt", "onnxq.targets.qnn", "onnxq.targets.nnapi",
+                   "onnxq.targets.xnnpack"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

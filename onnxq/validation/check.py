@@ -14,7 +14,8 @@ Rules (each finding names the rule and the node or tensor):
   that stays float (:mod:`onnxq.validation.fusion`); ``tensorrt`` uses
   ``onnxq.targets.tensorrt_rules`` when it is installed; ``qnn`` measures the offload on the HTP
   simulator; ``nnapi`` / ``coreml`` partition the model with onnxruntime's mobile usability
-  checker and name every node left to the CPU, with why (:mod:`onnxq.targets.mobile`).
+  checker and name every node left to the CPU, with why (:mod:`onnxq.targets.mobile`); ``xnnpack``
+  applies the rules of its EP's source to the graph (:mod:`onnxq.targets.xnnpack`).
 
 The QDQ rules are hand-written: onnx's checker validates types, not quantization parameters.
 """
@@ -47,7 +48,7 @@ from onnxq.validation.fusion import (
     qparams,
 )
 
-TARGETS = ("ort-cpu", "tensorrt", "qnn", "qnn-a16", "nnapi", "coreml")
+TARGETS = ("ort-cpu", "tensorrt", "qnn", "qnn-a16", "nnapi", "coreml", "xnnpack")
 #: Opset from which per-channel (axis) Q/DQ exist; QDQ itself needs 10.
 PER_CHANNEL_OPSET = 13
 QDQ_OPSET = 10
@@ -137,6 +138,8 @@ def _check(path: Path, model: ir.Model, where: str, target: str) -> CheckReport:
         findings.extend(_qnn(model))
     elif target in ("nnapi", "coreml"):
         findings.extend(_mobile(path, target))
+    elif target == "xnnpack":
+        findings.extend(_xnnpack(model))
     else:
         findings.extend(_tensorrt(model))
     return report
@@ -400,6 +403,16 @@ def _mobile(path: Path, target: str) -> Iterator[Finding]:
     yield Finding(f"{target}-partitions", found.summary(), None, "info")
     for caveat in found.caveats:
         yield Finding(f"{target}-caveat", f"not checked: {caveat.strip()}", None, "info")
+
+
+def _xnnpack(model: ir.Model) -> Iterator[Finding]:
+    """Nodes XNNPACK's EP would not take, by the rules of its source (:mod:`onnxq.targets.xnnpack`)."""
+    from onnxq.targets import xnnpack
+
+    found = xnnpack.partition(model)
+    for node in found.left:
+        yield Finding("xnnpack-nodes", f"{node.op} runs on the CPU EP: {node.reason}", node.node, "warning")
+    yield Finding("xnnpack-nodes", found.summary(), None, "info")
 
 
 def _tensorrt(model: ir.Model) -> Iterator[Finding]:
