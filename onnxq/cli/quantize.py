@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="leave matching nodes in float (repeatable)")
     p.add_argument("--include", action="append", default=[], metavar="NAME|OP|REGEX",
                    help="quantize only matching nodes (repeatable)")
+    p.add_argument("--a16", action="append", default=[], metavar="NAME|OP|REGEX",
+                   help="--target qnn: 16-bit activations (A16W8) for matching node units only, the rest A8W8, "
+                        "with converts at the borders (repeatable)")
     p.add_argument("--recovery", action="append", default=[], choices=RECOVERY, metavar="PASS",
                    help="accuracy-recovery pass run before calibration (repeatable; in order): "
                         f"{', '.join(RECOVERY)}; the guard's calibrated rungs keep it")
@@ -146,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         include=args.include,
         ranges=str(args.ranges) if args.ranges else None,
         recovery=tuple(getattr(args, "recovery", ()) or ()),
+        wide=tuple(getattr(args, "a16", ()) or ()),
         save_ranges=str(args.save_ranges) if args.save_ranges else None,
         optimize=args.optimize,
         self_check=args.self_check,

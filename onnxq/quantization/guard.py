@@ -354,7 +354,8 @@ def quantize_guarded(
             began = time.perf_counter()
             try:
                 result, report = quantize(fresh(), data, method=method, method_options=method_options,
-                                          recovery=chosen, **{**options, "target": profile.wider_activations})
+                                          recovery=chosen,
+                                          **{**options, "target": profile.wider_activations, "wide": ()})
                 record(f"16-bit activations ({profile.wider_activations})", result, report, began)
             except Exception as e:  # noqa: BLE001  # a rung that fails is reported; the ladder goes on
                 rungs.append(Rung(f"16-bit activations ({profile.wider_activations})", False,

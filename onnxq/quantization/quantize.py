@@ -120,6 +120,7 @@ def quantize(
     progress: bool = False,
     overrides: Mapping[str, str] | str | None = None,
     recovery: Sequence[str] = (),
+    wide: Sequence[str] = (),
 ) -> tuple[ir.Model, QuantizeReport]:
     """Quantizes ``model`` in place to INT8 for ``target`` and returns it with a report.
 
@@ -150,6 +151,9 @@ def quantize(
         recovery: Accuracy-recovery passes run on the optimized float model before calibration
             (static mode), with the calibration samples: ``cross-layer-equalization``,
             ``smooth-quant``, ``correct-bias`` (:mod:`onnxq.passes.recovery`).
+        wide: Node names, op types or regular expressions whose QDQ node units get 16-bit
+            activations (A16W8) in an 8-bit graph, with converts at the borders
+            (``widen-activations``); only for targets that have a 16-bit profile (qnn).
     """
     if mode not in MODES:
         raise OptionError(f"unknown --mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -158,6 +162,9 @@ def quantize(
         raise OptionError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     refuse_integer_model(model)
     profile = target if isinstance(target, Target) else get_target(target, cpu=cpu)
+    if wide and (profile.wider_activations is None or mode != "static"):
+        raise OptionError(f"16-bit activations per layer (--a16) need static mode and a target with a 16-bit "
+                          f"profile (qnn), not {profile.name}" + (f" in {mode} mode" if mode != "static" else ""))
     report = QuantizeReport(
         target=profile.name,
         mode=mode,
@@ -244,6 +251,8 @@ def quantize(
             pipeline = static_pipeline(profile, per_channel=report.per_channel, exclude=tuple(exclude),
                                        include=tuple(include))
             _run(model, pipeline, [profile, found], report)
+            if wide:
+                _widen(model, profile, wide, report)
             extra = tuple(op for op in ("LSTM", "Gather") if _has_op(model, op))
             if profile.name == "ort-cpu" and not include and extra:
                 # NOTE: QDQ has no LSTM kernel (ORT's DynamicQuantizeLSTM is the integer path for it),
@@ -425,6 +434,23 @@ def _lowers_hardswish(target: Target) -> bool:
     """The target runs HardSwish in float but Add and Mul on integer kernels, and absorbs Clip."""
     return ("HardSwish" in target.float_ops and {"Add", "Mul"} <= set(target.integer_ops)
             and "Clip" in target.absorbed_ops)
+
+
+def _widen(model: ir.Model, target: Target, wide: Sequence[str], report: QuantizeReport) -> None:
+    """The ``wide`` node units to 16-bit activations (opset 21 first, for 16-bit Q/DQ)."""
+    from onnxq.passes.quantization import WidenActivations
+
+    wider = get_target(target.wider_activations) if target.wider_activations else target
+    opset = model.opset_imports.get("", 0)
+    if opset < wider.min_qdq_opset:
+        _run(model, Pipeline([PassRegistry.default().create("convert-opset", {"opset": str(wider.min_qdq_opset)})]),
+             [target], report)
+        report.diagnostics.append(Diagnostic(f"opset {opset} -> {wider.min_qdq_opset}: 16-bit QuantizeLinear needs it"))
+    before = report.stats.get("widen-activations.nodes_widened", 0)
+    _run(model, Pipeline([WidenActivations(include=tuple(wide))]), [target], report)
+    if report.stats.get("widen-activations.nodes_widened", 0) == before:
+        report.diagnostics.append(Diagnostic(
+            f"--a16 {', '.join(wide)}: no quantized node unit matched; the graph stays 8-bit", Severity.WARNING))
 
 
 def _lower_hardswish(model: ir.Model, target: Target, report: QuantizeReport, *,

@@ -23,9 +23,10 @@ from onnxq.passes.quantization.insert_qdq import InsertQDQ
 from onnxq.passes.quantization.legalize_qdq import LegalizeQDQ
 from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
 from onnxq.passes.quantization.quantize_weights import QuantizeWeights
+from onnxq.passes.quantization.widen_activations import WidenActivations
 from onnxq.targets.base import Target
 
-PASSES: tuple[type[Pass], ...] = (LowerHardSwish, CompleteCarriedQDQ, LegalizeQDQ, InsertQDQ, QuantizeWeights)
+PASSES: tuple[type[Pass], ...] = (LowerHardSwish, CompleteCarriedQDQ, LegalizeQDQ, InsertQDQ, QuantizeWeights, WidenActivations)
 
 
 def tensors_to_calibrate(
@@ -73,4 +74,4 @@ def static_pipeline(
     return Pipeline(passes)
 
 
-__all__ = ["PASSES", "CompleteCarriedQDQ", "InsertQDQ", "LegalizeQDQ", "QuantizeWeights", "static_pipeline", "tensors_to_calibrate"]
+__all__ = ["PASSES", "CompleteCarriedQDQ", "InsertQDQ", "LegalizeQDQ", "QuantizeWeights", "WidenActivations", "static_pipeline", "tensors_to_calibrate"]
