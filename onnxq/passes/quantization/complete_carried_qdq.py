@@ -94,9 +94,12 @@ class CompleteCarriedQDQ(Pass):
         for node in list(graph):
             if _is_default(node, "QuantizeLinear"):
                 stats["weights_folded"] += self._fold_weight(graph, names, node)
+        # NOTE: a per-tensor weight scale times per-channel factors becomes per-channel: DequantizeLinear
+        # takes an axis from opset 13 only
+        per_channel_ok = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)) >= 13
         for node in list(graph):
             if node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
-                stats["conv_factors_folded"] += self._fold_factors(graph, names, node)
+                stats["conv_factors_folded"] += self._fold_factors(graph, names, node, per_channel_ok)
         for node in list(graph):
             if node.domain in ("", "ai.onnx") and node.op_type in GRID_PRESERVING:
                 stats["qdq_propagated"] += self._propagate(graph, names, node)
@@ -128,7 +131,7 @@ class CompleteCarriedQDQ(Pass):
         return 1
 
     @staticmethod
-    def _fold_factors(graph: ir.Graph, names: NameScope, conv: ir.Node) -> int:
+    def _fold_factors(graph: ir.Graph, names: NameScope, conv: ir.Node, per_channel_ok: bool) -> int:
         """Per-output-channel Mul / Div / Add constants after a Conv with a symmetric DQ weight."""
         dq = _producer(conv.inputs[1] if len(conv.inputs) > 1 else None, "DequantizeLinear")
         params = _dq_params(dq) if dq is not None else None
@@ -161,7 +164,7 @@ class CompleteCarriedQDQ(Pass):
                 shift = shift + per if reader.op_type == "Add" else shift - per
             folded.append(reader)
             out, last = reader.outputs[0], reader
-        if last is None:
+        if last is None or (not per_channel_ok and params[0].size == 1 and np.ptp(factor) > 0):
             return 0
         dtype = ir.DataType.from_numpy(w_q.dtype)
         negative = factor < 0
@@ -175,10 +178,14 @@ class CompleteCarriedQDQ(Pass):
         new_w = (w_q.astype(np.int32) * signs).astype(w_q.dtype)
         base = conv.name or "conv"
         dq.replace_input_with(0, make_initializer(graph, names, f"{base}_weight_q", new_w))
-        dq.replace_input_with(1, make_initializer(graph, names, f"{base}_weight_scale", scale.astype(np.float32)))
+        uniform = params[0].size == 1 and np.ptp(factor) == 0
+        shape = () if uniform else (channels,)
+        dq.replace_input_with(1, make_initializer(graph, names, f"{base}_weight_scale",
+                                                  (scale[:1] if uniform else scale).reshape(shape).astype(np.float32)))
         dq.replace_input_with(2, make_initializer(graph, names, f"{base}_weight_zero_point",
-                                                  np.zeros(channels, w_q.dtype)))
-        dq.attributes["axis"] = ir.AttrInt64("axis", 0)
+                                                  np.zeros(shape, w_q.dtype)))
+        if not uniform:
+            dq.attributes["axis"] = ir.AttrInt64("axis", 0)
         new_bias = make_initializer(graph, names, f"{base}_bias", shift.astype(np.float32))
         if len(conv.inputs) > 2:
             conv.replace_input_with(2, new_bias)
@@ -244,10 +251,12 @@ class CompleteCarriedQDQ(Pass):
         q = np.rint(bias.astype(np.float64) / scale).astype(np.int32)
         base = node.name or node.op_type
         data = make_initializer(graph, names, f"{base}_bias_quantized", q)
-        s = make_initializer(graph, names, f"{base}_bias_scale", scale.astype(np.float32))
+        per_tensor = wp[0].size == 1
+        s = make_initializer(graph, names, f"{base}_bias_scale",
+                             (scale[:1].reshape(()) if per_tensor else scale).astype(np.float32))
         dq = make_node(CompleteCarriedQDQ.name, names, "DequantizeLinear", [data, s], base=f"{base}_bias",
                        output_dtype=ir.DataType.FLOAT, shape=ir.Shape(bias.shape),
-                       attributes=[ir.AttrInt64("axis", 0)])
+                       attributes=[] if per_tensor else [ir.AttrInt64("axis", 0)])
         graph.insert_before(node, dq)
         node.replace_input_with(2, dq.outputs[0])
         return 1

@@ -104,3 +104,35 @@ def test_a_negative_factor_on_a_channel_holding_the_type_minimum_is_left_unfolde
     assert sum(n.op_type == "Div" for n in model.graph) == 1
     after = [run(model, f, optimize=False)[0] for f in _feeds()]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_uniform_factors_keep_a_per_tensor_weight_per_tensor_below_opset_13() -> None:
+    # NOTE: opset 12 has no DequantizeLinear axis: per-channel factors are left in the graph there,
+    # uniform ones fold into the one scale
+    text = QAT.replace('"" : 13', '"" : 12').replace("<axis = 0>", "")
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    lw = rng.standard_normal((5, 64)).astype(np.float32) * 0.1
+
+    def model(f: np.ndarray) -> object:
+        return build(
+            text,
+            xs=np.array(0.02, np.float32), xz=np.array(128, np.uint8),
+            w=w, ws=np.array(np.abs(w).max() / 127, np.float32), wz=np.array(0, np.int8),
+            f=f.reshape(1, 4, 1, 1).astype(np.float32), g=np.ones((4, 1, 1), np.float32),
+            beta=np.zeros((1, 4, 1, 1), np.float32),
+            rs=np.array(0.03, np.float32), rz=np.array(0, np.uint8),
+            lw=lw, ls=np.array(np.abs(lw).max() / 127, np.float32), lz=np.array(0, np.int8),
+            lb=np.zeros(5, np.float32), os=np.array(0.05, np.float32), oz=np.array(128, np.uint8),
+        )
+
+    per_channel = model(np.array([0.8, 1.3, 0.7, 2.0]))
+    assert "complete-carried-qdq.conv_factors_folded" not in _complete(per_channel)
+    uniform = model(np.full(4, 0.5))
+    before = [run(uniform, f, optimize=False)[0] for f in _feeds()]
+    assert _complete(uniform)["complete-carried-qdq.conv_factors_folded"] == 1
+    full_check(uniform)
+    dq = next(n for n in uniform.graph if n.op_type == "Conv").inputs[1].producer()
+    assert dq.inputs[1].const_value.shape == () and "axis" not in dq.attributes
+    after = [run(uniform, f, optimize=False)[0] for f in _feeds()]
+    assert all(np.max(np.abs(a - b)) <= 0.05 + 1e-6 for a, b in zip(before, after, strict=True))
