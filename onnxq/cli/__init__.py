@@ -17,7 +17,7 @@ from onnxq.errors import OnnxqError
 
 #: Modules under onnxq.cli, one per command; each has ``add_parser(subparsers)``.
 COMMANDS = ("run", "passes", "inspect", "convert", "check", "bench", "optimize", "quantize", "compare", "sweep",
-            "export_ort")
+            "export_ort", "convert_precision")
 
 
 class _Parser(argparse.ArgumentParser):

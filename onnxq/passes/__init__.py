@@ -1,4 +1,4 @@
-"""Built-in passes, grouped by intent: cleanup/, fusion/, quantization/, recovery/."""
+"""Built-in passes, grouped by intent: cleanup/, fusion/, quantization/, recovery/, precision/."""
 
 from __future__ import annotations
 
@@ -39,4 +39,9 @@ def register_builtins(registry: PassRegistry) -> None:
     from onnxq.passes import recovery
 
     for pass_cls in recovery.PASSES:
+        registry.register(pass_cls)
+
+    from onnxq.passes import precision
+
+    for pass_cls in precision.PASSES:
         registry.register(pass_cls)

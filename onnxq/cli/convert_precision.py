@@ -1,0 +1,110 @@
+"""``onnxq convert-precision MODEL --to fp16 -o OUT``: the model in float16, checked against float32."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxq.cli._common import check_output, console, print_json
+
+#: Below this SQNR (dB) on any float output the result is written and the command exits 1.
+FIDELITY_FLOOR_DB = 30.0
+#: Calibration / check samples read from --calib.
+SAMPLES = 32
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("convert-precision",
+                       help="weights and compute in float16, float32 islands where it would overflow, "
+                            "checked against the float32 model")
+    p.add_argument("model", type=Path, help="input float32 .onnx file (never modified)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
+    p.add_argument("--to", choices=("fp16",), default="fp16", help="the lower float type (fp16)")
+    p.add_argument("--calib", type=Path, metavar="PATH",
+                   help="samples (.npz or folder, as quantize): tensors whose range overflows fp16 stay float32, "
+                        "and the check runs on them (default: generated inputs, no overflow islands)")
+    p.add_argument("--block", action="append", default=[], metavar="OP|NAME",
+                   help="op type or node name kept in float32 (repeatable)")
+    p.add_argument("--no-keep-io-types", dest="keep_io_types", action="store_false",
+                   help="graph inputs and outputs in float16 too (default: they stay float32)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=run)
+
+
+def _sqnr(reference: np.ndarray, actual: np.ndarray) -> float:
+    from onnxq.validation.self_check import sqnr_db
+
+    return float(sqnr_db(reference.astype(np.float64), actual.astype(np.float64)))
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxq.calibration import CalibrationData, calibrate
+    from onnxq.errors import OptionError
+    from onnxq.framework.context import PassContext
+    from onnxq.framework.pipeline import Pipeline, apply
+    from onnxq.ir.interop import copy_model
+    from onnxq.ir.io import load_model, save_model
+    from onnxq.passes.precision import ConvertFloat16
+    from onnxq.runtime import random_inputs, session
+
+    check_output(args.model, args.output)
+    if args.calib is not None and not args.calib.exists():
+        raise OptionError(f"--calib {args.calib}: no such file or folder")
+    model = load_model(args.model)
+    reference = copy_model(model)
+    resources: list[Any] = []
+    if args.calib is not None:
+        data = CalibrationData.from_source(args.calib).take(SAMPLES)
+        feeds = [dict(f) for _, f in data.feeds(model)]
+        resources.append(calibrate(model, feeds))
+    else:
+        feeds = [dict(random_inputs(model, seed=s)) for s in range(4)]
+    result = apply(model, Pipeline([ConvertFloat16(keep_io_types=args.keep_io_types, block=tuple(args.block))]),
+                   PassContext.with_resources(resources))
+    # NOTE: the check runs the graph as written (no onnxruntime graph optimizations): onnxruntime 1.32's
+    # CPU optimizer crashed (segfault) on a float16 CNN+GRU (the zoo's crnn_ocr) at ORT_ENABLE_ALL.
+    ref_sess, new_sess = session(reference), session(model)
+    names = [o.name for o in ref_sess.get_outputs()]
+    outputs: list[dict[str, Any]] = []
+    for name in names:
+        refs = [ref_sess.run([name], f)[0] for f in feeds]
+        gots = [new_sess.run([name], {k: (v.astype(np.float16) if not args.keep_io_types and v.dtype == np.float32
+                                          else v) for k, v in f.items()})[0] for f in feeds]
+        if any(r.shape != g.shape for r, g in zip(refs, gots, strict=True)):
+            raise OptionError(f"convert-precision: output '{name}' changed shape "
+                              f"({refs[0].shape} -> {gots[0].shape}); nothing written")
+        row: dict[str, Any] = {"name": name, "dtype": str(gots[0].dtype)}
+        if refs[0].dtype.kind == "f":
+            finite = all(np.all(np.isfinite(g)) for g in gots)
+            row["sqnr_db"] = round(_sqnr(np.concatenate([r.ravel() for r in refs]),
+                                         np.concatenate([g.ravel() for g in gots])), 1) if finite else None
+        else:
+            row["equal"] = all(np.array_equal(r, g) for r, g in zip(refs, gots, strict=True))
+        outputs.append(row)
+    save_model(model, args.output)
+    below = [o for o in outputs if ("sqnr_db" in o and (o["sqnr_db"] is None or o["sqnr_db"] < FIDELITY_FLOOR_DB))
+             or o.get("equal") is False]
+    doc = {"output": str(args.output), "to": args.to, "samples": len(feeds),
+           "samples_source": "calibration" if args.calib else "generated", "stats": dict(result.stats),
+           "float32_islands": [{"node": d.node, "why": d.message} for d in result.diagnostics if d.node],
+           "outputs": outputs, "size_bytes": args.output.stat().st_size,
+           "within_floor": not below}
+    if args.json:
+        print_json(doc)
+    else:
+        out = console(False)
+        out.print(f"{args.model} -> {args.output} ({args.to}); {doc['samples']} {doc['samples_source']} sample(s)")
+        for key, value in sorted(result.stats.items()):
+            out.print(f"  {key}: {value}")
+        for island in doc["float32_islands"]:
+            out.print(f"  float32 island: {island['node']}: {island['why']}")
+        for row in outputs:
+            figure = f"SQNR {row['sqnr_db']} dB" if "sqnr_db" in row else ("equal" if row["equal"] else "DIFFERENT")
+            out.print(f"  output '{row['name']}' ({row['dtype']}): {figure} against float32")
+        if below:
+            out.print(f"BELOW THE FLOOR ({FIDELITY_FLOOR_DB:g} dB): "
+                      f"{', '.join(o['name'] for o in below)}; --block the ops that lose it, or give --calib")
+    return 1 if below else 0
