@@ -15,9 +15,13 @@ commits b5bd7e2 / d6efbe4 / 6479e4b): ``detail/node_support_checker.cc``,
   activations with int8 weights, what onnxruntime CPU runs): such a Conv stays on the CPU EP. Bias
   int32 and constant, weights constant and 4-D, input 4-D with C, H, W known, ``auto_pad``
   NOTSET / VALID / SAME_UPPER.
-- MaxPool: uint8 or int8, input and output alike. AveragePool and Softmax: uint8 only (Softmax's
-  output at scale 1/256, zero point 0), so with int8 activations they stay float, which XNNPACK
-  runs.
+- MaxPool: uint8 or int8, input and output alike. Softmax: uint8 only (output at scale 1/256,
+  zero point 0); quantized AveragePool: switched off on onnxruntime's main since its XNNPACK upgrade
+  of July 2025 (uint8 only before). With int8 activations both stay float, which XNNPACK runs.
+- Float rules: pools 2-D, ``ceil_mode`` 0, no 1x1 kernel, AveragePool without
+  ``count_include_pad`` or dilations; Resize linear with asymmetric / half_pixel / align_corners /
+  pytorch_half_pixel coordinates; Gemm with alpha = beta = 1; MatMul with a constant B of rank <= 2
+  (a helper's reading of onnxruntime main at 735e69a, Feb 2026, cross-checked with the above).
 - Every other op, and a Q / DQ outside a node unit, runs on the CPU EP.
 
 So the profile is ``qc8``: int8 asymmetric activations, int8 symmetric per-channel Conv weights
@@ -180,6 +184,34 @@ def _shape_reason(node: ir.Node, quantized: bool) -> str | None:
     pad = node.attributes.get_string("auto_pad", "NOTSET") if "pads" not in node.attributes else "NOTSET"
     if pad not in ("NOTSET", "VALID", "SAME_UPPER"):
         return f"auto_pad {pad}: XNNPACK takes NOTSET, VALID or SAME_UPPER"
+    if op in ("MaxPool", "AveragePool"):
+        kernel = node.attributes.get_ints("kernel_shape", [])
+        if node.attributes.get_int("ceil_mode", 0) != 0:
+            return "ceil_mode 1: XNNPACK pools take ceil_mode 0"
+        if len(kernel) != 2 or list(kernel) == [1, 1]:
+            return f"kernel {list(kernel)}: XNNPACK pools take 2-D kernels other than 1x1"
+        if op == "AveragePool" and (node.attributes.get_int("count_include_pad", 0) != 0
+                                    or any(d != 1 for d in node.attributes.get_ints("dilations", []))):
+            return "AveragePool with count_include_pad 1 or dilations: XNNPACK takes neither"
+    return None
+
+
+def _float_op_reason(node: ir.Node) -> str | None:
+    """Attribute rules of the float ops that are not spatial (resize.cc, gemm.cc, matmul.cc)."""
+    op = node.op_type
+    if op == "Resize":
+        mode = node.attributes.get_string("mode", "nearest")
+        coord = node.attributes.get_string("coordinate_transformation_mode", "half_pixel")
+        if mode != "linear":
+            return f"Resize mode {mode}: XNNPACK resizes linear only"
+        if coord not in ("asymmetric", "half_pixel", "align_corners", "pytorch_half_pixel"):
+            return f"Resize coordinate_transformation_mode {coord}: XNNPACK does not take it"
+    if op == "Gemm" and (node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0):
+        return "Gemm with alpha or beta other than 1: XNNPACK takes neither"
+    if op == "MatMul":
+        b = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        if b is not None and b.ndim > 2:
+            return f"MatMul with a rank-{b.ndim} B: XNNPACK takes B of rank 1 or 2"
     return None
 
 
@@ -213,7 +245,9 @@ def _quantized_reason(node: ir.Node, x_dq: ir.Node, q: ir.Node) -> str | None:
     if op in ("MaxPool", "Resize"):
         return None if x[0] == y[0] and x[0] in ("int8", "uint8") else "input and output must share one 8-bit type"
     if op == "AveragePool":
-        return None if x[0] == y[0] == "uint8" else f"{x[0]} AveragePool: its quantized form takes uint8 only"
+        # NOTE: onnxruntime's main since its XNNPACK upgrade (July 2025): IsQuantAvgPoolSupported returns
+        # false; before it, uint8 only
+        return "XNNPACK's quantized AveragePool is switched off in current onnxruntime (uint8 only before)"
     # Softmax
     scale = _const(q.inputs[1])
     if x[0] != "uint8" or y[0] != "uint8" or scale is None or abs(float(scale.reshape(-1)[0]) - 1 / 256) > 1e-4:
@@ -278,6 +312,8 @@ def partition(model: ir.Model) -> Partition:
                 reason = f"{x.dtype.name.lower()} input: XNNPACK takes float or QDQ node units"
             elif op in ("Gemm", "MatMul") and _const(node.inputs[1]) is None:
                 reason = "input B is not a constant initializer"
+            elif (why := _float_op_reason(node)) is not None:
+                reason = why
             else:
                 float_taken.add(node)
         if reason is None:

@@ -104,8 +104,29 @@ def test_the_rules_name_why_a_qdq_unit_stays_on_the_cpu() -> None:
         wz=np.zeros(4, np.int8),
     )
     found = {x.op: x.reason for x in xnnpack.partition(model).left}
-    assert "uint8 only" in found["AveragePool"]
+    assert "switched off" in found["AveragePool"]
     assert "per-tensor weights only" in found["ConvTranspose"]
     assert "uint8 with output scale 1/256" in found["Softmax"]
     assert "unknown C / H / W" in found["Conv"]
     assert xnnpack.partition(model).taken == 0
+
+
+FLOAT_RULES = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 4, 8, 8] x, float[1, 16] v) => (float[1, 4, 16, 16] r, float[1, 4, 4, 4] p, float[1, 4] m,
+                                           float[1, 4, 16, 16] rl, float[1, 4] ok) {
+  r = Resize<mode = "nearest">(x, , sc)
+  rl = Resize<mode = "linear">(x, , sc)
+  p = MaxPool<kernel_shape = [2, 2], strides = [2, 2], ceil_mode = 1>(x)
+  m = Gemm<alpha = 2.0, transB = 1>(v, w)
+  ok = Gemm<transB = 1>(v, w)
+}"""
+
+
+def test_float_rules_name_the_attributes_xnnpack_refuses() -> None:
+    model = build(FLOAT_RULES, sc=np.array([1, 1, 2, 2], np.float32), w=(4, 16))
+    found = xnnpack.partition(model)
+    reasons = {x.node: x.reason for x in found.left}
+    assert len(found.left) == 3 and found.taken == 2, found.left
+    assert any("mode nearest" in r for r in reasons.values())
+    assert any("ceil_mode 1" in r for r in reasons.values())
+    assert any("alpha or beta" in r for r in reasons.values())
