@@ -23,8 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("-o", "--output", type=Path, required=True, help="output .onnx file")
     p.add_argument("--target", default="ort-cpu", choices=TARGETS, help="execution provider profile")
     p.add_argument("--mode", default="static", choices=MODES,
-                   help="static: calibrated QDQ activations (default); dynamic: weights only, "
-                        "activations quantized at run time")
+                   help="static: calibrated QDQ activations (default); dynamic: INT8 weights, "
+                        "activations quantized at run time; weight-only: 4-bit MatMul weights in blocks "
+                        "(MatMulNBits), activations float")
+    p.add_argument("--bits", type=int, choices=(4,), default=4,
+                   help="--mode weight-only: bits per weight (4)")
+    p.add_argument("--algo", choices=("rtn", "hqq"), default="rtn",
+                   help="--mode weight-only: rtn (round to nearest) or hqq (half-quadratic; needs torch)")
+    p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32,
+                   help="--mode weight-only: weights per block along K (default 32)")
     p.add_argument("--calib", type=Path, metavar="PATH",
                    help="calibration samples: a folder of .npz (one feed each) or one .npz with a "
                         "leading sample axis")
@@ -150,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         ranges=str(args.ranges) if args.ranges else None,
         recovery=tuple(getattr(args, "recovery", ()) or ()),
         wide=tuple(getattr(args, "a16", ()) or ()),
+        algo=getattr(args, "algo", "rtn"),
+        block_size=getattr(args, "block_size", 32),
         save_ranges=str(args.save_ranges) if args.save_ranges else None,
         optimize=args.optimize,
         self_check=args.self_check,

@@ -35,7 +35,7 @@ from onnxq.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
 
-MODES = ("static", "dynamic")
+MODES = ("static", "dynamic", "weight-only")
 METHODS = ("minmax", "moving-average", "percentile", "entropy", "mse")
 #: CLI spelling -> calibration's method name.
 _METHOD_NAMES = {"moving-average": "moving_average"}
@@ -121,6 +121,8 @@ def quantize(
     overrides: Mapping[str, str] | str | None = None,
     recovery: Sequence[str] = (),
     wide: Sequence[str] = (),
+    algo: str = "rtn",
+    block_size: int = 32,
 ) -> tuple[ir.Model, QuantizeReport]:
     """Quantizes ``model`` in place to INT8 for ``target`` and returns it with a report.
 
@@ -151,6 +153,8 @@ def quantize(
         recovery: Accuracy-recovery passes run on the optimized float model before calibration
             (static mode), with the calibration samples: ``cross-layer-equalization``,
             ``smooth-quant``, ``correct-bias`` (:mod:`onnxq.passes.recovery`).
+        algo / block_size: ``weight-only`` mode: 4-bit MatMul weights by ``rtn`` or ``hqq`` in blocks
+            of ``block_size`` along K (``quantize-weights-int4``, MatMulNBits; ort-cpu only).
         wide: Node names, op types or regular expressions whose QDQ node units get 16-bit
             activations (A16W8) in an 8-bit graph, with converts at the borders
             (``widen-activations``); only for targets that have a 16-bit profile (qnn).
@@ -162,6 +166,9 @@ def quantize(
         raise OptionError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     refuse_integer_model(model)
     profile = target if isinstance(target, Target) else get_target(target, cpu=cpu)
+    if mode == "weight-only" and profile.name != "ort-cpu":
+        raise OptionError(f"--mode weight-only writes com.microsoft.MatMulNBits, which only onnxruntime runs "
+                          f"(--target ort-cpu), not {profile.name}")
     if wide and (profile.wider_activations is None or mode != "static"):
         raise OptionError(f"16-bit activations per layer (--a16) need static mode and a target with a 16-bit "
                           f"profile (qnn), not {profile.name}" + (f" in {mode} mode" if mode != "static" else ""))
@@ -262,6 +269,17 @@ def quantize(
 
                 _run(model, Pipeline([QuantizeDynamic(per_channel=report.per_channel, include=extra,
                                                       exclude=tuple(exclude))]), [profile], report)
+    elif mode == "weight-only":
+        with clock("quantize"):
+            from onnxq.passes.quantization import QuantizeWeightsInt4
+
+            _run(model, Pipeline([QuantizeWeightsInt4(algo=algo, block_size=block_size, include=tuple(include),
+                                                      exclude=tuple(exclude))]),
+                 [profile], report)
+            if not report.stats.get("quantize-weights-int4.matmuls_int4"):
+                report.diagnostics.append(Diagnostic(
+                    "weight-only mode quantized nothing: it covers MatMul with a constant 2-D weight "
+                    "(transformers, LLMs)", Severity.WARNING))
     else:
         with clock("quantize"):
             from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic

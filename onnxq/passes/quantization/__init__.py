@@ -23,10 +23,12 @@ from onnxq.passes.quantization.insert_qdq import InsertQDQ
 from onnxq.passes.quantization.legalize_qdq import LegalizeQDQ
 from onnxq.passes.quantization.lower_hardswish import LowerHardSwish
 from onnxq.passes.quantization.quantize_weights import QuantizeWeights
+from onnxq.passes.quantization.quantize_weights_int4 import QuantizeWeightsInt4
 from onnxq.passes.quantization.widen_activations import WidenActivations
 from onnxq.targets.base import Target
 
-PASSES: tuple[type[Pass], ...] = (LowerHardSwish, CompleteCarriedQDQ, LegalizeQDQ, InsertQDQ, QuantizeWeights, WidenActivations)
+PASSES: tuple[type[Pass], ...] = (LowerHardSwish, CompleteCarriedQDQ, LegalizeQDQ, InsertQDQ, QuantizeWeights,
+                                   QuantizeWeightsInt4, WidenActivations)
 
 
 def tensors_to_calibrate(
@@ -74,4 +76,4 @@ def static_pipeline(
     return Pipeline(passes)
 
 
-__all__ = ["PASSES", "CompleteCarriedQDQ", "InsertQDQ", "LegalizeQDQ", "QuantizeWeights", "WidenActivations", "static_pipeline", "tensors_to_calibrate"]
+__all__ = ["PASSES", "CompleteCarriedQDQ", "InsertQDQ", "LegalizeQDQ", "QuantizeWeights", "QuantizeWeightsInt4", "WidenActivations", "static_pipeline", "tensors_to_calibrate"]
