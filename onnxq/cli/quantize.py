@@ -204,7 +204,7 @@ def _check_gate(args: argparse.Namespace) -> None:
 
     if getattr(args, "max_size", None) is not None:
         parse_size(args.max_size)
-    dynamic_drop = getattr(args, "max_accuracy_drop", None) is not None and args.mode == "dynamic"
+    dynamic_drop = getattr(args, "max_accuracy_drop", None) is not None and args.mode != "static"
     if (dynamic_drop or getattr(args, "min_speedup", None) is not None) and (args.data or args.calib) is None:
         raise OptionError("--max-accuracy-drop / --min-speedup need samples to measure on: give --data PATH")
     if args.data is not None and not args.data.exists():
