@@ -83,6 +83,16 @@ def _quantize_with(model: ir.Model, calibration: Any, *, mode: str, method: str 
     return quantized
 
 
+def _weight_only_int4(model: ir.Model, calibration: Any) -> ir.Model:
+    from onnxq.quantization.quantize import quantize
+
+    quantized, report = quantize(model, calibration, mode="weight-only", self_check=False)
+    if not report.stats.get("quantize-weights-int4.matmuls_int4"):
+        # NOTE: a model without constant MatMul / Gemm weights would come back float under this name
+        raise UserError("no MatMul or Gemm with a constant weight: nothing for 4-bit weights")
+    return quantized
+
+
 def _mixed_precision(model: ir.Model, calibration: Any, *, context: StrategyContext) -> ir.Model:
     from onnxq.quantization.mixed_precision import quantize_mixed
 
@@ -108,6 +118,8 @@ _BUILTINS: tuple[Strategy, ...] = (
     Strategy("static-minmax-per-tensor",
              functools.partial(_quantize_with, mode="static", method="minmax", per_channel=False),
              "static QDQ, min/max ranges, per-tensor weights"),
+    Strategy("weight-only-int4", _weight_only_int4,
+             "4-bit MatMul weights in blocks of 32 along K (MatMulNBits, RTN), activations float"),
     Strategy("mixed-precision", _mixed_precision,
              "static QDQ (min/max), the fewest nodes left in float so agreement with FP32 drops at most "
              "the gate's --max-accuracy-drop (default 0.01)"),

@@ -70,3 +70,27 @@ def test_histogram_strategies_run_and_differ(tmp_path: Path, capsys) -> None:
         assert row["accuracy"] is not None and row["accuracy"] >= 0.9, (name, row)
     # Each method gave its own ranges, hence its own scales: three different models.
     assert len({Path(row["path"]).read_bytes() for row in rows.values()}) == 3
+
+
+def test_weight_only_int4_is_a_strategy_and_says_when_there_is_nothing_for_it(tmp_path: Path, capsys) -> None:
+    # NOTE: the example CNN's classifier is a Gemm: it goes to 4 bits
+    code = main(_args(tmp_path / "out", "--strategies", "weight-only-int4", "--json"))
+    doc = json.loads(capsys.readouterr().out)
+    [row] = doc["strategies"]
+    assert code in (0, 1) and row["name"] == "weight-only-int4" and row.get("error") is None, row
+    assert row["size_bytes"] < Path(MODEL).stat().st_size and row["accuracy"] >= 0.95, row
+
+
+def test_weight_only_int4_names_a_model_it_cannot_help() -> None:
+    import onnx_ir as ir
+    import pytest
+
+    from onnxq.errors import UserError
+    from onnxq.validation.sweep import _weight_only_int4
+    from tests.conftest import parse
+
+    model = parse("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }""")
+    assert isinstance(model, ir.Model)
+    with pytest.raises(UserError, match="nothing for 4-bit weights"):
+        _weight_only_int4(model, [{"x": [[1.0, -1.0, 2.0, 0.5]]}])
