@@ -37,6 +37,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.ir.constants import constant_array
 from onnxq.targets.base import Target, UnknownTargetError, register_target
 
 NAME = "xnnpack"
@@ -125,22 +126,10 @@ def _producer(value: ir.Value | None, op: str) -> ir.Node | None:
     return node if node is not None and node.op_type == op and node.domain in ("", "ai.onnx") else None
 
 
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.is_graph_input():
-        return None
-    if value.const_value is not None:
-        return np.asarray(value.const_value.numpy())
-    node = value.producer()
-    if node is not None and node.op_type == "Constant":
-        attr = node.attributes.get("value")
-        return np.asarray(attr.as_tensor().numpy()) if attr is not None else None
-    return None
-
-
 def _qtype(qdq: ir.Node) -> tuple[str, bool, bool] | None:
     """(dtype name, per-channel, zero points all 0) of a Q/DQ with constant parameters."""
-    scale = _const(qdq.inputs[1]) if len(qdq.inputs) > 1 else None
-    zero = _const(qdq.inputs[2]) if len(qdq.inputs) > 2 and qdq.inputs[2] is not None else None
+    scale = constant_array(qdq.inputs[1]) if len(qdq.inputs) > 1 else None
+    zero = constant_array(qdq.inputs[2]) if len(qdq.inputs) > 2 and qdq.inputs[2] is not None else None
     if scale is None:
         return None
     dtype = zero.dtype.name if zero is not None else "uint8"
@@ -174,12 +163,12 @@ def _shape_reason(node: ir.Node, quantized: bool) -> str | None:
         if w_node is not None and not quantized:
             return ("weights come through a DequantizeLinear but the output is not quantized: neither a QDQ "
                     "node unit nor a float op with constant weights")
-        weight = _const(w_node.inputs[0] if w_node is not None else w)
+        weight = constant_array(w_node.inputs[0] if w_node is not None else w)
         if weight is None or weight.ndim != 4:
             return "weights are not a constant 4-D tensor"
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             b_node = _producer(node.inputs[2], "DequantizeLinear")
-            if _const(b_node.inputs[0] if b_node is not None else node.inputs[2]) is None:
+            if constant_array(b_node.inputs[0] if b_node is not None else node.inputs[2]) is None:
                 return "bias is not constant"
     pad = node.attributes.get_string("auto_pad", "NOTSET") if "pads" not in node.attributes else "NOTSET"
     if pad not in ("NOTSET", "VALID", "SAME_UPPER"):
@@ -209,7 +198,7 @@ def _float_op_reason(node: ir.Node) -> str | None:
     if op == "Gemm" and (node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0):
         return "Gemm with alpha or beta other than 1: XNNPACK takes neither"
     if op == "MatMul":
-        b = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        b = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if b is not None and b.ndim > 2:
             return f"MatMul with a rank-{b.ndim} B: XNNPACK takes B of rank 1 or 2"
     return None
@@ -238,7 +227,7 @@ def _quantized_reason(node: ir.Node, x_dq: ir.Node, q: ir.Node) -> str | None:
             return "ConvTranspose takes per-tensor weights only (no qc8 QLinearConvTranspose)"
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             b_dq = _producer(node.inputs[2], "DequantizeLinear")
-            bias = _const(b_dq.inputs[0]) if b_dq is not None else None
+            bias = constant_array(b_dq.inputs[0]) if b_dq is not None else None
             if bias is None or bias.dtype != np.int32:
                 return "bias must be a constant int32 read through a DequantizeLinear"
         return None
@@ -249,7 +238,7 @@ def _quantized_reason(node: ir.Node, x_dq: ir.Node, q: ir.Node) -> str | None:
         # false; before it, uint8 only
         return "XNNPACK's quantized AveragePool is switched off in current onnxruntime (uint8 only before)"
     # Softmax
-    scale = _const(q.inputs[1])
+    scale = constant_array(q.inputs[1])
     if x[0] != "uint8" or y[0] != "uint8" or scale is None or abs(float(scale.reshape(-1)[0]) - 1 / 256) > 1e-4:
         return "its quantized form takes uint8 with output scale 1/256 and zero point 0 only"
     return None
@@ -310,7 +299,7 @@ def partition(model: ir.Model) -> Partition:
                 reason = f"XNNPACK takes {op} in float only: with Q/DQ around it, it runs on the CPU EP"
             elif x is not None and x.dtype is not None and x.dtype != ir.DataType.FLOAT:
                 reason = f"{x.dtype.name.lower()} input: XNNPACK takes float or QDQ node units"
-            elif op in ("Gemm", "MatMul") and _const(node.inputs[1]) is None:
+            elif op in ("Gemm", "MatMul") and constant_array(node.inputs[1]) is None:
                 reason = "input B is not a constant initializer"
             elif (why := _float_op_reason(node)) is not None:
                 reason = why

@@ -37,6 +37,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
+from onnxq.ir.constants import constant_array
 from onnxq.passes.quantization._common import NameScope, make_initializer, make_node, round_to_grid
 
 #: Ops whose output holds values of their input's quantization grid (MaxPool pads with -inf).
@@ -44,12 +45,6 @@ GRID_PRESERVING = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Uns
 #: Integer types a folded weight may have, with their range.
 INT_RANGES = {ir.DataType.INT8: (-128, 127), ir.DataType.UINT8: (0, 255),
               ir.DataType.INT16: (-32768, 32767), ir.DataType.UINT16: (0, 65535)}
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return np.asarray(value.const_value.numpy())
 
 
 def _is_default(node: ir.Node, op: str) -> bool:
@@ -70,8 +65,8 @@ def _dq_params(dq: ir.Node) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Constant (scale, zero point, axis) of a DequantizeLinear without blocks."""
     if "block_size" in dq.attributes or len(dq.inputs) < 2:
         return None
-    scale = _const(dq.inputs[1])
-    zero = _const(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else np.zeros((), np.uint8)
+    scale = constant_array(dq.inputs[1])
+    zero = constant_array(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else np.zeros((), np.uint8)
     if scale is None or zero is None:
         return None
     return scale, zero, dq.attributes.get_int("axis", 1)
@@ -112,11 +107,11 @@ class CompleteCarriedQDQ(Pass):
     @staticmethod
     def _fold_weight(graph: ir.Graph, names: NameScope, q: ir.Node) -> int:
         """QuantizeLinear of a float constant -> the integer constant it computes."""
-        data = _const(q.inputs[0])
+        data = constant_array(q.inputs[0])
         if data is None or "block_size" in q.attributes or len(q.inputs) < 2:
             return 0
-        scale = _const(q.inputs[1])
-        zero = _const(q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] is not None else np.zeros((), np.uint8)
+        scale = constant_array(q.inputs[1])
+        zero = constant_array(q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] is not None else np.zeros((), np.uint8)
         dtype = ir.DataType.from_numpy(zero.dtype) if zero is not None else None
         if scale is None or zero is None or dtype not in INT_RANGES or q.outputs[0].is_graph_output():
             return 0
@@ -135,13 +130,13 @@ class CompleteCarriedQDQ(Pass):
         """Per-output-channel Mul / Div / Add constants after a Conv with a symmetric DQ weight."""
         dq = _producer(conv.inputs[1] if len(conv.inputs) > 1 else None, "DequantizeLinear")
         params = _dq_params(dq) if dq is not None else None
-        w_q = _const(dq.inputs[0]) if dq is not None else None
+        w_q = constant_array(dq.inputs[0]) if dq is not None else None
         if params is None or w_q is None or w_q.ndim < 3 or np.any(params[1] != 0) or len(conv.outputs[0].uses()) != 1:
             return 0
         if len(dq.outputs[0].uses()) != 1 or (params[0].size > 1 and params[2] % w_q.ndim != 0):
             return 0
         channels = w_q.shape[0]
-        bias = _const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else np.zeros(channels, np.float32)
+        bias = constant_array(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else np.zeros(channels, np.float32)
         if bias is None or bias.dtype != np.float32:
             return 0
         factor = np.ones(channels, np.float64)
@@ -150,7 +145,7 @@ class CompleteCarriedQDQ(Pass):
         while (reader := _single_use(out)) is not None and reader.op_type in ("Mul", "Div", "Add", "Sub") \
                 and reader.domain in ("", "ai.onnx") and len(reader.inputs) == 2:
             other = reader.inputs[1] if reader.inputs[0] is out else reader.inputs[0]
-            c = _const(other)
+            c = constant_array(other)
             if c is None or c.dtype != np.float32 or (reader.op_type in ("Div", "Sub") and reader.inputs[0] is not out):
                 break
             per = _per_channel(c, channels, w_q.ndim)
@@ -233,7 +228,7 @@ class CompleteCarriedQDQ(Pass):
         """A float bias between a DQ input and a DQ weight -> int32 at input scale x weight scale."""
         if len(node.inputs) < 3 or node.inputs[2] is None:
             return 0
-        bias = _const(node.inputs[2])
+        bias = constant_array(node.inputs[2])
         x_dq = _producer(node.inputs[0], "DequantizeLinear")
         w_dq = _producer(node.inputs[1], "DequantizeLinear")
         if bias is None or bias.dtype != np.float32 or bias.ndim != 1 or x_dq is None or w_dq is None:
@@ -242,7 +237,7 @@ class CompleteCarriedQDQ(Pass):
                                        or node.attributes.get_float("alpha", 1.0) != 1.0
                                        or node.attributes.get_float("beta", 1.0) != 1.0):
             return 0
-        xp, wp, w = _dq_params(x_dq), _dq_params(w_dq), _const(w_dq.inputs[0])
+        xp, wp, w = _dq_params(x_dq), _dq_params(w_dq), constant_array(w_dq.inputs[0])
         if xp is None or wp is None or w is None or xp[0].size != 1 or (wp[0].size > 1 and wp[2] % w.ndim != 0):
             return 0
         scale = (xp[0].astype(np.float64).reshape(()) * np.broadcast_to(wp[0].astype(np.float64), bias.shape))

@@ -30,6 +30,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
+from onnxq.ir.constants import constant_array
 from onnxq.passes.quantization._common import (
     PASS_METADATA_KEY,
     NameScope,
@@ -44,12 +45,6 @@ FACTOR = 257  # 65535 / 255: the uint16 step of the same real range
 
 def _is(node: ir.Node | None, op: str) -> bool:
     return node is not None and node.op_type == op and node.domain in ("", "ai.onnx")
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return np.asarray(value.const_value.numpy())
 
 
 class WidenActivations(Pass):
@@ -95,7 +90,7 @@ class _State:
         """16-bit (scale, zero point) initializers for 8-bit ones: the same real range."""
         key = (scale, zero)
         if key not in self._params:
-            s, z = _const(scale), _const(zero)
+            s, z = constant_array(scale), constant_array(zero)
             if s is None or z is None or z.dtype != np.uint8 or s.size != 1:
                 return None
             base = scale.name or "activation"
@@ -119,7 +114,7 @@ class _State:
             dq = value.producer()
             assert dq is not None
             if self._is_wide(dq):
-                scales[slot] = _const(dq.inputs[1])  # type: ignore[assignment]
+                scales[slot] = constant_array(dq.inputs[1])  # type: ignore[assignment]
                 continue
             if dq.inputs[0] is not None and dq.inputs[0].const_value is not None:
                 if len(dq.outputs[0].uses()) > 1:
@@ -131,7 +126,7 @@ class _State:
             if new is None:
                 continue
             node.replace_input_with(slot, new.outputs[0])
-            scales[slot] = _const(new.inputs[1])  # type: ignore[assignment]
+            scales[slot] = constant_array(new.inputs[1])  # type: ignore[assignment]
         self._rescale_bias(node, scales.get(0))
         if q is not None:
             self._widen_q(q)
@@ -143,11 +138,11 @@ class _State:
             return False
         if BIAS_INPUT.get(node.op_type) == slot:
             return False
-        zero = _const(dq.inputs[2]) if len(dq.inputs) > 2 else None  # type: ignore[union-attr]
+        zero = constant_array(dq.inputs[2]) if len(dq.inputs) > 2 else None  # type: ignore[union-attr]
         return zero is not None and zero.dtype in (np.uint8, np.uint16)
 
     def _is_wide(self, dq: ir.Node) -> bool:
-        zero = _const(dq.inputs[2]) if len(dq.inputs) > 2 else None
+        zero = constant_array(dq.inputs[2]) if len(dq.inputs) > 2 else None
         return zero is not None and zero.dtype == np.uint16
 
     def _output_q(self, node: ir.Node) -> ir.Node | None:
@@ -224,17 +219,17 @@ class _State:
 
     def _widen_constant(self, dq: ir.Node) -> np.ndarray:
         """A constant read through an 8-bit DQ: ``257 q`` at the 16-bit parameters (the same values)."""
-        data = _const(dq.inputs[0])
+        data = constant_array(dq.inputs[0])
         params = self.wide_params(dq.inputs[1], dq.inputs[2])  # type: ignore[arg-type]
         if data is None or params is None or data.dtype != np.uint8:
-            return _const(dq.inputs[1])  # type: ignore[return-value]
+            return constant_array(dq.inputs[1])  # type: ignore[return-value]
         base = dq.inputs[0].name or "constant"  # type: ignore[union-attr]
         dq.replace_input_with(0, make_initializer(self.graph, self.names, f"{base}_16",
                                                   (data.astype(np.uint32) * FACTOR).astype(np.uint16)))
         dq.replace_input_with(1, params[0])
         dq.replace_input_with(2, params[1])
         self.stats["constants_widened"] += 1
-        return _const(params[0])  # type: ignore[return-value]
+        return constant_array(params[0])  # type: ignore[return-value]
 
     def _rescale_bias(self, node: ir.Node, x_scale: np.ndarray | None) -> None:
         """int32 bias at ``x_scale * w_scale``: with the input 257x finer, ``257 b`` at ``scale / 257``."""
@@ -244,7 +239,7 @@ class _State:
         dq = node.inputs[slot].producer()  # type: ignore[union-attr]
         if not _is(dq, "DequantizeLinear") or dq.metadata_props.get(PASS_METADATA_KEY) == WidenActivations.name:
             return
-        data, scale = _const(dq.inputs[0]), _const(dq.inputs[1])
+        data, scale = constant_array(dq.inputs[0]), constant_array(dq.inputs[1])
         if data is None or scale is None or data.dtype != np.int32:
             return
         wide = data.astype(np.int64) * FACTOR
