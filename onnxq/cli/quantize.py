@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "(MatMulNBits), activations float")
     p.add_argument("--bits", type=int, choices=(4,), default=4,
                    help="--mode weight-only: bits per weight (4)")
-    p.add_argument("--algo", choices=("rtn", "hqq"), default="rtn",
-                   help="--mode weight-only: rtn (round to nearest) or hqq (half-quadratic; needs torch)")
+    p.add_argument("--algo", choices=("rtn", "hqq", "gptq", "awq"), default="rtn",
+                   help="--mode weight-only: rtn (round to nearest), hqq (half-quadratic; needs torch), "
+                        "gptq or awq (both calibrated: need --calib)")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32,
                    help="--mode weight-only: weights per block along K (default 32)")
     p.add_argument("--calib", type=Path, metavar="PATH",

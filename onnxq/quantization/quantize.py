@@ -153,8 +153,8 @@ def quantize(
         recovery: Accuracy-recovery passes run on the optimized float model before calibration
             (static mode), with the calibration samples: ``cross-layer-equalization``,
             ``smooth-quant``, ``correct-bias`` (:mod:`onnxq.passes.recovery`).
-        algo / block_size: ``weight-only`` mode: 4-bit MatMul weights by ``rtn`` or ``hqq`` in blocks
-            of ``block_size`` along K (``quantize-weights-int4``, MatMulNBits; ort-cpu only).
+        algo / block_size: ``weight-only`` mode: 4-bit MatMul weights by ``rtn``, ``hqq``, ``gptq`` or
+            ``awq`` (the last two calibrated: ``calibration`` is required) in blocks of ``block_size`` along K (``quantize-weights-int4``, MatMulNBits; ort-cpu only).
         wide: Node names, op types or regular expressions whose QDQ node units get 16-bit
             activations (A16W8) in an 8-bit graph, with converts at the borders
             (``widen-activations``); only for targets that have a 16-bit profile (qnn).
@@ -169,6 +169,8 @@ def quantize(
     if mode == "weight-only" and profile.name != "ort-cpu":
         raise OptionError(f"--mode weight-only writes com.microsoft.MatMulNBits, which only onnxruntime runs "
                           f"(--target ort-cpu), not {profile.name}")
+    if mode == "weight-only" and algo in ("gptq", "awq") and calibration is None:
+        raise OptionError(f"--algo {algo} is calibrated: give samples with --calib PATH")
     if wide and (profile.wider_activations is None or mode != "static"):
         raise OptionError(f"16-bit activations per layer (--a16) need static mode and a target with a 16-bit "
                           f"profile (qnn), not {profile.name}" + (f" in {mode} mode" if mode != "static" else ""))
@@ -275,7 +277,7 @@ def quantize(
 
             _run(model, Pipeline([QuantizeWeightsInt4(algo=algo, block_size=block_size, include=tuple(include),
                                                       exclude=tuple(exclude))]),
-                 [profile], report)
+                 [profile, *([data] if data is not None else [])], report)
             if not report.stats.get("quantize-weights-int4.matmuls_int4"):
                 report.diagnostics.append(Diagnostic(
                     "weight-only mode quantized nothing: it covers MatMul with a constant 2-D weight "

@@ -5,8 +5,13 @@ integers in blocks of ``block_size`` along K with one scale (and zero point when
 block, and onnxruntime's ``MatMulNBits`` kernel dequantizes on the fly. The quantization is
 onnxruntime's (``onnxruntime.quantization.matmul_nbits_quantizer``), which no hand-written code
 here would beat: ``rtn`` is its default blockwise round-to-nearest (C++), ``hqq`` its half-quadratic
-optimizer (Badri & Shaji 2023; needs torch), calibration-free both. GPTQ and AWQ (calibration
-driven) are not here yet.
+optimizer (Badri & Shaji 2023; needs torch), calibration-free both. ``gptq`` and ``awq`` are
+calibration driven and ours (:mod:`onnxq.passes.quantization._int4` says why and which papers):
+each weight's input is streamed through onnxruntime once, accumulating ``X^T X`` and ``mean|x|``
+per input channel (memory does not grow with the samples), from the float model (not from the
+partly quantized one, as onnxruntime's GPTQ does too). AWQ's inverse scale goes into what
+produces the activation when that is exact (a LayerNormalization, a MatMul + bias, a Gemm, through
+Relu), else a ``Mul`` before the quantized MatMuls (llm-awq's ``ScaledActivation``).
 
 ``accuracy_level`` (MatMulNBits' compute type: 0 unset, 1 fp32, 4 int8 activations) defaults to
 4: measured on the zoo's BERT-like encoder (6 layers, hidden 384; AMD EPYC, AVX2 without VNNI, 1
@@ -20,15 +25,21 @@ import dataclasses
 import logging
 from typing import ClassVar
 
+import numpy as np
 import onnx_ir as ir
 
+from onnxq.calibration.data import CalibrationData
 from onnxq.errors import OptionError
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
 from onnxq.ir.interop import replace_contents
 from onnxq.passes.quantization._common import Selection
 
-ALGORITHMS = ("rtn", "hqq")
+ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
+#: Algorithms that need calibration samples (the ``CalibrationData`` resource).
+CALIBRATED = ("gptq", "awq")
+#: Activations streamed per onnxruntime session (each holds a K x K accumulator).
+GROUP = 8
 #: MatMulNBits compute type: int8 activations (see the module docstring).
 ACCURACY_LEVEL = 4
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -36,20 +47,22 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 class QuantizeWeightsInt4(Pass):
     name: ClassVar[str] = "quantize-weights-int4"
-    summary: ClassVar[str] = "MatMul weights to 4-bit blocks along K (MatMulNBits), weight-only: RTN or HQQ"
+    summary: ClassVar[str] = "MatMul weights to 4-bit blocks along K (MatMulNBits), weight-only: RTN, HQQ, GPTQ, AWQ"
 
     @dataclasses.dataclass(frozen=True)
     class Options:
-        algo: str = dataclasses.field(default="rtn", metadata={"help": "rtn or hqq"})
+        algo: str = dataclasses.field(default="rtn", metadata={"help": "rtn, hqq, gptq or awq"})
         block_size: int = dataclasses.field(default=32, metadata={"help": "weights per block along K"})
-        symmetric: bool = dataclasses.field(default=True, metadata={"help": "zero point 8 (rtn only)"})
+        symmetric: bool = dataclasses.field(default=True, metadata={"help": "zero point 8 (not hqq)"})
+        act_order: bool = dataclasses.field(default=False, metadata={
+            "help": "gptq: quantize input channels by decreasing X^T X diagonal"})
+        max_samples: int = dataclasses.field(default=64, metadata={"help": "gptq / awq: calibration samples read"})
         accuracy_level: int = dataclasses.field(default=ACCURACY_LEVEL, metadata={
             "help": "MatMulNBits compute type (0 unset, 1 fp32, 4 int8 activations)"})
         include: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "only matching MatMuls"})
         exclude: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "MatMuls kept float"})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        del ctx
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
         o = self.options
@@ -70,6 +83,15 @@ class QuantizeWeightsInt4(Pass):
         if not chosen:
             return PassResult(False, {})
         level = o.accuracy_level
+        if o.algo in CALIBRATED:
+            data = ctx.resources.get(CalibrationData)
+            if data is None:
+                raise OptionError(f"quantize-weights-int4: algo {o.algo} needs calibration samples (--calib PATH)")
+            chosen_nodes = [n for n in candidates if n.name in set(chosen)]
+            stats = _calibrated(model, chosen_nodes, data, o)  # type: ignore[arg-type]
+            stats.update({"matmuls_float": len(candidates) - stats["matmuls_int4"], "gemms_as_matmul": gemms,
+                          "block_size": o.block_size, "accuracy_level": level})
+            return PassResult(True, {k: v for k, v in stats.items() if v or k == "accuracy_level"})
         if o.algo == "rtn":
             config = nbits.DefaultWeightOnlyQuantConfig(block_size=o.block_size, is_symmetric=o.symmetric,
                                                         accuracy_level=level)
@@ -147,3 +169,146 @@ def _gemms_to_matmul(model: ir.Model, selection: Selection) -> int:
         graph.remove(node, safe=True)
         count += 1
     return count
+
+
+def _input_statistics(proto: object, model: ir.Model, names: list[str], data: CalibrationData,
+                      max_samples: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``(X^T X, mean|x|)`` per input channel (last axis) of each named activation, streamed.
+
+    One onnxruntime session exposes the named tensors; each sample's rows are added to float64
+    accumulators and dropped, so memory is the accumulators plus one run's tensors, whatever the
+    number of samples.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from onnxq.runtime import select_inputs
+
+    graph = proto.graph  # type: ignore[attr-defined]
+    del graph.output[:]
+    graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    hessians: dict[str, np.ndarray] = {}
+    sums: dict[str, np.ndarray] = {}
+    rows: dict[str, int] = {}
+    for count, (_, feed) in enumerate(data.feeds(model)):
+        if count >= max_samples:
+            break
+        for name, value in zip(names, sess.run(names, select_inputs(model, feed)), strict=True):
+            # NOTE: float32 products (one run's rows) summed into float64 accumulators
+            x = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
+            if name not in hessians:
+                hessians[name] = np.zeros((x.shape[1], x.shape[1]))
+                sums[name] = np.zeros(x.shape[1])
+                rows[name] = 0
+            hessians[name] += x.T @ x
+            sums[name] += np.abs(x).sum(axis=0, dtype=np.float64)
+            rows[name] += len(x)
+    return {name: (hessians[name], sums[name] / max(rows[name], 1)) for name in hessians}
+
+
+def _calibrated(model: ir.Model, nodes: list[ir.Node], data: CalibrationData,
+                o: QuantizeWeightsInt4.Options) -> dict[str, int]:
+    """GPTQ or AWQ on ``nodes`` (MatMuls with constant ``[K, N]`` weights), grouped by their input."""
+    from onnxq.passes.quantization import _int4
+
+    by_input: dict[str, list[ir.Node]] = {}
+    for node in nodes:
+        by_input.setdefault(str(node.inputs[0].name), []).append(node)
+    names = list(by_input)
+    proto = ir.to_proto(model)
+    done = moved = inserted = 0
+    for start in range(0, len(names), GROUP):
+        group = names[start:start + GROUP]
+        stats = _input_statistics(proto, model, group, data, o.max_samples)
+        for name in group:
+            if name not in stats:
+                continue
+            h, mean_abs = stats.pop(name)
+            consumers = by_input[name]
+            weights = [np.asarray(n.inputs[1].const_value.numpy(), np.float32) for n in consumers]  # type: ignore[union-attr]
+            if any(w.shape[0] != len(mean_abs) for w in weights):
+                continue
+            if o.algo == "awq":
+                s, _ = _int4.awq_scales(weights, h, mean_abs, o.block_size, o.symmetric)
+                if not np.all(s == 1):
+                    folded = _scale_activation(model, consumers, 1.0 / s)
+                    moved += folded
+                    inserted += not folded
+                    weights = [w * s[:, None] for w in weights]
+                    h = h / np.outer(s, s)
+                blocks = [_int4.rtn(w, o.block_size, o.symmetric,
+                                    _int4.awq_clip_ratios(w, h, o.block_size, o.symmetric)) for w in weights]
+            else:
+                blocks = [_int4.gptq(w, h, o.block_size, o.symmetric, act_order=o.act_order) for w in weights]
+            for node, w, b in zip(consumers, weights, blocks, strict=True):
+                _replace_with_nbits(model, node, b, w.shape, o.accuracy_level)
+                done += 1
+            del h
+    if done:
+        model.opset_imports.setdefault("com.microsoft", 1)
+    return {"matmuls_int4": done, "awq_scales_folded": moved, "awq_scales_as_mul": inserted}
+
+
+def _scale_activation(model: ir.Model, consumers: list[ir.Node], factor: np.ndarray) -> bool:
+    """Multiplies the activation the ``consumers`` read by ``factor`` per last-axis channel: folded
+    into its producer when exact and nothing else reads it (True), else a ``Mul`` before them."""
+    from onnxq.passes.quantization._common import NameScope, make_initializer, make_node
+    from onnxq.passes.recovery._layers import scale_along, set_initializer
+    from onnxq.passes.recovery.smooth_quant import _producer_fold
+
+    value = consumers[0].inputs[0]
+    assert value is not None
+    readers = {id(use.node) for use in value.uses()}
+    if readers == {id(n) for n in consumers} and not value.is_graph_output() and not value.is_graph_input():
+        fold = _producer_fold(value)
+        if fold is not None:
+            for init, axis in fold:
+                array = np.asarray(init.const_value.numpy(), np.float32)  # type: ignore[union-attr]
+                set_initializer(init, scale_along(array, factor, axis))
+            return True
+    names = NameScope(model)
+    constant = make_initializer(model.graph, names, f"{value.name or 'x'}_awq_scale", factor.astype(np.float32))
+    mul = make_node(QuantizeWeightsInt4.name, names, "Mul", [value, constant], base=f"{value.name or 'x'}_awq",
+                    output_dtype=ir.DataType.FLOAT, shape=value.shape)
+    model.graph.insert_before(consumers[0], mul)
+    for node in consumers:
+        node.replace_input_with(0, mul.outputs[0])
+    return False
+
+
+def _replace_with_nbits(model: ir.Model, node: ir.Node, blocks: object, shape: tuple[int, ...], level: int) -> None:
+    """``node`` (MatMul) -> ``com.microsoft.MatMulNBits`` holding ``blocks`` (an ``_int4.Blocks``)."""
+    from onnxq.passes.quantization import _int4
+    from onnxq.passes.quantization._common import PASS_METADATA_KEY, NameScope, make_initializer
+
+    assert isinstance(blocks, _int4.Blocks)
+    k, n = int(shape[0]), int(shape[1])
+    packed, scales, zeros = _int4.pack(blocks, k)
+    names = NameScope(model)
+    base = str(node.inputs[1].name or node.name)  # type: ignore[union-attr]
+    inputs = [node.inputs[0], make_initializer(model.graph, names, f"{base}_Q4", packed),
+              make_initializer(model.graph, names, f"{base}_scales", scales)]
+    if zeros is not None:
+        inputs.append(make_initializer(model.graph, names, f"{base}_zero_points", zeros))
+    attrs = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", _int4.BITS),
+             ir.AttrInt64("block_size", blocks.block), ir.AttrInt64("accuracy_level", level)]
+    out = node.outputs[0]
+    new = ir.Node("com.microsoft", "MatMulNBits", inputs, attributes=attrs, num_outputs=1,
+                  name=node.name, metadata_props={PASS_METADATA_KEY: QuantizeWeightsInt4.name})
+    model.graph.insert_before(node, new)
+    new.outputs[0].name = names.fresh(f"{out.name}_nbits")
+    new.outputs[0].type, new.outputs[0].shape = out.type, out.shape
+    weight = node.inputs[1]
+    if out.is_graph_output():
+        original = out.name
+        out.name = names.fresh(f"{original}_float")
+        new.outputs[0].name = original
+    out.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
+    model.graph.remove(node, safe=True)
+    if weight is not None and not weight.uses() and weight.is_initializer() and not weight.is_graph_output():
+        model.graph.initializers.pop(str(weight.name))
