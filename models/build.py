@@ -52,6 +52,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "crnn_ocr": ("crnn_ocr",),
     "keras_cnn": ("keras_cnn_savedmodel", "keras_cnn_tflite", "keras_cnn_op11"),
     "bert_like": ("bert_like",),
+    "byte_lm": ("byte_lm",),
 }
 #: Files whose content every model depends on besides its own script.
 SHARED_SOURCES = ("_common.py", "_export.py", "_torch_utils.py", "build.py", "zoo.py")

@@ -27,7 +27,7 @@ MANIFEST_NAME = "manifest.json"
 EVAL_BATCH = 64
 #: Class index of the CTC blank symbol in CTC models' outputs.
 CTC_BLANK = 0
-METRIC_KINDS = ("accuracy", "cosine", "ctc_sequence_accuracy", "ctc_char_accuracy")
+METRIC_KINDS = ("accuracy", "cosine", "ctc_sequence_accuracy", "ctc_char_accuracy", "perplexity")
 
 
 class ZooError(Exception):
@@ -132,6 +132,8 @@ def compute_metric(kind: str, output: np.ndarray, labels: np.ndarray) -> float:
         ctc_sequence_accuracy: greedy CTC decoding of [N, T, C] scores (blank 0) equals the
             label row exactly; labels [N, L] hold classes 1..C-1.
         ctc_char_accuracy: 1 - (edit distance / label length) over all rows, floored at 0.
+        perplexity: ``exp`` of the mean cross-entropy of logits [N, T, V] against the next tokens
+            [N, T] (lower is better: recorded beside a primary metric, never one).
     """
     if kind == "accuracy":
         return float(np.mean(output.argmax(-1) == labels))
@@ -147,6 +149,12 @@ def compute_metric(kind: str, output: np.ndarray, labels: np.ndarray) -> float:
         decoded = ctc_greedy_decode(output)
         errors = sum(_edit_distance(d, list(row)) for d, row in zip(decoded, labels.tolist(), strict=True))
         return max(0.0, 1.0 - errors / labels.size)
+    if kind == "perplexity":
+        logits = output.reshape(-1, output.shape[-1]).astype(np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        picked = logits[np.arange(len(logits)), labels.reshape(-1)]
+        return float(np.exp(np.mean(log_norm - picked)))
     raise ZooError(f"unknown metric kind {kind!r}; expected one of {', '.join(METRIC_KINDS)}")
 
 

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "gptq or awq (both calibrated: need --calib)")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32,
                    help="--mode weight-only: weights per block along K (default 32)")
+    p.add_argument("--bits8", action="append", default=[], metavar="NAME|OP|REGEX|ends",
+                   help="--mode weight-only: matching MatMuls get 8-bit blocks instead of 4 ('ends': the first "
+                        "and the last, e.g. an LM head; repeatable)")
     p.add_argument("--calib", type=Path, metavar="PATH",
                    help="calibration samples: a folder of .npz (one feed each) or one .npz with a "
                         "leading sample axis")
@@ -160,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         wide=tuple(getattr(args, "a16", ()) or ()),
         algo=getattr(args, "algo", "rtn"),
         block_size=getattr(args, "block_size", 32),
+        eight_bit=tuple(getattr(args, "bits8", ()) or ()),
         save_ranges=str(args.save_ranges) if args.save_ranges else None,
         optimize=args.optimize,
         self_check=args.self_check,

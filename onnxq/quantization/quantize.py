@@ -123,6 +123,7 @@ def quantize(
     wide: Sequence[str] = (),
     algo: str = "rtn",
     block_size: int = 32,
+    eight_bit: Sequence[str] = (),
 ) -> tuple[ir.Model, QuantizeReport]:
     """Quantizes ``model`` in place to INT8 for ``target`` and returns it with a report.
 
@@ -154,7 +155,8 @@ def quantize(
             (static mode), with the calibration samples: ``cross-layer-equalization``,
             ``smooth-quant``, ``correct-bias`` (:mod:`onnxq.passes.recovery`).
         algo / block_size: ``weight-only`` mode: 4-bit MatMul weights by ``rtn``, ``hqq``, ``gptq`` or
-            ``awq`` (the last two calibrated: ``calibration`` is required) in blocks of ``block_size`` along K (``quantize-weights-int4``, MatMulNBits; ort-cpu only).
+            ``awq`` (the last two calibrated: ``calibration`` is required) in blocks of ``block_size`` along K;
+            ``eight_bit``: MatMuls (patterns, or ``ends``: the first and the last) given 8-bit blocks (``quantize-weights-int4``, MatMulNBits; ort-cpu only).
         wide: Node names, op types or regular expressions whose QDQ node units get 16-bit
             activations (A16W8) in an 8-bit graph, with converts at the borders
             (``widen-activations``); only for targets that have a 16-bit profile (qnn).
@@ -169,6 +171,8 @@ def quantize(
     if mode == "weight-only" and profile.name != "ort-cpu":
         raise OptionError(f"--mode weight-only writes com.microsoft.MatMulNBits, which only onnxruntime runs "
                           f"(--target ort-cpu), not {profile.name}")
+    if eight_bit and mode != "weight-only":
+        raise OptionError("--bits8 chooses 8-bit blocks in --mode weight-only")
     if mode == "weight-only" and algo in ("gptq", "awq") and calibration is None:
         raise OptionError(f"--algo {algo} is calibrated: give samples with --calib PATH")
     if wide and (profile.wider_activations is None or mode != "static"):
@@ -276,7 +280,7 @@ def quantize(
             from onnxq.passes.quantization import QuantizeWeightsInt4
 
             _run(model, Pipeline([QuantizeWeightsInt4(algo=algo, block_size=block_size, include=tuple(include),
-                                                      exclude=tuple(exclude))]),
+                                                      exclude=tuple(exclude), eight_bit=tuple(eight_bit))]),
                  [profile, *([data] if data is not None else [])], report)
             if not report.stats.get("quantize-weights-int4.matmuls_int4"):
                 report.diagnostics.append(Diagnostic(

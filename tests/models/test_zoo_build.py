@@ -36,6 +36,7 @@ THRESHOLDS = {
     "keras_cnn_tflite": 0.95,
     "keras_cnn_op11": 0.95,
     "bert_like": 0.9999,
+    "byte_lm": 0.40,
 }
 #: Old-opset variants: same weights as their base model, another exporter and opset.
 VARIANTS = {
@@ -155,6 +156,11 @@ def test_metrics() -> None:
     labels = np.array([[1, 1, 2], [1, 1, 2]])
     assert zoo.compute_metric("ctc_sequence_accuracy", scores, labels) == 0.5
     assert zoo.compute_metric("ctc_char_accuracy", scores, labels) == pytest.approx(5 / 6)
+    # perplexity: uniform logits over V classes -> V; a confident right guess -> ~1
+    assert zoo.compute_metric("perplexity", np.zeros((2, 3, 7)), np.zeros((2, 3), np.int64)) == pytest.approx(7)
+    sure = np.full((1, 2, 5), -30.0)
+    sure[0, [0, 1], [2, 4]] = 30.0
+    assert zoo.compute_metric("perplexity", sure, np.array([[2, 4]])) == pytest.approx(1.0)
 
 
 @pytest.mark.slow

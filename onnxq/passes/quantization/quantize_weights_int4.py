@@ -61,10 +61,10 @@ class QuantizeWeightsInt4(Pass):
             "help": "MatMulNBits compute type (0 unset, 1 fp32, 4 int8 activations)"})
         include: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "only matching MatMuls"})
         exclude: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "MatMuls kept float"})
+        eight_bit: tuple[str, ...] = dataclasses.field(default=(), metadata={
+            "help": "MatMuls given 8-bit blocks (RTN) instead: names, op types, regexes, or 'ends' (first and last)"})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
-
         o = self.options
         if o.algo not in ALGORITHMS:
             raise OptionError(f"quantize-weights-int4: algo {o.algo!r}; choose one of {', '.join(ALGORITHMS)}")
@@ -83,40 +83,73 @@ class QuantizeWeightsInt4(Pass):
         if not chosen:
             return PassResult(False, {})
         level = o.accuracy_level
-        if o.algo in CALIBRATED:
+        eight = _eight_bit(candidates, chosen, o.eight_bit)
+        four = [name for name in chosen if name not in set(eight)]
+        awq: dict[str, int] = {}
+        if eight:
+            _onnxruntime_nbits(model, eight, 8, "rtn", o)
+        if four and o.algo in CALIBRATED:
             data = ctx.resources.get(CalibrationData)
             if data is None:
                 raise OptionError(f"quantize-weights-int4: algo {o.algo} needs calibration samples (--calib PATH)")
-            chosen_nodes = [n for n in candidates if n.name in set(chosen)]
-            stats = _calibrated(model, chosen_nodes, data, o)  # type: ignore[arg-type]
-            stats.update({"matmuls_float": len(candidates) - stats["matmuls_int4"], "gemms_as_matmul": gemms,
-                          "block_size": o.block_size, "accuracy_level": level})
-            return PassResult(True, {k: v for k, v in stats.items() if v or k == "accuracy_level"})
-        if o.algo == "rtn":
-            config = nbits.DefaultWeightOnlyQuantConfig(block_size=o.block_size, is_symmetric=o.symmetric,
-                                                        accuracy_level=level)
-        else:
-            try:
-                import torch  # noqa: F401  # NOTE: onnxruntime's HQQ runs on torch
-            except ImportError:
-                raise OptionError("quantize-weights-int4: algo hqq needs torch (pip install torch)") from None
-            config = nbits.HQQWeightOnlyQuantConfig(block_size=o.block_size)
-        quantizer = nbits.MatMulNBitsQuantizer(
-            ir.to_proto(model), bits=4, block_size=o.block_size, is_symmetric=o.symmetric, accuracy_level=level,
-            nodes_to_include=chosen, algo_config=config)
-        quiet = logging.getLogger("onnxruntime.quantization")
-        before, quiet.level = quiet.level, logging.WARNING
+            wanted = set(four)
+            awq = _calibrated(model, [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted], data, o)
+        elif four:
+            _onnxruntime_nbits(model, four, 4, o.algo, o)
+        bits = [n.attributes.get_int("bits", 4) for n in model.graph if n.op_type == "MatMulNBits"]
+        stats = {"matmuls_int4": bits.count(4), "matmuls_int8": bits.count(8),
+                 "matmuls_float": len(candidates) - len(bits), "gemms_as_matmul": gemms,
+                 **awq, "block_size": o.block_size, "accuracy_level": level}
+        return PassResult(bool(bits), {k: v for k, v in stats.items() if v or k == "accuracy_level"})
+
+
+#: ``eight_bit`` pattern that names the first and the last quantizable MatMul (first projection, LM head).
+ENDS = "ends"
+
+
+def _eight_bit(candidates: list[ir.Node], chosen: list[str], patterns: tuple[str, ...]) -> list[str]:
+    """Names among ``chosen`` that get 8-bit blocks: matching ``patterns`` (``ends``: first and last)."""
+    if not patterns:
+        return []
+    names = set()
+    if ENDS in patterns:
+        ordered = [n.name for n in candidates if n.name in set(chosen)]
+        names.update(ordered[:1] + ordered[-1:])
+    rest = tuple(p for p in patterns if p != ENDS)
+    if rest:
+        selection = Selection(rest, ())
+        names.update(n.name for n in candidates if n.name in set(chosen) and selection.selects(n))
+    return [name for name in chosen if name in names]
+
+
+def _onnxruntime_nbits(model: ir.Model, names: list[str], bits: int, algo: str,
+                       o: QuantizeWeightsInt4.Options) -> None:
+    """onnxruntime's ``MatMulNBitsQuantizer`` (RTN, or HQQ at 4 bits) on the MatMuls named ``names``."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    if algo == "rtn":
+        config = nbits.DefaultWeightOnlyQuantConfig(block_size=o.block_size, is_symmetric=o.symmetric,
+                                                    accuracy_level=o.accuracy_level, bits=bits)
+    else:
         try:
-            quantizer.process()
-        finally:
-            quiet.setLevel(before)
-        new = ir.from_proto(quantizer.model.model)
-        replace_contents(model, new)
-        done = sum(n.op_type == "MatMulNBits" for n in model.graph)
-        stats = {"matmuls_int4": done, "matmuls_float": len(candidates) - done, "gemms_as_matmul": gemms,
-                 "block_size": o.block_size,
-                 "accuracy_level": level}
-        return PassResult(done > 0, {k: v for k, v in stats.items() if v or k == "accuracy_level"})
+            import torch  # noqa: F401  # NOTE: onnxruntime's HQQ runs on torch
+        except ImportError:
+            raise OptionError("quantize-weights-int4: algo hqq needs torch (pip install torch)") from None
+        config = nbits.HQQWeightOnlyQuantConfig(block_size=o.block_size)
+    # NOTE: onnxruntime 1.32 quantizes every MatMul whatever nodes_to_include says (it is OR-ed with
+    # the op types); nodes_to_exclude is honoured, so everything else is excluded by name
+    wanted = set(names)
+    others = [str(n.name) for n in model.graph if n.name and n.name not in wanted]
+    quantizer = nbits.MatMulNBitsQuantizer(
+        ir.to_proto(model), bits=bits, block_size=o.block_size, is_symmetric=o.symmetric,
+        accuracy_level=o.accuracy_level, nodes_to_include=names, nodes_to_exclude=others, algo_config=config)
+    quiet = logging.getLogger("onnxruntime.quantization")
+    before, quiet.level = quiet.level, logging.WARNING
+    try:
+        quantizer.process()
+    finally:
+        quiet.setLevel(before)
+    replace_contents(model, ir.from_proto(quantizer.model.model))
 
 
 def _gemms_to_matmul(model: ir.Model, selection: Selection) -> int:
@@ -251,7 +284,7 @@ def _calibrated(model: ir.Model, nodes: list[ir.Node], data: CalibrationData,
             del h
     if done:
         model.opset_imports.setdefault("com.microsoft", 1)
-    return {"matmuls_int4": done, "awq_scales_folded": moved, "awq_scales_as_mul": inserted}
+    return {"awq_scales_folded": moved, "awq_scales_as_mul": inserted}
 
 
 def _scale_activation(model: ir.Model, consumers: list[ir.Node], factor: np.ndarray) -> bool:

@@ -287,3 +287,45 @@ def test_our_round_to_nearest_and_packing_are_onnxruntimes_byte_for_byte(symmetr
         assert zeros is None and "w_zero_points" not in theirs
     else:
         np.testing.assert_array_equal(theirs["w_zero_points"].reshape(-1), zeros)
+
+
+def test_eight_bit_blocks_for_the_ends_and_four_bits_between() -> None:
+    """``eight_bit=("ends",)``: the first and last MatMul (a model's input projection and LM head)
+    get 8-bit blocks, the middle one 4-bit, each rounded to its own grid."""
+    text = f"""<ir_version: 8, opset_import: ["" : 17]>
+g (float[M, {K}] x) => (float[M, {K}] y) {{
+  a = MatMul(x, w1)
+  b = MatMul(a, w2)
+  y = MatMul(b, w3)
+}}"""
+    rng = np.random.default_rng(4)
+    weights = {f"w{i}": (rng.standard_normal((K, K)) / np.sqrt(K)).astype(np.float32) for i in (1, 2, 3)}
+    model = build(text, **weights)
+    result = apply(model, Pipeline([QuantizeWeightsInt4(block_size=BLOCK, eight_bit=("ends",))]),
+                   PassContext.with_resources([]))
+    bits = {n.name: n.attributes.get_int("bits", 0) for n in model.graph}
+    assert sorted(bits.values()) == [4, 8, 8] and list(bits.values())[1] == 4, bits
+    assert result.stats["quantize-weights-int4.matmuls_int8"] == 2
+    eye = np.eye(K, dtype=np.float32)
+    for node, (name, w) in zip(model.graph, weights.items(), strict=True):
+        levels = 256 if bits[node.name] == 8 else 16
+        error = np.abs(_nbits_weight(model, node, eye) - w).max() / np.abs(w).max()
+        assert error < (2.0 / levels), (name, error)
+
+
+def _nbits_weight(model: ir.Model, node: ir.Node, eye: np.ndarray) -> np.ndarray:
+    """The weight one MatMulNBits node multiplies by (run alone on the identity)."""
+    import onnx
+
+    proto = ir.to_proto(model)
+    keep = [n for n in proto.graph.node if n.name == node.name]
+    inputs = set(keep[0].input)
+    sub = onnx.helper.make_graph(
+        keep, "one", [onnx.helper.make_tensor_value_info(keep[0].input[0], onnx.TensorProto.FLOAT, [K, K])],
+        [onnx.helper.make_tensor_value_info(keep[0].output[0], onnx.TensorProto.FLOAT, [K, K])],
+        [t for t in proto.graph.initializer if t.name in inputs])
+    one = onnx.helper.make_model(sub, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    import onnxruntime as ort
+
+    return ort.InferenceSession(one.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {keep[0].input[0]: eye})[0]
