@@ -148,7 +148,7 @@ def latencies(name: str, paths: dict[str, Path], runs: int | None) -> dict[str, 
             opts.log_severity_level = 3
             sessions[label] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         labels = list(sessions)
-        times = interleaved_times([lambda s=sessions[k]: s.run(None, feed) for k in labels], runs=runs)
+        times = interleaved_times([lambda s=sessions[k], f=feed: s.run(None, f) for k in labels], runs=runs)
         for label, t in zip(labels, times, strict=True):
             out[label][f"{shape}_ms"] = 1000 * statistics.median(t)
         del sessions
@@ -228,7 +228,7 @@ def table(result: dict[str, Any]) -> str:
         if "error" in r:
             body.append([label, *(["-"] * (len(headers) - 2)), r["error"][:80]])
             continue
-        body.append([label, *(round(r[k], 4) if k in r else "-" for k in metric_keys), r.get("size_mb"),
+        body.append([label, *(round(r[k], 5) if k in r else "-" for k in metric_keys), r.get("size_mb"),
                      r.get("token_ms") and round(r["token_ms"], 3), r.get("token_speedup"),
                      r.get("seq128_ms") and round(r["seq128_ms"], 2), r.get("seq128_speedup"),
                      r.get("tool_s", "-"), r.get("tool_rss_mib", "-")])

@@ -1,4 +1,5 @@
-"""Benchmark: dynamic int8 quantization of the ~2.5 GB model of bench_large_model.py, lazily.
+"""Benchmark: dynamic int8 and weight-only int4 quantization of the ~2.5 GB model of
+bench_large_model.py, lazily.
 
 Generates the model of ``tools/bench_large_model.py`` (fp32 MatMul/Gemm layers, hidden 4096,
 external data), then measures, each in its own subprocess, wall time and peak RSS
@@ -6,6 +7,8 @@ external data), then measures, each in its own subprocess, wall time and peak RS
 
 * ``onnxq run big.onnx -p quantize-dynamic -o q.onnx --external-data yes`` (the pass alone)
 * ``onnxq quantize big.onnx -o q.onnx --mode dynamic --external-data yes --no-self-check``
+* ``onnxq quantize big.onnx -o q.onnx --mode weight-only --external-data yes --no-self-check``
+  (4-bit round to nearest, block 32)
 * ``onnxq quantize ... --mode dynamic`` with the self-check (it runs the float model in
   onnxruntime, which loads all its weights: reported, not held to the 1 GiB target) with
   ``--with-self-check``
@@ -79,6 +82,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
              ["run", str(big), "-p", "quantize-dynamic", "-o", "{out}", "--external-data", "yes", "-q"]),
             ("onnxq quantize --mode dynamic --no-self-check", "quantize.onnx",
              ["quantize", str(big), "-o", "{out}", "--mode", "dynamic", "--external-data", "yes",
+              "--no-self-check", "-q"]),
+            ("onnxq quantize --mode weight-only --no-self-check", "int4.onnx",
+             ["quantize", str(big), "-o", "{out}", "--mode", "weight-only", "--external-data", "yes",
               "--no-self-check", "-q"]),
         ]
         if args.with_self_check:
@@ -155,7 +161,7 @@ def _report(results: dict[str, Any], measurements: list[benchlib.Measurement]) -
     if warning:
         print(f"\n{warning}")
     model = results["model"]
-    print(f"\n### dynamic int8 quantization of a {model['external_data_bytes'] / 1e9:.2f} GB fp32 model "
+    print(f"\n### dynamic int8 and weight-only int4 quantization of a {model['external_data_bytes'] / 1e9:.2f} GB fp32 model "
           f"({model['layers']} layers, hidden {model['hidden']}, external data)\n")
     sizes = results["files"]["output_bytes"]
     correct = results["correctness"]

@@ -93,6 +93,58 @@ def _weight_only_int4(model: ir.Model, calibration: Any) -> ir.Model:
     return quantized
 
 
+def _weight_only_gptq(model: ir.Model, calibration: Any) -> ir.Model:
+    from onnxq.quantization.quantize import quantize
+
+    quantized, report = quantize(model, calibration, mode="weight-only", algo="gptq", self_check=False)
+    if not report.stats.get("quantize-weights-int4.matmuls_int4"):
+        raise UserError("no MatMul or Gemm with a constant weight: nothing for 4-bit weights")
+    return quantized
+
+
+#: Calibration samples the float16 strategy reads for its float32 islands (as convert-precision).
+FLOAT16_SAMPLES = 32
+
+
+def _float16(model: ir.Model, calibration: Any, *, context: StrategyContext) -> ir.Model:
+    from onnxq.calibration import CalibrationData, calibrate
+    from onnxq.framework.context import PassContext
+    from onnxq.framework.pipeline import Pipeline, apply
+    from onnxq.passes.precision import ConvertFloat16
+
+    data = CalibrationData.from_source(calibration).take(FLOAT16_SAMPLES)
+    ranges = calibrate(model, [dict(f) for _, f in data.feeds(model)])
+    apply(model, Pipeline([ConvertFloat16()]), PassContext.with_resources([ranges]))
+    _refuse_if_onnxruntime_crashes(model, Path(context.cache_dir))
+    return model
+
+
+def _refuse_if_onnxruntime_crashes(model: ir.Model, folder: Path) -> None:
+    """Loads ``model`` in a child process first: onnxruntime 1.32's ORT_ENABLE_ALL optimizer crashed
+    (segfault) on a float16 CNN + GRU, which would take the whole sweep down with it."""
+    import subprocess
+    import sys
+
+    from onnxq.ir.io import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / "float16-probe.onnx"
+    save_model(model, probe)
+    try:
+        code = subprocess.run([sys.executable, "-c", "import sys, onnxruntime as ort; "
+                               "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])", str(probe)],
+                              capture_output=True, timeout=600).returncode
+    finally:
+        probe.unlink(missing_ok=True)
+    if code < 0:
+        import onnxruntime
+
+        raise UserError(f"onnxruntime {onnxruntime.__version__} crashes (signal {-code}) optimizing the float16 "
+                        "model for CPU; 'onnxq convert-precision' still writes it (for GPUs, TensorRT, CoreML)")
+    if code != 0:
+        raise UserError("onnxruntime cannot load the float16 model")
+
+
 def _mixed_precision(model: ir.Model, calibration: Any, *, context: StrategyContext) -> ir.Model:
     from onnxq.quantization.mixed_precision import quantize_mixed
 
@@ -120,6 +172,10 @@ _BUILTINS: tuple[Strategy, ...] = (
              "static QDQ, min/max ranges, per-tensor weights"),
     Strategy("weight-only-int4", _weight_only_int4,
              "4-bit MatMul weights in blocks of 32 along K (MatMulNBits, RTN), activations float"),
+    Strategy("weight-only-int4-gptq", _weight_only_gptq,
+             "4-bit MatMul weights in blocks of 32 along K by GPTQ (calibrated), activations float"),
+    Strategy("fp16", _float16,
+             "float16 weights and compute, float32 islands where calibrated ranges overflow, float32 I/O"),
     Strategy("mixed-precision", _mixed_precision,
              "static QDQ (min/max), the fewest nodes left in float so agreement with FP32 drops at most "
              "the gate's --max-accuracy-drop (default 0.01)"),

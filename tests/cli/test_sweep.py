@@ -94,3 +94,15 @@ def test_weight_only_int4_names_a_model_it_cannot_help() -> None:
     assert isinstance(model, ir.Model)
     with pytest.raises(UserError, match="nothing for 4-bit weights"):
         _weight_only_int4(model, [{"x": [[1.0, -1.0, 2.0, 0.5]]}])
+
+
+def test_fp16_and_gptq_are_strategies_beside_int8(tmp_path: Path, capsys) -> None:
+    """The Pareto report shows INT8, INT4 (GPTQ) and FP16 side by side."""
+    code = main(_args(tmp_path / "out", "--strategies", "static-minmax,weight-only-int4-gptq,fp16", "--json"))
+    doc = json.loads(capsys.readouterr().out)
+    rows = {s["name"]: s for s in doc["strategies"]}
+    assert code in (0, 1) and sorted(rows) == ["fp16", "static-minmax", "weight-only-int4-gptq"]
+    for name, row in rows.items():
+        assert row.get("error") is None and row["accuracy"] >= 0.95, (name, row)
+    assert rows["fp16"]["size_bytes"] < 0.7 * Path(MODEL).stat().st_size  # NOTE: 43 KB: the graph itself stays
+    assert not list((tmp_path / "out" / ".cache").glob("float16-probe*"))

@@ -35,8 +35,6 @@ import dataclasses
 import numpy as np
 
 BITS = 4
-LEVELS = 2**BITS - 1
-MID = 2 ** (BITS - 1)
 #: Relative dampening of H's diagonal (GPTQ's ``percdamp``).
 DAMP = 0.01
 #: Columns of K GPTQ updates at once before propagating to the rest (its ``blocksize``).
@@ -55,6 +53,7 @@ class Blocks:
     zero_points: np.ndarray  # uint8 [blocks, N]
     block: int
     symmetric: bool
+    bits: int = BITS
 
     def dequantize(self, k: int | None = None) -> np.ndarray:
         """The float weight the codes stand for, ``[k, N]`` (padding dropped)."""
@@ -70,40 +69,44 @@ def pad_rows(w: np.ndarray, block: int) -> np.ndarray:
     return np.concatenate([w, np.zeros((extra, w.shape[1]), w.dtype)]) if extra else w
 
 
-def block_params(w: np.ndarray, symmetric: bool, ratio: np.ndarray | float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def block_params(w: np.ndarray, symmetric: bool, ratio: np.ndarray | float = 1.0,
+                 bits: int = BITS) -> tuple[np.ndarray, np.ndarray]:
     """Scale and zero point of each block of ``w`` (``[..., rows, N]``: the rows are one block),
     range times ``ratio``; both ``[..., N]``."""
     w = np.asarray(w, np.float32)
+    levels, mid = 2**bits - 1, 2 ** (bits - 1)
     if symmetric:
         index = np.abs(w).argmax(axis=-2)[..., None, :]
         extreme = np.take_along_axis(w, index, axis=-2)[..., 0, :] * ratio
-        scale = (extreme / np.float32(-MID)).astype(np.float32)
-        zero = np.full(scale.shape, MID, np.uint8)
+        scale = (extreme / np.float32(-mid)).astype(np.float32)
+        zero = np.full(scale.shape, mid, np.uint8)
     else:
         lo = np.minimum(w.min(axis=-2), 0) * ratio
         hi = np.maximum(w.max(axis=-2), 0) * ratio
-        scale = ((hi - lo) / np.float32(LEVELS)).astype(np.float32)
+        scale = ((hi - lo) / np.float32(levels)).astype(np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):
             point = np.where(scale != 0, -lo / np.where(scale != 0, scale, 1), 0)
-        zero = np.clip(np.floor(point + 0.5), 0, LEVELS).astype(np.uint8)
+        zero = np.clip(np.floor(point + 0.5), 0, levels).astype(np.uint8)
     return scale, zero
 
 
-def to_codes(w: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
-    """``clip(round_half_away(w * (1 / scale) + zero), 0, 15)`` in float32 (0 where scale is 0)."""
+def to_codes(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int = BITS) -> np.ndarray:
+    """``clip(round_half_away(w * (1 / scale) + zero), 0, 2^bits - 1)`` in float32 (0 where scale is 0)."""
     with np.errstate(divide="ignore"):
         reciprocal = np.where(scale != 0, np.float32(1) / np.where(scale != 0, scale, 1), 0).astype(np.float32)
     x = np.asarray(w, np.float32) * reciprocal + zero.astype(np.float32)
-    return np.clip(np.floor(x + np.float32(0.5)), 0, LEVELS).astype(np.uint8)
+    return np.clip(np.floor(x + np.float32(0.5)), 0, 2**bits - 1).astype(np.uint8)
 
 
-def rtn(w: np.ndarray, block: int, symmetric: bool = True, ratios: np.ndarray | None = None) -> Blocks:
-    """Round to nearest per block (``ratios``: ``[blocks, N]`` clipping of each block's range)."""
+def rtn(w: np.ndarray, block: int, symmetric: bool = True, ratios: np.ndarray | None = None,
+        bits: int = BITS) -> Blocks:
+    """Round to nearest per block (``ratios``: ``[blocks, N]`` clipping of each block's range);
+    ``bits`` 4 or 8."""
     w = pad_rows(np.asarray(w, np.float32), block)
     parts = w.reshape(-1, block, w.shape[1])
-    scales, zeros = block_params(parts, symmetric, 1.0 if ratios is None else ratios)
-    codes = to_codes(parts, scales[:, None, :], zeros[:, None, :]).reshape(w.shape)
-    return Blocks(codes, scales, zeros, block, symmetric)
+    scales, zeros = block_params(parts, symmetric, 1.0 if ratios is None else ratios, bits)
+    codes = to_codes(parts, scales[:, None, :], zeros[:, None, :], bits).reshape(w.shape)
+    return Blocks(codes, scales, zeros, block, symmetric, bits)
 
 
 def dampened_inverse_factor(h: np.ndarray, damp: float = DAMP) -> tuple[np.ndarray, np.ndarray]:
@@ -224,12 +227,17 @@ def awq_clip_ratios(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool,
 
 
 def pack(blocks: Blocks, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """MatMulNBits inputs: ``B`` uint8 ``[N, blocks, block / 2]`` (low nibble first), ``scales``
-    ``[N * blocks]``, packed zero points ``[N * ceil(blocks / 2)]`` (None when symmetric)."""
+    """MatMulNBits inputs: ``B`` uint8 ``[N, blocks, block / 2]`` (4 bits: low nibble first; 8 bits:
+    ``[N, blocks, block]``), ``scales`` ``[N * blocks]``, zero points ``[N * ceil(blocks / 2)]``
+    packed the same way (8 bits: ``[N * blocks]``), None when symmetric."""
     del k
     codes = blocks.codes.T  # [N, K_padded]
     n = codes.shape[0]
     count = blocks.scales.shape[0]
+    if blocks.bits == 8:
+        scales = np.ascontiguousarray(blocks.scales.T).reshape(-1).astype(np.float32)
+        zp = None if blocks.symmetric else np.ascontiguousarray(blocks.zero_points.T).reshape(-1)
+        return np.ascontiguousarray(codes.reshape(n, count, blocks.block)), scales, zp
     pairs = codes.reshape(n, count, blocks.block // 2, 2)
     b = (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8)
     scales = np.ascontiguousarray(blocks.scales.T).reshape(-1).astype(np.float32)

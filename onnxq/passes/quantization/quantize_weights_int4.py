@@ -2,11 +2,13 @@
 
 Weight-only: activations stay float, each constant ``[K, N]`` MatMul weight is stored as 4-bit
 integers in blocks of ``block_size`` along K with one scale (and zero point when asymmetric) per
-block, and onnxruntime's ``MatMulNBits`` kernel dequantizes on the fly. The quantization is
-onnxruntime's (``onnxruntime.quantization.matmul_nbits_quantizer``), which no hand-written code
-here would beat: ``rtn`` is its default blockwise round-to-nearest (C++), ``hqq`` its half-quadratic
-optimizer (Badri & Shaji 2023; needs torch), calibration-free both. ``gptq`` and ``awq`` are
-calibration driven and ours (:mod:`onnxq.passes.quantization._int4` says why and which papers):
+block, and onnxruntime's ``MatMulNBits`` kernel dequantizes on the fly. ``rtn`` (blockwise round
+to nearest) is ours in numpy, code for code onnxruntime's ``MatMulNBitsQuantizer`` (tested), because
+that one serializes the whole model first while ours reads, rounds and releases one weight at a
+time (a model above 2 GB in external data stays within a weight plus the packed ones); it also
+gives ``eight_bit`` layers 8-bit blocks. ``hqq`` is onnxruntime's half-quadratic optimizer (Badri &
+Shaji 2023; needs torch, holds the model), calibration-free. ``gptq`` and ``awq`` are calibration
+driven and ours (:mod:`onnxq.passes.quantization._int4` says why and which papers):
 each weight's input is streamed through onnxruntime once, accumulating ``X^T X`` and ``mean|x|``
 per input channel (memory does not grow with the samples), from the float model (not from the
 partly quantized one, as onnxruntime's GPTQ does too). AWQ's inverse scale goes into what
@@ -87,15 +89,17 @@ class QuantizeWeightsInt4(Pass):
         four = [name for name in chosen if name not in set(eight)]
         awq: dict[str, int] = {}
         if eight:
-            _onnxruntime_nbits(model, eight, 8, "rtn", o)
-        if four and o.algo in CALIBRATED:
+            _rtn(model, eight, 8, o)
+        if four and o.algo == "rtn":
+            _rtn(model, four, 4, o)
+        elif four and o.algo in CALIBRATED:
             data = ctx.resources.get(CalibrationData)
             if data is None:
                 raise OptionError(f"quantize-weights-int4: algo {o.algo} needs calibration samples (--calib PATH)")
             wanted = set(four)
             awq = _calibrated(model, [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted], data, o)
         elif four:
-            _onnxruntime_nbits(model, four, 4, o.algo, o)
+            _onnxruntime_hqq(model, four, o)
         bits = [n.attributes.get_int("bits", 4) for n in model.graph if n.op_type == "MatMulNBits"]
         stats = {"matmuls_int4": bits.count(4), "matmuls_int8": bits.count(8),
                  "matmuls_float": len(candidates) - len(bits), "gemms_as_matmul": gemms,
@@ -122,26 +126,36 @@ def _eight_bit(candidates: list[ir.Node], chosen: list[str], patterns: tuple[str
     return [name for name in chosen if name in names]
 
 
-def _onnxruntime_nbits(model: ir.Model, names: list[str], bits: int, algo: str,
-                       o: QuantizeWeightsInt4.Options) -> None:
-    """onnxruntime's ``MatMulNBitsQuantizer`` (RTN, or HQQ at 4 bits) on the MatMuls named ``names``."""
+def _rtn(model: ir.Model, names: list[str], bits: int, o: QuantizeWeightsInt4.Options) -> None:
+    """Round to nearest on the MatMuls named ``names``, one weight at a time: a weight held in
+    external data is read, rounded and released, so a model of any size stays within one weight
+    plus the packed ones (onnxruntime's quantizer serializes the whole model first)."""
+    from onnxq.passes.quantization import _int4
+
+    wanted = set(names)
+    for node in [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted]:
+        weight = np.asarray(node.inputs[1].const_value.numpy(), np.float32)  # type: ignore[union-attr]
+        blocks = _int4.rtn(weight, o.block_size, o.symmetric, bits=bits)
+        _replace_with_nbits(model, node, blocks, weight.shape, o.accuracy_level)
+        del weight, blocks
+    model.opset_imports.setdefault("com.microsoft", 1)
+
+
+def _onnxruntime_hqq(model: ir.Model, names: list[str], o: QuantizeWeightsInt4.Options) -> None:
+    """onnxruntime's HQQ (``MatMulNBitsQuantizer``, 4 bits) on the MatMuls named ``names``."""
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
-    if algo == "rtn":
-        config = nbits.DefaultWeightOnlyQuantConfig(block_size=o.block_size, is_symmetric=o.symmetric,
-                                                    accuracy_level=o.accuracy_level, bits=bits)
-    else:
-        try:
-            import torch  # noqa: F401  # NOTE: onnxruntime's HQQ runs on torch
-        except ImportError:
-            raise OptionError("quantize-weights-int4: algo hqq needs torch (pip install torch)") from None
-        config = nbits.HQQWeightOnlyQuantConfig(block_size=o.block_size)
+    try:
+        import torch  # noqa: F401  # NOTE: onnxruntime's HQQ runs on torch
+    except ImportError:
+        raise OptionError("quantize-weights-int4: algo hqq needs torch (pip install torch)") from None
+    config = nbits.HQQWeightOnlyQuantConfig(block_size=o.block_size)
     # NOTE: onnxruntime 1.32 quantizes every MatMul whatever nodes_to_include says (it is OR-ed with
     # the op types); nodes_to_exclude is honoured, so everything else is excluded by name
     wanted = set(names)
     others = [str(n.name) for n in model.graph if n.name and n.name not in wanted]
     quantizer = nbits.MatMulNBitsQuantizer(
-        ir.to_proto(model), bits=bits, block_size=o.block_size, is_symmetric=o.symmetric,
+        ir.to_proto(model), bits=4, block_size=o.block_size, is_symmetric=o.symmetric,
         accuracy_level=o.accuracy_level, nodes_to_include=names, nodes_to_exclude=others, algo_config=config)
     quiet = logging.getLogger("onnxruntime.quantization")
     before, quiet.level = quiet.level, logging.WARNING
@@ -161,7 +175,7 @@ def _gemms_to_matmul(model: ir.Model, selection: Selection) -> int:
     """
     import numpy as np
 
-    from onnxq.passes.quantization._common import NameScope, make_initializer, make_node
+    from onnxq.passes.quantization._common import NameScope, make_node
 
     names = NameScope(model)
     graph = model.graph
@@ -176,10 +190,19 @@ def _gemms_to_matmul(model: ir.Model, selection: Selection) -> int:
         if w is None or w.const_value is None or len(w.const_value.shape) != 2 or w.is_graph_input():
             continue
         c = node.inputs[2] if len(node.inputs) > 2 else None
-        array = np.asarray(w.const_value.numpy())
         if attrs.get_int("transB", 0):
-            array = np.ascontiguousarray(array.T)
-        weight = make_initializer(graph, names, f"{w.name or 'weight'}_KxN", array.astype(np.float32))
+            # NOTE: lazy: transposed when read (one weight at a time), not all Gemms' copies at once
+            source = w.const_value
+            k, n = source.shape[1], source.shape[0]
+            name = names.fresh(f"{w.name or 'weight'}_KxN")
+            tensor = ir.LazyTensor(
+                lambda source=source: ir.tensor(np.ascontiguousarray(np.asarray(source.numpy(), np.float32).T)),
+                dtype=ir.DataType.FLOAT, shape=ir.Shape([k, n]), name=name, cache=False)
+            weight = ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([k, n]),
+                              const_value=tensor)
+            graph.register_initializer(weight)
+        else:
+            weight = w
         base = node.name or "gemm"
         out = node.outputs[0]
         matmul = make_node(QuantizeWeightsInt4.name, names, "MatMul", [node.inputs[0], weight], base=base,
@@ -200,6 +223,8 @@ def _gemms_to_matmul(model: ir.Model, selection: Selection) -> int:
             result.name = original
         out.replace_all_uses_with(result, replace_graph_outputs=True)
         graph.remove(node, safe=True)
+        if weight is not w and not w.uses() and w.is_initializer() and not w.is_graph_output():
+            graph.initializers.pop(str(w.name))  # NOTE: the lazy transpose keeps its tensor
         count += 1
     return count
 
@@ -328,7 +353,7 @@ def _replace_with_nbits(model: ir.Model, node: ir.Node, blocks: object, shape: t
               make_initializer(model.graph, names, f"{base}_scales", scales)]
     if zeros is not None:
         inputs.append(make_initializer(model.graph, names, f"{base}_zero_points", zeros))
-    attrs = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", _int4.BITS),
+    attrs = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", blocks.bits),
              ir.AttrInt64("block_size", blocks.block), ir.AttrInt64("accuracy_level", level)]
     out = node.outputs[0]
     new = ir.Node("com.microsoft", "MatMulNBits", inputs, attributes=attrs, num_outputs=1,

@@ -273,22 +273,6 @@ def test_calibrated_algorithms_need_samples(tmp_path: Path, capsys: pytest.Captu
     assert not (tmp_path / "q.onnx").exists()
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_our_round_to_nearest_and_packing_are_onnxruntimes_byte_for_byte(symmetric: bool) -> None:
-    """GPTQ and AWQ write their codes with our packing; onnxruntime's RTN pins its layout."""
-    from onnxq.passes.quantization import _int4
-
-    _, _, model = _dequantized("rtn", symmetric=symmetric)
-    theirs = {str(v.name): v.const_value.numpy() for v in model.graph.initializers.values()}
-    packed, scales, zeros = _int4.pack(_int4.rtn(_weight(), BLOCK, symmetric), K)
-    np.testing.assert_array_equal(theirs["w_Q4"].reshape(packed.shape), packed)
-    np.testing.assert_array_equal(theirs["w_scales"].reshape(-1), scales)
-    if symmetric:
-        assert zeros is None and "w_zero_points" not in theirs
-    else:
-        np.testing.assert_array_equal(theirs["w_zero_points"].reshape(-1), zeros)
-
-
 def test_eight_bit_blocks_for_the_ends_and_four_bits_between() -> None:
     """``eight_bit=("ends",)``: the first and last MatMul (a model's input projection and LM head)
     get 8-bit blocks, the middle one 4-bit, each rounded to its own grid."""
@@ -329,3 +313,29 @@ def _nbits_weight(model: ir.Model, node: ir.Node, eye: np.ndarray) -> np.ndarray
 
     return ort.InferenceSession(one.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {keep[0].input[0]: eye})[0]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_round_to_nearest_and_packing_are_onnxruntimes_byte_for_byte(bits: int, symmetric: bool) -> None:
+    """Our round to nearest and MatMulNBits packing (which GPTQ and AWQ write too) against
+    onnxruntime's ``MatMulNBitsQuantizer``."""
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    from onnxq.passes.quantization import _int4
+
+    model = build(ONE_MATMUL, w=_weight())
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=symmetric, accuracy_level=4,
+                                                bits=bits)
+    quantizer = nbits.MatMulNBitsQuantizer(ir.to_proto(model), bits=bits, block_size=BLOCK, is_symmetric=symmetric,
+                                           accuracy_level=4, algo_config=config)
+    quantizer.process()
+    theirs = {t.name: onnx.numpy_helper.to_array(t) for t in quantizer.model.model.graph.initializer}
+    packed, scales, zeros = _int4.pack(_int4.rtn(_weight(), BLOCK, symmetric, bits=bits), K)
+    np.testing.assert_array_equal(theirs[f"w_Q{bits}"].reshape(packed.shape), packed)
+    np.testing.assert_array_equal(theirs["w_scales"].reshape(-1), scales)
+    if symmetric:
+        assert zeros is None
+    else:
+        np.testing.assert_array_equal(theirs["w_zero_points"].reshape(-1), zeros)
