@@ -22,3 +22,16 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
         return np.asarray(tensor.numpy())
     except Exception:  # noqa: BLE001  # external data missing or unreadable: not usable as a constant
         return None
+
+
+def read_and_release(tensor: ir.TensorProtocol) -> np.ndarray:
+    """The tensor as an array; a memory-mapped (external) one is copied and unmapped at once.
+
+    NOTE: unmapping drops the file pages from this process's RSS; a view into the mapping would
+    keep it alive (and ``release()`` refuses to close a mapping with live views).
+    """
+    if isinstance(tensor, ir.ExternalTensor):
+        array = np.array(tensor.numpy(), copy=True)
+        tensor.release()
+        return array
+    return np.asarray(tensor.numpy())

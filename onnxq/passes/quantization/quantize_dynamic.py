@@ -45,6 +45,7 @@ import onnx_ir as ir
 from onnxq.errors import OptionError
 from onnxq.framework.base import Diagnostic, Pass, PassResult, Severity
 from onnxq.framework.context import PassContext
+from onnxq.ir.constants import read_and_release
 from onnxq.passes.quantization._common import NameScope, Selection, round_to_grid, weight_scales
 
 MS_DOMAIN = "com.microsoft"
@@ -261,7 +262,7 @@ class _Rewriter:
         if key in self._weights:
             return self._weights[key]
         qmax = self.qmax
-        array = _read(tensor)
+        array = read_and_release(tensor)
         if prepare is not None:
             array = prepare(array)
         if not np.isfinite(array).all():
@@ -284,7 +285,7 @@ class _Rewriter:
             del array
 
             def load() -> ir.TensorProtocol:
-                source = _read(tensor)
+                source = read_and_release(tensor)
                 return build(prepare(source) if prepare is not None else source)
 
             qtensor: ir.TensorProtocol = ir.LazyTensor(load, dtype=dtype, shape=ir.Shape(out_shape), name=qname)
@@ -410,22 +411,9 @@ def _reshaped_constant(value: ir.Value) -> ir.TensorProtocol | None:
         return None
     if isinstance(inner, (ir.ExternalTensor, ir.LazyTensor)):
         src = inner
-        return ir.LazyTensor(lambda: ir.tensor(_read(src).reshape(dims)), dtype=inner.dtype,
+        return ir.LazyTensor(lambda: ir.tensor(read_and_release(src).reshape(dims)), dtype=inner.dtype,
                              shape=ir.Shape(dims), name=value.name)
     return ir.tensor(np.asarray(inner.numpy()).reshape(dims), name=value.name)
-
-
-def _read(tensor: ir.TensorProtocol) -> np.ndarray:
-    """The tensor as an array; a memory-mapped (external) one is copied and unmapped at once.
-
-    NOTE: unmapping drops the file pages from this process's RSS; a view into the mapping would
-    keep it alive (and ``release()`` refuses to close a mapping with live views).
-    """
-    if isinstance(tensor, ir.ExternalTensor):
-        array = np.array(tensor.numpy(), copy=True)
-        tensor.release()
-        return array
-    return np.asarray(tensor.numpy())
 
 
 def _release(tensor: ir.TensorProtocol | None) -> None:

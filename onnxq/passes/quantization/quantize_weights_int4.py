@@ -34,6 +34,7 @@ from onnxq.calibration.data import CalibrationData
 from onnxq.errors import OptionError
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
+from onnxq.ir.constants import read_and_release
 from onnxq.ir.interop import replace_contents
 from onnxq.passes.quantization._common import Selection
 
@@ -134,7 +135,7 @@ def _rtn(model: ir.Model, names: list[str], bits: int, o: QuantizeWeightsInt4.Op
 
     wanted = set(names)
     for node in [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted]:
-        weight = np.asarray(node.inputs[1].const_value.numpy(), np.float32)  # type: ignore[union-attr]
+        weight = read_and_release(node.inputs[1].const_value).astype(np.float32, copy=False)  # type: ignore[arg-type]
         blocks = _int4.rtn(weight, o.block_size, o.symmetric, bits=bits)
         _replace_with_nbits(model, node, blocks, weight.shape, o.accuracy_level)
         del weight, blocks
@@ -196,7 +197,7 @@ def _gemms_to_matmul(model: ir.Model, selection: Selection) -> int:
             k, n = source.shape[1], source.shape[0]
             name = names.fresh(f"{w.name or 'weight'}_KxN")
             tensor = ir.LazyTensor(
-                lambda source=source: ir.tensor(np.ascontiguousarray(np.asarray(source.numpy(), np.float32).T)),
+                lambda source=source: ir.tensor(np.ascontiguousarray(read_and_release(source).astype(np.float32).T)),
                 dtype=ir.DataType.FLOAT, shape=ir.Shape([k, n]), name=name, cache=False)
             weight = ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([k, n]),
                               const_value=tensor)
