@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from models import zoo
 
-    zoo.ensure_built(args.models)
+    if args.models:
+        zoo.ensure_built(args.models)
     results = {"environment": benchlib.environment(), "models": []}
     for name in args.models:
         results["models"].append(bench_model(name, zoo.model_path(name),
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         path = speed_decoder(args.work / "speed_decoder" / "speed_decoder.onnx")
         results["models"].append(bench_model("speed_decoder", path, None, args.work / "speed_decoder", args))
         print(table(results["models"][-1]), flush=True)
-    benchlib.write_json(benchlib.RESULTS / "bench_int4.json", results)
+    name = "bench_int4.json" if args.models else "bench_int4_speed_decoder.json"
+    benchlib.write_json(benchlib.RESULTS / name, results)
     return 0
 
 

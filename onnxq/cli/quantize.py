@@ -7,7 +7,14 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from onnxq.cli._common import check_output, console, print_json, stderr
+from onnxq.cli._common import (
+    add_executor_arguments,
+    check_output,
+    console,
+    executor_from_args,
+    print_json,
+    stderr,
+)
 from onnxq.ir.io import load_model, save_model
 
 
@@ -91,6 +98,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="mixed precision: write the chosen assignment with its sensitivities")
     p.add_argument("--curve", type=Path, metavar="FILE.png",
                    help="mixed precision: plot accuracy drop against speedup, the chosen point marked")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="--max-accuracy-drop: sensitivity evaluations in N parallel processes")
+    add_executor_arguments(p)
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="mixed precision: sensitivity cache (default: beside --ranges/--save-ranges, "
                         "else $ONNXQ_CACHE_DIR or ~/.cache/onnxq)")
@@ -258,13 +268,15 @@ def _run_mixed(args: argparse.Namespace, out: Any) -> int:
             os.environ.get("ONNXQ_CACHE_DIR") or Path.home() / ".cache" / "onnxq")
     with stderr.status(f"loading {args.model}"):
         model = load_model(args.model)
-    model, mixed = quantize_mixed(
-        model, args.calib, max_accuracy_drop=args.max_accuracy_drop, target=args.target, method=args.method,
-        per_channel=args.per_channel, cpu=args.cpu, exclude=args.exclude, overrides=overrides,
-        ranges=str(args.ranges) if args.ranges else None,
-        save_ranges=str(args.save_ranges) if args.save_ranges else None,
-        data=args.data, labels=args.labels, metric=args.metric, optimize=args.optimize,
-        self_check=args.self_check, cache_dir=cache, progress=not (args.json or args.quiet))
+    with executor_from_args(args) as executor:
+        model, mixed = quantize_mixed(
+            model, args.calib, max_accuracy_drop=args.max_accuracy_drop, target=args.target, method=args.method,
+            per_channel=args.per_channel, cpu=args.cpu, exclude=args.exclude, overrides=overrides,
+            ranges=str(args.ranges) if args.ranges else None,
+            save_ranges=str(args.save_ranges) if args.save_ranges else None,
+            data=args.data, labels=args.labels, metric=args.metric, optimize=args.optimize,
+            self_check=args.self_check, cache_dir=cache, progress=not (args.json or args.quiet),
+            executor=executor)
     external = {"auto": None, "yes": True, "no": False}[args.external_data]
     with stderr.status(f"saving {args.output}"):
         save_model(model, args.output, external_data=external)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxq.cli._common import console, print_json
+from onnxq.cli._common import add_executor_arguments, console, executor_from_args, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out-dir", type=Path, metavar="DIR",
                    help="quantized models and cached results (default: <model stem>-sweep beside the model)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="strategies quantized in parallel processes")
+    add_executor_arguments(p)
     p.add_argument("--max-accuracy-drop", type=float, metavar="X",
                    help="gate: accuracy drop against FP32 must be <= X (default 0.01 for the recommendation)")
     p.add_argument("--min-speedup", type=float, metavar="S", help="gate: p50 speedup over FP32 must be >= S")
@@ -65,10 +66,12 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--latency-budget must be positive, got {args.latency_budget}")
     names = [n.strip() for n in args.strategies.split(",") if n.strip()] if args.strategies else None
     out_dir = args.out_dir or args.model.with_name(f"{args.model.stem}-sweep")
-    report = sweep(args.model, args.calib, args.data, out_dir=out_dir, strategies=names, labels=args.labels,
-                   metric=args.metric, jobs=args.jobs, max_accuracy_drop=args.max_accuracy_drop,
-                   min_speedup=args.min_speedup, min_sqnr_db=args.min_sqnr, latency_budget_s=args.latency_budget,
-                   registry=registry, progress=not (args.json or args.quiet))
+    with executor_from_args(args) as executor:
+        report = sweep(args.model, args.calib, args.data, out_dir=out_dir, strategies=names, labels=args.labels,
+                       metric=args.metric, jobs=args.jobs, max_accuracy_drop=args.max_accuracy_drop,
+                       min_speedup=args.min_speedup, min_sqnr_db=args.min_sqnr,
+                       latency_budget_s=args.latency_budget, registry=registry,
+                       progress=not (args.json or args.quiet), executor=executor)
     doc = report.to_json()
     if args.report is not None:
         write_report(sweep_document(doc), args.report)

@@ -445,3 +445,13 @@ def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     for d in tensor.dims:
         count *= d
     return (count * dtype.bitwidth + 7) // 8
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder, replaced at once."""
+    target = Path(path)
+    with _temp_folder(target.parent) as tmp:
+        part = tmp / target.name
+        part.write_bytes(data)
+        _fsync(part)
+        os.replace(part, target)

@@ -416,6 +416,7 @@ def quantize_mixed(
     measure_latency: bool = True,
     progress: bool = False,
     deadline: float | None = None,
+    executor: Any = None,
 ) -> tuple[ir.Model, MixedReport]:
     """Static INT8 with as few nodes in float as the accuracy budget needs (see the module docstring).
 
@@ -438,6 +439,8 @@ def quantize_mixed(
         deadline: A ``time.perf_counter()`` value after which the analysis stops measuring (nodes
             left unmeasured go last in the order) and the pruning stops; the result is then
             time-dependent (the accuracy guard's ``--time-limit``).
+        executor: Runs the sensitivity analysis's evaluations in parallel (local processes or
+            Ray, :mod:`onnxq.framework.executor`); the result equals the serial one.
     """
     if not (max_accuracy_drop >= 0 and math.isfinite(max_accuracy_drop)):
         raise OptionError(f"--max-accuracy-drop {max_accuracy_drop}: expected a number >= 0")
@@ -512,7 +515,8 @@ def quantize_mixed(
     cache_file = None
     if sensitivity is None and uniform_drop > max_accuracy_drop:
         sensitivity = analyze(variants, evaluator, pinned=[*pinned_int8, *pinned_float],
-                              only_quantized=only_quantized, progress=progress, deadline=deadline)
+                              only_quantized=only_quantized, progress=progress, deadline=deadline,
+                              executor=executor)
         if cache_dir is not None:
             cache_file = str(save_cached(cache_dir, key, sensitivity))
     elif cache_dir is not None and sensitivity is not None:

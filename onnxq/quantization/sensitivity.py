@@ -369,17 +369,25 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def analyze(variants: Variants, evaluator: Evaluator, *, pinned: Sequence[str] = (),
-            only_quantized: bool = False, progress: bool = False, deadline: float | None = None) -> Sensitivity:
+            only_quantized: bool = False, progress: bool = False, deadline: float | None = None,
+            executor: Any = None) -> Sensitivity:
     """Measures every candidate node (see the module docstring for the cost).
 
     Past ``deadline`` (a ``time.perf_counter()`` value) the remaining nodes are recorded unmeasured
-    (``recovered`` 0): the search still orders them, last.
+    (``recovered`` 0): the search still orders them, last. With an ``executor`` of more than one
+    slot (:mod:`onnxq.framework.executor`: local processes or Ray) the variants are built and
+    scored in parallel: the prepared model, the ranges and the held set are shared by reference
+    (put once), each task gets node names and returns a score; the result is the same as serially.
     """
     start = time.perf_counter()
     evaluations0 = evaluator.evaluations
     prepared = variants.float_model()
     nodes = candidates(prepared, variants.target, exclude=variants.exclude, pinned=pinned)
     uniform = evaluator.score(variants.build())
+    if executor is not None and (executor.slots > 1 or executor.name != "local"):
+        found = _analyze_parallel(variants, evaluator, nodes, uniform, only_quantized, deadline, executor)
+        return Sensitivity(evaluator.kind, evaluator.reference_score, uniform, found,
+                           evaluator.evaluations - evaluations0, time.perf_counter() - start)
     found: list[NodeSensitivity] = []
     with _progress(len(nodes) * (2 if only_quantized else 1), progress) as bar:
         task = bar.add_task("", total=len(nodes) * (2 if only_quantized else 1))
@@ -397,6 +405,40 @@ def analyze(variants: Variants, evaluator: Evaluator, *, pinned: Sequence[str] =
             found.append(NodeSensitivity(node.name or "", node.op_type, score - uniform, node_flops(node), alone))
     return Sensitivity(evaluator.kind, evaluator.reference_score, uniform, found,
                        evaluator.evaluations - evaluations0, time.perf_counter() - start)
+
+
+def score_variant(variants: Variants, evaluator: Evaluator, float_nodes: Sequence[str],
+                  include: Sequence[str]) -> float:
+    """One evaluation, as a task: the variant with ``float_nodes`` in float (or only ``include``
+    quantized), scored on the held set."""
+    return evaluator.score(variants.build(float_nodes, include=include))
+
+
+def _analyze_parallel(variants: Variants, evaluator: Evaluator, nodes: Sequence[ir.Node], uniform: float,
+                      only_quantized: bool, deadline: float | None, executor: Any) -> list[NodeSensitivity]:
+    shared_variants, shared_evaluator = executor.put(variants), executor.put(evaluator)
+    calls: list[tuple[str, bool]] = [(node.name or "", False) for node in nodes]
+    if only_quantized:
+        calls += [(node.name or "", True) for node in nodes]
+    handles = [executor.submit(score_variant, shared_variants, shared_evaluator,
+                               [] if alone else [name], [name] if alone else []) for name, alone in calls]
+    index = {id(h): i for i, h in enumerate(handles)}
+    scores: list[float | None] = [None] * len(handles)
+    try:
+        for handle, score in executor.as_completed(handles):
+            scores[index[id(handle)]] = score
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+    finally:
+        executor.cancel([h for h, s in zip(handles, scores, strict=True) if s is None])
+    evaluator.evaluations += sum(s is not None for s in scores)
+    found = []
+    for i, node in enumerate(nodes):
+        score = scores[i]
+        alone_score = scores[len(nodes) + i] if only_quantized else None
+        found.append(NodeSensitivity(node.name or "", node.op_type, 0.0 if score is None else score - uniform,
+                                     node_flops(node), None if alone_score is None else evaluator.drop(alone_score)))
+    return found
 
 
 def cache_key(fingerprint: str, ranges: Ranges, evaluator: Evaluator, options: Mapping[str, Any]) -> str:

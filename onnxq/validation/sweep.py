@@ -22,7 +22,6 @@ accuracy is an SQNR).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -30,7 +29,6 @@ import inspect
 import json
 import logging
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -427,6 +425,7 @@ def sweep(
     latency_budget_s: float = LATENCY_BUDGET_S,
     registry: StrategyRegistry | None = None,
     progress: bool = False,
+    executor: Any = None,
 ) -> SweepReport:
     """Runs the strategies on ``model`` and recommends the fastest that passes the gate.
 
@@ -437,6 +436,10 @@ def sweep(
         out_dir: Where the quantized models and the cached results go (created).
         strategies: Names to run (default: every strategy in the registry).
         labels / metric: As for :func:`onnxq.validation.compare.compare`.
+        executor: Where the strategies run (:mod:`onnxq.framework.executor`; default
+            ``LocalExecutor(jobs)``). On Ray the model bytes and the samples go to the object
+            store once and every task reads them by reference; the quantized models come back
+            to this process, which writes, caches and times them.
         jobs: Strategies quantized in parallel worker processes (latency is measured afterwards,
             one at a time, in this process).
         max_accuracy_drop / min_speedup / min_sqnr_db: The gate (see the module docstring).
@@ -481,36 +484,84 @@ def sweep(
         todo.append(_Task(strategy.name, strategy.fn, os.fspath(model_path), calibration, data, labels, metric,
                           os.fspath(out / f"{strategy.name}.onnx"), context))
 
-    with _Progress(progress, len(todo) + len(chosen)) as bar:
-        for done in _map(todo, jobs, bar):
-            results[done["name"]] = done
-            if done.get("error") is None:
-                _save_cache(out / f"{done['name']}.json", keys[done["name"]], done)
-        for strategy in chosen:
-            result = results[strategy.name]
-            bar.step(f"timing {strategy.name}")
-            if result.get("error") is None and result.get("p50_ms") is None:
-                result.update(_latency(model_path, Path(result["path"]), data, latency_budget_s))
-                _save_cache(out / f"{strategy.name}.json", keys[strategy.name], result)
+    from onnxq.framework.executor import LocalExecutor
+
+    own = executor is None
+    executor = LocalExecutor(min(jobs, max(len(todo), 1))) if own else executor
+    try:
+        with _Progress(progress, len(todo) + len(chosen)) as bar:
+            for done in _map(todo, executor, bar):
+                results[done["name"]] = done
+                if done.get("error") is None:
+                    _save_cache(out / f"{done['name']}.json", keys[done["name"]], done)
+            for strategy in chosen:
+                result = results[strategy.name]
+                bar.step(f"timing {strategy.name}")
+                # NOTE: latency is measured here, one model at a time, whatever ran the strategies
+                if result.get("error") is None and result.get("p50_ms") is None:
+                    result.update(_latency(model_path, Path(result["path"]), data, latency_budget_s))
+                    _save_cache(out / f"{strategy.name}.json", keys[strategy.name], result)
+    finally:
+        if own:
+            executor.close()
     return _decide(os.fspath(model_path), os.fspath(out), [results[s.name] for s in chosen],
                    max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, min_sqnr_db=min_sqnr_db)
 
 
-def _map(tasks: list[_Task], jobs: int, bar: _Progress) -> Iterable[dict[str, Any]]:
+def _map(tasks: list[_Task], executor: Any, bar: _Progress) -> Iterable[dict[str, Any]]:
     if not tasks:
         return
-    if jobs == 1 or len(tasks) == 1:
-        for task in tasks:
-            bar.step(f"quantizing {task.name}")
-            yield _run_strategy(task)
-        return
-    # NOTE: spawn, not fork: forking a process that holds onnxruntime thread pools can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
-        futures = {pool.submit(_run_strategy, task): task for task in tasks}
-        for future in concurrent.futures.as_completed(futures):
-            bar.step(f"quantized {futures[future].name}")
-            yield future.result()
+    if executor.name == "local":
+        handles = [executor.submit(_run_strategy, task) for task in tasks]
+    else:
+        # NOTE: a cluster's workers cannot read this machine's files: the model and the samples go
+        # to the object store once, each task gets references, and the quantized model comes back
+        first = tasks[0]
+        model_ref = executor.put(Path(first.model).read_bytes())
+        calibration_ref = executor.put(_in_memory(first.calibration, first.model))
+        data_ref = executor.put(_in_memory(first.data, first.model))
+        handles = [executor.submit(_run_portable, dataclasses.replace(task, calibration=None, data=None),
+                                   model_ref, calibration_ref, data_ref) for task in tasks]
+    by_handle = {id(h): task for h, task in zip(handles, tasks, strict=True)}
+    for handle, result in executor.as_completed(handles):
+        task = by_handle[id(handle)]
+        bar.step(f"quantized {task.name}")
+        blob = result.pop("model_bytes", None)
+        if blob is not None:
+            from onnxq.ir.io import write_bytes_atomically
+
+            write_bytes_atomically(task.output, blob)
+            result["path"] = task.output
+        yield result
+
+
+def _in_memory(source: Any, model: str) -> Any:
+    """Samples as a list of feed dicts (a path read here, once), for workers on other machines."""
+    if source is None or not isinstance(source, (str, os.PathLike)):
+        return source
+    from onnxq.calibration.data import CalibrationData
+    from onnxq.ir.io import load_model
+
+    reference = load_model(model)
+    return [dict(feed) for _, feed in CalibrationData.from_source(source).feeds(reference)]
+
+
+def _run_portable(task: _Task, model_bytes: bytes, calibration: Any, data: Any) -> dict[str, Any]:
+    """:func:`_run_strategy` on a worker that has only what it was sent: files in a temporary
+    folder, the quantized model returned as bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="onnxq-sweep-") as tmp:
+        model = Path(tmp) / "model.onnx"
+        model.write_bytes(model_bytes)
+        local = dataclasses.replace(task, model=os.fspath(model), output=os.fspath(Path(tmp) / "out.onnx"),
+                                    calibration=calibration, data=data,
+                                    context=dataclasses.replace(task.context, cache_dir=os.fspath(Path(tmp) / "cache")))
+        result = _run_strategy(local)
+        if result.get("error") is None:
+            result["model_bytes"] = Path(local.output).read_bytes()
+            result.pop("path", None)
+        return result
 
 
 def _latency(model: Path, candidate: Path, data: Any, budget_s: float) -> dict[str, Any]:
