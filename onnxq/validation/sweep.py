@@ -520,7 +520,12 @@ def _map(tasks: list[_Task], executor: Any, bar: _Progress) -> Iterable[dict[str
         model_ref = executor.put(Path(first.model).read_bytes())
         calibration_ref = executor.put(_in_memory(first.calibration, first.model))
         data_ref = executor.put(_in_memory(first.data, first.model))
-        handles = [executor.submit(_run_portable, dataclasses.replace(task, calibration=None, data=None),
+        labels = first.labels
+        if isinstance(labels, (str, os.PathLike)):
+            from onnxq.validation.compare import load_labels
+
+            labels = load_labels(labels)
+        handles = [executor.submit(_run_portable, dataclasses.replace(task, calibration=None, data=None, labels=labels),
                                    model_ref, calibration_ref, data_ref) for task in tasks]
     by_handle = {id(h): task for h, task in zip(handles, tasks, strict=True)}
     for handle, result in executor.as_completed(handles):

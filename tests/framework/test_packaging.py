@@ -67,8 +67,8 @@ def test_every_pin_lies_inside_the_declared_ranges() -> None:
 
 def test_all_extra_installs_reports_and_test_tools() -> None:
     names = {canonicalize_name(r.name) for r in _requirements()}
-    assert {"matplotlib", "scikit-learn", "pytest"} <= names
-    assert "onnxq[torch,tf,report,dev,qnn]" in _project()["optional-dependencies"]["all"]
+    assert {"matplotlib", "scikit-learn", "pytest", "ray"} <= names
+    assert "onnxq[torch,tf,report,dev,qnn,ray]" in _project()["optional-dependencies"]["all"]
     # NOTE: the HTP simulator, so --target qnn's offload tests run in CI
     assert any(r.startswith("onnxruntime-qnn") for r in _project()["optional-dependencies"]["qnn"])
 
