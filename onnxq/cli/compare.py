@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxq.cli._common import console, print_json
+from onnxq.cli._common import add_executor_arguments, console, executor_from_args, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--metric", metavar="MODULE:FUNCTION",
                    help="accuracy = function(outputs: list[np.ndarray], labels or None) -> float, higher is better")
     p.add_argument("--max-samples", type=int, metavar="N", help="use only the first N samples")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="run the samples in N parallel shards")
+    add_executor_arguments(p)
     p.add_argument("--max-accuracy-drop", type=float, metavar="X",
                    help="gate: reference accuracy minus candidate accuracy must be <= X (0.01 = one point)")
     p.add_argument("--min-sqnr", type=float, metavar="DB",
@@ -45,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         check_report_path(args.report)
     max_size = parse_size(args.max_size) if args.max_size is not None else None
-    report = compare(args.reference, args.candidate, args.data, labels=args.labels, metric=args.metric,
-                     max_samples=args.max_samples)
+    with executor_from_args(args) as executor:
+        report = compare(args.reference, args.candidate, args.data, labels=args.labels, metric=args.metric,
+                         max_samples=args.max_samples, executor=executor)
     gated = args.max_accuracy_drop is not None or args.min_sqnr is not None or max_size is not None
     verdict = accuracy_gate(report.accuracy, max_accuracy_drop=args.max_accuracy_drop, min_sqnr_db=args.min_sqnr,
                             size_bytes=model_size(args.candidate), max_size=max_size) if gated else None

@@ -245,6 +245,7 @@ def compare(
     metric: Metric | str | None = None,
     max_samples: int | None = None,
     layers: bool = True,
+    executor: Any = None,
 ) -> CompareReport:
     """Runs both models on ``data`` and measures how far the candidate is from the reference.
 
@@ -259,6 +260,10 @@ def compare(
             along the batch axis (the per-sample list where shapes differ); ``labels`` as found.
         max_samples: Use only the first samples.
         layers: Measure per-layer SQNR (on the first few samples).
+        executor: Runs both models over shards of the samples in parallel (local processes or
+            Ray, :mod:`onnxq.framework.executor`): each model's bytes are put once, each task gets
+            its shard of samples and sends back the outputs; the figures are computed here, the
+            same as serially. A model with external data is sent as its path (a shared folder).
 
     Raises:
         CompareError: Models whose outputs differ, or labels that do not fit the data.
@@ -286,8 +291,12 @@ def compare(
     cand_names = [o.name for o in cand_sess.get_outputs()]
     if sorted(names) != sorted(cand_names):
         raise CompareError(f"{cand_name}: outputs {cand_names} differ from the reference's {names}")
-    refs = [ref_sess.run(names, f) for f in feeds]
-    gots = [cand_sess.run(names, f) for f in feeds]
+    if executor is not None and (executor.slots > 1 or executor.name != "local") and len(feeds) > 1:
+        del ref_sess, cand_sess
+        refs, gots = _run_sharded(executor, reference, ref_model, candidate, cand_model, names, feeds)
+    else:
+        refs = [ref_sess.run(names, f) for f in feeds]
+        gots = [cand_sess.run(names, f) for f in feeds]
     report = CompareReport(ref_name, cand_name, len(feeds), 0, [], [], Accuracy("sqnr", 0.0, 0.0, ""))
     per_output_ref = [[np.asarray(r[i]) for r in refs] for i in range(len(names))]
     per_output_got = [[np.asarray(g[i]) for g in gots] for i in range(len(names))]
@@ -319,6 +328,49 @@ def compare(
         elif not found:
             report.notes.append("no per-layer figures: the candidate quantizes no tensor the reference also has")
     return report
+
+
+#: Shards per executor slot (a few, so a slow shard does not hold the others up).
+SHARDS_PER_SLOT = 4
+
+
+def _portable(source: Any, model: ir.Model) -> bytes | str:
+    """What a worker opens: the file's bytes (an in-memory model serialized), or the path of a model
+    with external data."""
+    from onnxq.runtime import session_bytes
+
+    if isinstance(source, ir.Model):
+        data, folder = session_bytes(source)
+        if folder is None:
+            return data
+        raise CompareError("a model in memory with external weights cannot be sharded: give its file")
+    path = Path(source)
+    return path.read_bytes() if not any(v.const_value is not None and isinstance(v.const_value, ir.ExternalTensor)
+                                        for v in model.graph.initializers.values()) else os.fspath(path)
+
+
+def run_shard(reference: bytes | str, candidate: bytes | str, names: list[str],
+              feeds: list[dict[str, np.ndarray]]) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """Both models' outputs on a shard of the samples (a task)."""
+    from onnxq.validation.bench import session
+
+    ref_sess, cand_sess = session(reference), session(candidate)
+    return [ref_sess.run(names, f) for f in feeds], [cand_sess.run(names, f) for f in feeds]
+
+
+def _run_sharded(executor: Any, reference: Any, ref_model: ir.Model, candidate: Any, cand_model: ir.Model,
+                 names: list[str], feeds: list[Any]) -> tuple[list[Any], list[Any]]:
+    ref_ref = executor.put(_portable(reference, ref_model))
+    cand_ref = executor.put(_portable(candidate, cand_model))
+    count = min(len(feeds), executor.slots * SHARDS_PER_SLOT)
+    bounds = np.linspace(0, len(feeds), count + 1).astype(int)
+    shards = [[dict(f) for f in feeds[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    refs: list[Any] = []
+    gots: list[Any] = []
+    for r, g in executor.map(run_shard, [(ref_ref, cand_ref, names, shard) for shard in shards]):
+        refs.extend(r)
+        gots.extend(g)
+    return refs, gots
 
 
 def _mean_abs(refs: Sequence[np.ndarray], gots: Sequence[np.ndarray]) -> float:

@@ -126,3 +126,17 @@ def test_executor_ray_without_ray_is_one_line_and_exit_2(monkeypatch: pytest.Mon
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pip install 'onnxq[ray]'" in err[0], err
     assert np.all([not (tmp_path / "out" / "dynamic.onnx").exists()])
+
+
+def test_compare_sharded_equals_the_serial_one(ray_cluster: None, tmp_path: Path) -> None:
+    """Held-set evaluation sharded by samples, on local processes and on Ray: the same figures."""
+    from onnxq.validation.compare import compare
+
+    quantized = tmp_path / "q.onnx"
+    assert main(["quantize", MODEL, "-o", str(quantized), "--calib", DATA, "-q", "--no-guard"]) == 0
+    serial = compare(MODEL, quantized, DATA, layers=False).to_json()
+    for executor in (LocalExecutor(2), RayExecutor()):
+        with executor:
+            sharded = compare(MODEL, quantized, DATA, layers=False, executor=executor).to_json()
+        assert sharded["outputs"] == serial["outputs"] and sharded["accuracy"] == serial["accuracy"], executor.name
+        assert sharded["samples"] == serial["samples"] == 32
