@@ -66,11 +66,13 @@ class Executor:
         handles = [self.submit(fn, *args) for args in calls]
         index = {id(h): i for i, h in enumerate(handles)}
         results: list[Any] = [None] * len(handles)
+        done: set[int] = set()
         try:
             for handle, result in self.as_completed(handles):
                 results[index[id(handle)]] = result
+                done.add(id(handle))
         except BaseException:
-            self.cancel(handles)
+            self.cancel([h for h in handles if id(h) not in done])
             raise
         return results
 
@@ -176,10 +178,17 @@ class RayExecutor(Executor):
                     raise (cause if isinstance(cause, BaseException) else e) from None
 
     def cancel(self, handles: Iterable[Any]) -> None:
-        for ref in handles:
+        refs = list(handles)
+        if not refs:
+            return
+        # NOTE: only tasks still running: Ray 2.60's core worker aborts the driver process (a failed
+        # check in TaskManager::CompletePendingTask) when a task it was told to cancel had already
+        # finished (seen in CI, on a task that had just raised)
+        _, running = self._ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in running:
             try:
                 self._ray.cancel(ref)
-            except Exception:  # noqa: BLE001, S110  # NOTE: a finished task cannot be cancelled
+            except Exception:  # noqa: BLE001, S110  # NOTE: best effort, as Ray's own cancel
                 pass
 
     def close(self) -> None:

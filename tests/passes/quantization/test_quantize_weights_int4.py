@@ -339,3 +339,16 @@ def test_round_to_nearest_and_packing_are_onnxruntimes_byte_for_byte(bits: int, 
         assert zeros is None
     else:
         np.testing.assert_array_equal(theirs["w_zero_points"].reshape(-1), zeros)
+
+
+@pytest.mark.parametrize("algo", ["gptq", "awq"])
+def test_calibrated_algorithms_are_deterministic_and_keep_the_transformer(tmp_path: Path, algo: str) -> None:
+    """The same input and options give a byte-identical model, within a point of FP32."""
+    zoo.ensure_built(["transformer_digits"])
+    outs = [tmp_path / f"{algo}_{i}.onnx" for i in range(2)]
+    for out in outs:
+        assert main(["quantize", str(zoo.model_path("transformer_digits")), "-o", str(out), "--mode", "weight-only",
+                     "--algo", algo, "--calib", str(zoo.zoo_dir() / "transformer_digits.calib.npz"), "-q",
+                     "--no-self-check"]) == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert zoo.evaluate("transformer_digits", outs[0]) >= zoo.evaluate("transformer_digits") - 0.01
