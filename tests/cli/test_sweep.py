@@ -106,3 +106,39 @@ def test_fp16_and_gptq_are_strategies_beside_int8(tmp_path: Path, capsys) -> Non
         assert row.get("error") is None and row["accuracy"] >= 0.95, (name, row)
     assert rows["fp16"]["size_bytes"] < 0.7 * Path(MODEL).stat().st_size  # NOTE: 43 KB: the graph itself stays
     assert not list((tmp_path / "out" / ".cache").glob("float16-probe*"))
+
+
+def test_several_models_in_one_call(tmp_path: Path, capsys) -> None:
+    """``sweep A B``: one result per model, '{stem}' naming each one's samples, folders and reports."""
+    import shutil
+
+    from onnxq.cli import main
+
+    for stem in ("first", "second"):
+        shutil.copy(MODEL, tmp_path / f"{stem}.onnx")
+        shutil.copy(DATA, tmp_path / f"{stem}.npz")
+    code = main(["sweep", str(tmp_path / "first.onnx"), str(tmp_path / "second.onnx"),
+                 "--calib", str(tmp_path / "{stem}.npz"), "--data", str(tmp_path / "{stem}.npz"),
+                 "--out-dir", str(tmp_path / "out"), "--strategies", "dynamic", "--latency-budget", "0.2",
+                 "--report", str(tmp_path / "{stem}.md"), "--json"])
+    docs = json.loads(capsys.readouterr().out)
+    assert code == 0 and [Path(d["model"]).name for d in docs] == ["first.onnx", "second.onnx"]
+    for doc, stem in zip(docs, ("first", "second"), strict=True):
+        [row] = doc["strategies"]
+        assert row["error"] is None and Path(row["path"]).parent == tmp_path / "out" / stem
+        assert (tmp_path / f"{stem}.md").exists() and doc["report"] == str(tmp_path / f"{stem}.md")
+
+
+def test_several_models_need_stem_in_the_report_path(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from onnxq.cli import main
+
+    other = tmp_path / "other.onnx"
+    shutil.copy(MODEL, other)
+    code = main(["sweep", MODEL, str(other), "--calib", DATA, "--data", DATA, "--report", str(tmp_path / "r.md")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "needs '{stem}'" in err[0], err
+    code = main(["sweep", MODEL, MODEL, "--calib", DATA, "--data", DATA])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "share a file stem" in err[0], err
