@@ -516,10 +516,13 @@ def _map(tasks: list[_Task], executor: Any, bar: _Progress) -> Iterable[dict[str
     else:
         # NOTE: a cluster's workers cannot read this machine's files: the model and the samples go
         # to the object store once, each task gets references, and the quantized model comes back
+        from onnxq.ir.io import load_model
+
         first = tasks[0]
         model_ref = executor.put(Path(first.model).read_bytes())
-        calibration_ref = executor.put(_in_memory(first.calibration, first.model))
-        data_ref = executor.put(_in_memory(first.data, first.model))
+        reference = load_model(first.model)
+        calibration_ref = executor.put(_in_memory(first.calibration, reference))
+        data_ref = executor.put(_in_memory(first.data, reference))
         labels = first.labels
         if isinstance(labels, (str, os.PathLike)):
             from onnxq.validation.compare import load_labels
@@ -540,15 +543,13 @@ def _map(tasks: list[_Task], executor: Any, bar: _Progress) -> Iterable[dict[str
         yield result
 
 
-def _in_memory(source: Any, model: str) -> Any:
+def _in_memory(source: Any, model: ir.Model) -> Any:
     """Samples as a list of feed dicts (a path read here, once), for workers on other machines."""
     if source is None or not isinstance(source, (str, os.PathLike)):
         return source
     from onnxq.calibration.data import CalibrationData
-    from onnxq.ir.io import load_model
 
-    reference = load_model(model)
-    return [dict(feed) for _, feed in CalibrationData.from_source(source).feeds(reference)]
+    return [dict(feed) for _, feed in CalibrationData.from_source(source).feeds(model)]
 
 
 def _run_portable(task: _Task, model_bytes: bytes, calibration: Any, data: Any) -> dict[str, Any]:

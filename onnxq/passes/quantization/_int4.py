@@ -130,8 +130,7 @@ def gptq(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool = True, *, da
         grown = np.zeros((padded, padded))
         grown[:k, :k] = h
         h = grown
-    factor, dead = dampened_inverse_factor(h, damp)
-    w[dead] = 0.0
+    w[np.diag(h) == 0] = 0.0  # NOTE: inputs never seen: their rows contribute nothing
     count = padded // block
     scales = np.empty((count, w.shape[1]), np.float32)
     zeros = np.empty((count, w.shape[1]), np.uint8)
@@ -143,7 +142,8 @@ def gptq(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool = True, *, da
             scales[b], zeros[b] = block_params(w[b * block:(b + 1) * block], symmetric)
         order = np.argsort(-np.diag(h), kind="stable")
         w = w[order]
-        factor, _ = dampened_inverse_factor(np.asarray(h, np.float64)[order][:, order], damp)
+        h = np.asarray(h, np.float64)[order][:, order]
+    factor, _ = dampened_inverse_factor(h, damp)
     codes = np.empty(w.shape, np.uint8)
     lazy = max(block, lazy - lazy % block)
     for start in range(0, padded, lazy):
@@ -226,11 +226,10 @@ def awq_clip_ratios(w: np.ndarray, h: np.ndarray, block: int, symmetric: bool,
     return best
 
 
-def pack(blocks: Blocks, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def pack(blocks: Blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """MatMulNBits inputs: ``B`` uint8 ``[N, blocks, block / 2]`` (4 bits: low nibble first; 8 bits:
     ``[N, blocks, block]``), ``scales`` ``[N * blocks]``, zero points ``[N * ceil(blocks / 2)]``
     packed the same way (8 bits: ``[N * blocks]``), None when symmetric."""
-    del k
     codes = blocks.codes.T  # [N, K_padded]
     n = codes.shape[0]
     count = blocks.scales.shape[0]

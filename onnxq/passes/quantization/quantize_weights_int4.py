@@ -36,6 +36,7 @@ from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
 from onnxq.ir.constants import read_and_release
 from onnxq.ir.interop import replace_contents
+from onnxq.passes.quantization import _int4
 from onnxq.passes.quantization._common import Selection
 
 ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
@@ -131,8 +132,6 @@ def _rtn(model: ir.Model, names: list[str], bits: int, o: QuantizeWeightsInt4.Op
     """Round to nearest on the MatMuls named ``names``, one weight at a time: a weight held in
     external data is read, rounded and released, so a model of any size stays within one weight
     plus the packed ones (onnxruntime's quantizer serializes the whole model first)."""
-    from onnxq.passes.quantization import _int4
-
     wanted = set(names)
     for node in [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted]:
         weight = read_and_release(node.inputs[1].const_value).astype(np.float32, copy=False)  # type: ignore[arg-type]
@@ -273,8 +272,6 @@ def _input_statistics(proto: object, model: ir.Model, names: list[str], data: Ca
 def _calibrated(model: ir.Model, nodes: list[ir.Node], data: CalibrationData,
                 o: QuantizeWeightsInt4.Options) -> dict[str, int]:
     """GPTQ or AWQ on ``nodes`` (MatMuls with constant ``[K, N]`` weights), grouped by their input."""
-    from onnxq.passes.quantization import _int4
-
     by_input: dict[str, list[ir.Node]] = {}
     for node in nodes:
         by_input.setdefault(str(node.inputs[0].name), []).append(node)
@@ -289,7 +286,8 @@ def _calibrated(model: ir.Model, nodes: list[ir.Node], data: CalibrationData,
                 continue
             h, mean_abs = stats.pop(name)
             consumers = by_input[name]
-            weights = [np.asarray(n.inputs[1].const_value.numpy(), np.float32) for n in consumers]  # type: ignore[union-attr]
+            weights = [read_and_release(n.inputs[1].const_value).astype(np.float32, copy=False)  # type: ignore[arg-type]
+                       for n in consumers]
             if any(w.shape[0] != len(mean_abs) for w in weights):
                 continue
             if o.algo == "awq":
@@ -340,17 +338,16 @@ def _scale_activation(model: ir.Model, consumers: list[ir.Node], factor: np.ndar
     return False
 
 
-def _replace_with_nbits(model: ir.Model, node: ir.Node, blocks: object, shape: tuple[int, ...], level: int) -> None:
-    """``node`` (MatMul) -> ``com.microsoft.MatMulNBits`` holding ``blocks`` (an ``_int4.Blocks``)."""
-    from onnxq.passes.quantization import _int4
+def _replace_with_nbits(model: ir.Model, node: ir.Node, blocks: _int4.Blocks, shape: tuple[int, ...],
+                        level: int) -> None:
+    """``node`` (MatMul) -> ``com.microsoft.MatMulNBits`` holding ``blocks``."""
     from onnxq.passes.quantization._common import PASS_METADATA_KEY, NameScope, make_initializer
 
-    assert isinstance(blocks, _int4.Blocks)
     k, n = int(shape[0]), int(shape[1])
-    packed, scales, zeros = _int4.pack(blocks, k)
+    packed, scales, zeros = _int4.pack(blocks)
     names = NameScope(model)
     base = str(node.inputs[1].name or node.name)  # type: ignore[union-attr]
-    inputs = [node.inputs[0], make_initializer(model.graph, names, f"{base}_Q4", packed),
+    inputs = [node.inputs[0], make_initializer(model.graph, names, f"{base}_Q{blocks.bits}", packed),
               make_initializer(model.graph, names, f"{base}_scales", scales)]
     if zeros is not None:
         inputs.append(make_initializer(model.graph, names, f"{base}_zero_points", zeros))

@@ -332,7 +332,7 @@ def test_round_to_nearest_and_packing_are_onnxruntimes_byte_for_byte(bits: int, 
                                            accuracy_level=4, algo_config=config)
     quantizer.process()
     theirs = {t.name: onnx.numpy_helper.to_array(t) for t in quantizer.model.model.graph.initializer}
-    packed, scales, zeros = _int4.pack(_int4.rtn(_weight(), BLOCK, symmetric, bits=bits), K)
+    packed, scales, zeros = _int4.pack(_int4.rtn(_weight(), BLOCK, symmetric, bits=bits))
     np.testing.assert_array_equal(theirs[f"w_Q{bits}"].reshape(packed.shape), packed)
     np.testing.assert_array_equal(theirs["w_scales"].reshape(-1), scales)
     if symmetric:
