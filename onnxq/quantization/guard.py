@@ -202,6 +202,21 @@ def mixed_can_win(plain: Rung, floating: Rung | None) -> bool:
     return plain.speedup * MIXED_KEEPS >= floating.speedup * FLOAT_MARGIN
 
 
+def float_still_needed(rungs: Sequence[Rung], float_ms: float | None) -> bool:
+    """Whether the optimized float model must be measured after the ladder (when it was not before).
+
+    Yes when no quantized rung reached the floor (on a model too small for the speed rule, the
+    optimized float model is faithful; it wins unless it is slower than FP32), and when the faithful
+    ones are all clearly slower than float on a model timed above ``TIMED_MS`` (PP-OCR's 0.9 ms
+    direction classifier on a VNNI Xeon: below the floor in its plain rung, faithful at 0.65x in
+    its percentile rung, which was then written).
+    """
+    faithful = [r.speedup or 0.0 for r in rungs if r.within_floor]
+    if not faithful:
+        return True
+    return max(faithful) < CLEARLY_SLOWER and float_ms is not None and float_ms >= TIMED_MS
+
+
 def _float_ms(check: SelfCheckReport | None) -> float | None:
     return check.latency.float_ms if check is not None and check.latency is not None else None
 
@@ -422,10 +437,8 @@ def quantize_guarded(
         except Exception as e:  # noqa: BLE001
             rungs.append(Rung("mixed", False, f"failed: {first_line(e)}", None, time.perf_counter() - began))
 
-    if (float_allowed and floating is None and not quantized_ok() and options.get("optimize", True)
-            and not options.get("include")):
-        # NOTE: nothing quantized reached the floor on a model too small for the speed rule: the
-        # optimized float model is faithful; it wins unless it is slower than FP32.
+    if (float_allowed and floating is None and float_still_needed(rungs, float_ms)
+            and options.get("optimize", True) and not options.get("include")):
         floating = measure_float()
     chosen, rival = choose(results, floating, first)
     if held and float_ms is not None and float_ms > SLOWER_MATTERS_MS:

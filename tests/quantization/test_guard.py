@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxq.cli import main
-from onnxq.quantization.guard import CLEARLY_SLOWER, FLOAT_RUNG, quantize_guarded
+from onnxq.quantization.guard import CLEARLY_SLOWER, FLOAT_RUNG, TIMED_MS, Rung, float_still_needed, quantize_guarded
 from tests.quantization import _fragile
 
 
@@ -58,6 +58,18 @@ def test_guard_keeps_a_faithful_plain_result() -> None:
     assert set(names[1:]) <= {FLOAT_RUNG}
     if FLOAT_RUNG in names:
         assert (guard.rungs[0].speedup or 0) < CLEARLY_SLOWER
+
+
+def test_float_is_measured_when_the_only_faithful_rungs_are_clearly_slower() -> None:
+    # PP-OCR's direction classifier on a VNNI Xeon: plain below the floor, percentile faithful at 0.65x.
+    plain = Rung("plain (minmax)", False, "top-1 96.0%", 0.65, 3.0)
+    slow = Rung("calibration (percentile)", True, "top-1 100.0%", 0.65, 3.0)
+    fast = Rung("calibration (mse)", True, "top-1 100.0%", 1.4, 3.0)
+    assert float_still_needed([plain], 0.9)
+    assert float_still_needed([plain, slow], 0.9)
+    assert not float_still_needed([plain, slow, fast], 0.9)
+    assert not float_still_needed([plain, slow], TIMED_MS / 2)  # too short to time: kept as measured
+    assert float_still_needed([plain, Rung("x", False, "", 0.1, 1.0)], None)
 
 
 @pytest.mark.parametrize("guard", [True, False])
