@@ -12,7 +12,14 @@ import onnxruntime as ort
 import pytest
 
 from onnxq.cli import main
-from onnxq.quantization.guard import CLEARLY_SLOWER, FLOAT_RUNG, TIMED_MS, Rung, float_still_needed, quantize_guarded
+from onnxq.quantization.guard import (
+    CLEARLY_SLOWER,
+    FLOAT_RUNG,
+    TIMED_MS,
+    Rung,
+    float_still_needed,
+    quantize_guarded,
+)
 from tests.quantization import _fragile
 
 
