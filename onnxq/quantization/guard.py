@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,6 +51,7 @@ import onnx_ir as ir
 from onnxq.calibration import CalibrationData
 from onnxq.errors import first_line
 from onnxq.framework.base import Diagnostic, Severity
+from onnxq.quantization import placement
 from onnxq.quantization.quantize import QuantizeReport, quantize
 from onnxq.runtime import release_memory
 from onnxq.targets import Target, get_target
@@ -107,6 +109,8 @@ class Rung:
     note: str = ""
 
     samples: int = 0
+    #: The ``quantize()`` arguments that made this result (static rungs only), for a rung built on it.
+    recipe: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def line(self) -> str:
         speed = f"{self.speedup:.2f}x" if self.speedup is not None else "speed not measured"
@@ -116,7 +120,7 @@ class Rung:
             f"; {self.note}" if self.note else "")
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "recipe"}
 
 
 @dataclasses.dataclass
@@ -277,14 +281,16 @@ def quantize_guarded(
     rungs: list[Rung] = []
     results: list[tuple[Rung, ir.Model, QuantizeReport]] = []
 
-    def record(name: str, result: ir.Model, report: QuantizeReport, began: float, note: str = "") -> Rung:
+    def record(name: str, result: ir.Model, report: QuantizeReport, began: float, note: str = "",
+               recipe: dict[str, Any] | None = None) -> Rung:
         check = report.self_check
         if held and (check is None or check.samples != len(held)):
             # NOTE: every rung is judged on the plain rung's held-back samples (mixed precision's own
             # self-check runs on its own held set), so the rungs compare like with like.
             check = report.self_check = self_check(reference, result, held, target=report_target(report))
         rung = Rung(name, within_floor(check), fidelity_summary(check), _speedup(check),
-                    time.perf_counter() - began, note, samples=check.samples if check is not None else 0)
+                    time.perf_counter() - began, note, samples=check.samples if check is not None else 0,
+                    recipe=recipe)
         rungs.append(rung)
         results.append((rung, result, report))
         # NOTE: only the results the choice can still fall on stay in memory (the most faithful, the
@@ -310,7 +316,8 @@ def quantize_guarded(
     if data is not None and plain_report.holdout_samples:
         _, rest = data.split(holdout=plain_report.holdout_samples)
         held = [dict(f) for _, f in rest.feeds(reference)]
-    first = record(f"plain ({method})", plain, plain_report, began)
+    first = record(f"plain ({method})", plain, plain_report, began,
+                   recipe={"method": method, "method_options": method_options, "recovery": chosen})
     float_ms = _float_ms(plain_report.self_check)
     slow = (first.speedup is not None and first.speedup < SLOWER_THAN and float_ms is not None
             and float_ms > SLOWER_MATTERS_MS)
@@ -390,8 +397,11 @@ def quantize_guarded(
                 rungs.append(Rung(name, False, f"failed: {first_line(e)}", None, time.perf_counter() - began))
                 continue
             kept = [*use, *(["recurrent layers float"] if floats and rung_exclude is None else [])]
+            recipe = {"method": rung_method, "recovery": tuple(dict.fromkeys((*chosen, *use))),
+                      "method_options": method_options if rung_method == method else None,
+                      "exclude": [*options.get("exclude", ()), *floats]}
             rung = record(name + (f" + {', '.join(kept)}" if rung_passes is None and kept else ""), result, report,
-                          began)
+                          began, recipe=recipe)
             if _score(report.self_check) > _score(plain_report.self_check):
                 # NOTE: the next rungs keep what helped
                 if rung_passes:
@@ -437,6 +447,28 @@ def quantize_guarded(
         except Exception as e:  # noqa: BLE001
             rungs.append(Rung("mixed", False, f"failed: {first_line(e)}", None, time.perf_counter() - began))
 
+    if (float_allowed and profile.name == "ort-cpu" and held and float_ms is not None and float_ms >= TIMED_MS
+            and options.get("optimize", True) and not options.get("include") and left() > 0):
+        base = max((x for x in results if x[0].within_floor and x[0].recipe is not None),
+                   key=lambda x: x[0].speedup or 0.0, default=None)
+        if base is not None:
+            as_float = next((x[1] for x in results if x[0] is floating), None)
+            began = time.perf_counter()
+            try:
+                placed = placement.measure(as_float if as_float is not None else optimized_float()[0], base[1],
+                                           held[0])
+                if placed.names:
+                    recipe = {**(base[0].recipe or {})}
+                    recipe["exclude"] = [*recipe.get("exclude", options.get("exclude", ())),
+                                         *(re.escape(n) for n in placed.names)]
+                    result, report = quantize(fresh(), data, **{**options, **recipe})
+                    record(f"{base[0].name} + measured placement ({len(placed.names)} node(s) float)", result,
+                           report, began, note=placed.summary(), recipe=recipe)
+                else:
+                    base[0].note = "; ".join(x for x in (base[0].note, f"measured placement: {placed.summary()}") if x)
+            except Exception as e:  # noqa: BLE001  # a rung that fails is reported; the guard goes on
+                rungs.append(Rung("measured placement", False, f"failed: {first_line(e)}", None,
+                                  time.perf_counter() - began))
     if (float_allowed and floating is None and float_still_needed(rungs, float_ms)
             and options.get("optimize", True) and not options.get("include")):
         floating = measure_float()
