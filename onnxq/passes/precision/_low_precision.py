@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxq.ir.constants import read_and_release
+
 LOW_TYPES = {ir.DataType.FLOAT16: ("tensor(float16)", np.float16),
              ir.DataType.BFLOAT16: ("tensor(bfloat16)", ml_dtypes.bfloat16)}
 #: Ops whose output type is fixed by an attribute (or random): they stay as they are.
@@ -92,7 +94,9 @@ def _low_slots(node: ir.Node, opset: int, low: str) -> tuple[set[int], set[int]]
 def _lazy(tensor: ir.TensorProtocol, numpy_type: type, dtype: ir.DataType) -> ir.LazyTensor:
     """``tensor`` in the low type, computed when first read (the float32 source is read then, not now)."""
     def make() -> ir.Tensor:
-        return ir.Tensor(np.asarray(tensor.numpy(), np.float32).astype(numpy_type), dtype=dtype)
+        # NOTE: an external (memory-mapped) source is copied and unmapped at once: its file pages
+        # leave this process's RSS while the model is written, tensor after tensor
+        return ir.Tensor(np.asarray(read_and_release(tensor), np.float32).astype(numpy_type), dtype=dtype)
 
     return ir.LazyTensor(make, dtype=dtype, shape=ir.Shape(list(tensor.shape)), name=tensor.name)
 

@@ -1,8 +1,10 @@
 """convert-float16: weights and compute in float16, with float32 islands where fp16 would break.
 
-The conversion itself is onnxruntime's (``onnxruntime.transformers.float16.convert_float_to_float16``:
-initializers, value types, Cast nodes around the nodes it is told to keep in float32). What this
-pass adds is the choice of those islands and the clean-up after it:
+The conversion is onnxq's own (:mod:`onnxq.passes.precision._low_precision`, shared with
+``convert-bfloat16``): schema-driven, on the onnx_ir model, weights converted lazily one at a time
+when the model is written, so a model in external data converts in the memory of its largest
+tensor (onnxruntime's ``convert_float_to_float16``, used before, works on a whole ``ModelProto``).
+What decides the islands:
 
 - **overflow**: a tensor whose calibrated range reaches beyond ``max_abs`` (default half of fp16's
   65504, room for what the calibration samples did not show) stays float32 with its producer and
@@ -11,9 +13,8 @@ pass adds is the choice of those islands and the clean-up after it:
   given samples, and each island is named in the stats;
 - **ops**: onnxruntime's own block list (ops without fp16 kernels anywhere: TopK, NonMaxSuppression,
   Range, CumSum, Min, Max, the ai.onnx.ml ops...) plus ``block`` (op types or node names, the user's);
-- **clean-up**: Cast pairs that undo each other between two islands (fp16 -> fp32 -> fp16) are
-  removed, so Casts stand only at island borders; graph inputs and outputs keep their float32 type
-  unless ``keep_io_types`` is off.
+- **borders**: one Cast per value and type where the two worlds meet, none elsewhere; graph inputs
+  and outputs keep their float32 type unless ``keep_io_types`` is off.
 
 Follows onnxruntime's converter (and NVIDIA ModelOpt AutoCast's use of calibrated ranges).
 """
@@ -23,12 +24,11 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-import onnx
 import onnx_ir as ir
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.ir.interop import replace_contents
+from onnxq.passes.precision._low_precision import convert
 
 FP16_MAX = 65504.0
 
@@ -51,45 +51,9 @@ def _overflowing(model: ir.Model, ctx: PassContext, max_abs: float) -> dict[str,
     return found
 
 
-def _drop_cast_pairs(proto: onnx.ModelProto) -> int:
-    """Removes Cast pairs that give back the type they started from (fp16 -> fp32 -> fp16 between two
-    fp16 regions, fp32 -> fp16 -> fp32 between two islands: the second would round a float32 value
-    through fp16 for nothing, or overflow)."""
-    graph = proto.graph
-    producers = {o: n for n in graph.node for o in n.output}
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
-    types.update({i.name: i.data_type for i in graph.initializer})
-    outputs = {o.name for o in graph.output}
-
-    def cast_to(node: onnx.NodeProto) -> int | None:
-        return next((a.i for a in node.attribute if a.name == "to"), None)
-
-    rename: dict[str, str] = {}
-    for node in graph.node:
-        first = producers.get(node.input[0]) if node.op_type == "Cast" else None
-        if first is None or first.op_type != "Cast" or node.output[0] in outputs:
-            continue
-        source = first.input[0]
-        if types.get(source) is not None and types.get(source) == cast_to(node):
-            rename[node.output[0]] = rename.get(source, source)
-    if not rename:
-        return 0
-    keep = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in rename)]
-    for n in keep:
-        for i, name in enumerate(n.input):
-            if name in rename:
-                n.input[i] = rename[name]
-    # NOTE: a first Cast read by nothing else is dead now
-    used = {i for n in keep for i in n.input} | outputs
-    keep = [n for n in keep if not (n.op_type == "Cast" and all(o not in used for o in n.output))]
-    del graph.node[:]
-    graph.node.extend(keep)
-    return len(rename)
-
-
 class ConvertFloat16(Pass):
     name: ClassVar[str] = "convert-float16"
-    summary: ClassVar[str] = ("Weights and compute to float16 (onnxruntime's converter), float32 islands for "
+    summary: ClassVar[str] = ("Weights and compute to float16 (lazy weights), float32 islands for "
                               "calibrated overflow and a block list, Casts only at island borders")
 
     @dataclasses.dataclass(frozen=True)
@@ -102,11 +66,11 @@ class ConvertFloat16(Pass):
             "help": "a calibrated |range| above this keeps the tensor's producer in float32"})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 
         if any(v.dtype == ir.DataType.FLOAT16 for v in model.graph.initializers.values()):
             return PassResult(False, {}, (Diagnostic("the model already holds float16 weights; left unchanged"),))
-        # NOTE: onnxruntime's converter blocks nodes by name: unnamed ones get one first
+        # NOTE: islands are named in the diagnostics and blocked by name: unnamed nodes get one first
         taken = {n.name for n in model.graph if n.name}
         for index, node in enumerate(model.graph):
             if not node.name:
@@ -126,25 +90,16 @@ class ConvertFloat16(Pass):
         diagnostics = [Diagnostic(f"{tensor} reaches |{peak:.3g}| on the calibration samples "
                                   f"(fp16 overflows at {FP16_MAX:g})", node=name)
                        for name, (tensor, peak) in sorted(overflow.items())]
-        proto = ir.to_proto(model)
-        converted = convert_float_to_float16(
-            proto, keep_io_types=self.options.keep_io_types, disable_shape_infer=False,
-            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *blocked_ops],
-            node_block_list=sorted({*blocked_nodes, *overflow, *readers}))
-        pairs = _drop_cast_pairs(converted)
-        # NOTE: the converter appends its Casts at the end of the node list (sorted here), and leaves
-        # value_info it renamed with stale types (inferred again from scratch, in graph order)
-        sorted_model = ir.from_proto(converted)
-        sorted_model.graph.sort()
-        converted = ir.to_proto(sorted_model)
-        del converted.graph.value_info[:]
-        new = ir.from_proto(onnx.shape_inference.infer_shapes(converted))
-        replace_contents(model, new)
-        fp16 = sum(1 for n in model.graph if any(o.dtype == ir.DataType.FLOAT16 for o in n.outputs)
-                   and n.op_type != "Cast")
-        kept = [n.name for n in model.graph if n.op_type != "Cast" and n.outputs
-                and any(o.dtype == ir.DataType.FLOAT for o in n.outputs)]
-        stats = {"nodes_float16": fp16, "nodes_float32": len(kept), "overflow_islands": len(overflow),
-                 "casts": sum(n.op_type == "Cast" for n in model.graph), "cast_pairs_removed": pairs}
+        if any(o.dtype is None for n in model.graph for o in n.outputs if o.name):
+            # NOTE: the schemas decide by the types the values carry: missing ones are inferred first
+            from onnxq.passes.cleanup.infer_shapes import InferShapes
+
+            InferShapes().run(model, ctx)
+        done = convert(model, ir.DataType.FLOAT16, keep_io_types=self.options.keep_io_types,
+                       block_ops={*DEFAULT_OP_BLOCK_LIST, *blocked_ops},
+                       block_nodes={*blocked_nodes, *overflow, *readers})
+        stats = {"nodes_float16": done.low_nodes, "nodes_float32": len(done.float_nodes),
+                 "overflow_islands": len(overflow), "casts": done.casts,
+                 "initializers_converted": done.initializers_converted}
         return PassResult(True, {k: v for k, v in stats.items() if v}, tuple(diagnostics))
 
