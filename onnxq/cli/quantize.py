@@ -40,9 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "gptq or awq (both calibrated: need --calib)")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32,
                    help="--mode weight-only: weights per block along K (default 32)")
-    p.add_argument("--bits8", action="append", default=[], metavar="NAME|OP|REGEX|ends",
+    p.add_argument("--bits8", action="append", default=[], metavar="NAME|OP|REGEX|ends|auto[:SHARE]",
                    help="--mode weight-only: matching MatMuls get 8-bit blocks instead of 4 ('ends': the first "
-                        "and the last, e.g. an LM head; repeatable)")
+                        "and the last, e.g. an LM head; 'auto': the most sensitive on the --calib samples, up to "
+                        "SHARE of the weights, default 0.1; repeatable)")
     p.add_argument("--calib", type=Path, metavar="PATH",
                    help="calibration samples: a folder of .npz (one feed each) or one .npz with a "
                         "leading sample axis")

@@ -47,6 +47,7 @@ GROUP = 8
 #: MatMulNBits compute type: int8 activations (see the module docstring).
 ACCURACY_LEVEL = 4
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+logger = logging.getLogger(__name__)
 
 
 class QuantizeWeightsInt4(Pass):
@@ -66,7 +67,9 @@ class QuantizeWeightsInt4(Pass):
         include: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "only matching MatMuls"})
         exclude: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "MatMuls kept float"})
         eight_bit: tuple[str, ...] = dataclasses.field(default=(), metadata={
-            "help": "MatMuls given 8-bit blocks (RTN) instead: names, op types, regexes, or 'ends' (first and last)"})
+            "help": "MatMuls given 8-bit blocks (RTN) instead: names, op types, regexes, 'ends' (first and last), "
+                    "or 'auto[:SHARE]' (the most sensitive on the calibration samples, up to SHARE of the weights, "
+                    "default 0.1)"})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         o = self.options
@@ -88,6 +91,17 @@ class QuantizeWeightsInt4(Pass):
             return PassResult(False, {})
         level = o.accuracy_level
         eight = _eight_bit(candidates, chosen, o.eight_bit)
+        auto = [p for p in o.eight_bit if p == AUTO or p.startswith(AUTO + ":")]
+        sensitivity: dict[str, float] = {}
+        if auto:
+            data = ctx.resources.get(CalibrationData)
+            if data is None:
+                raise OptionError("quantize-weights-int4: eight_bit 'auto' chooses layers from calibration samples "
+                                  "(--calib PATH)")
+            share = _auto_share(auto[-1])
+            picked, sensitivity = _most_sensitive(model, [n for n in candidates if n.name in set(chosen)], data, o,
+                                                  share)
+            eight = [name for name in chosen if name in set(eight) | set(picked)]
         four = [name for name in chosen if name not in set(eight)]
         awq: dict[str, int] = {}
         if eight:
@@ -105,7 +119,8 @@ class QuantizeWeightsInt4(Pass):
         bits = [n.attributes.get_int("bits", 4) for n in model.graph if n.op_type == "MatMulNBits"]
         stats = {"matmuls_int4": bits.count(4), "matmuls_int8": bits.count(8),
                  "matmuls_float": len(candidates) - len(bits), "gemms_as_matmul": gemms,
-                 **awq, "block_size": o.block_size, "accuracy_level": level}
+                 **awq, "block_size": o.block_size, "accuracy_level": level,
+                 "eight_bit_chosen_by_sensitivity": sum(1 for n in eight if n in sensitivity)}
         return PassResult(bool(bits), {k: v for k, v in stats.items() if v or k == "accuracy_level"})
 
 
@@ -113,8 +128,101 @@ class QuantizeWeightsInt4(Pass):
 ENDS = "ends"
 
 
+#: ``eight_bit`` pattern ``auto[:SHARE]``: the MatMuls whose 4-bit rounding costs the most, measured
+#: on the calibration samples, up to SHARE of the weights (default 0.1).
+AUTO = "auto"
+AUTO_SHARE = 0.1
+
+
+def _auto_share(pattern: str) -> float:
+    if pattern == AUTO:
+        return AUTO_SHARE
+    try:
+        share = float(pattern.split(":", 1)[1])
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 1.0:
+        raise OptionError(f"quantize-weights-int4: eight_bit {pattern!r}: give auto:SHARE with SHARE in (0, 1]")
+    return share
+
+
+#: Calibration samples the ``auto`` analysis reads (N + 2 runs of each).
+AUTO_SAMPLES = 16
+
+
+def _most_sensitive(model: ir.Model, nodes: list[ir.Node], data: CalibrationData, o: QuantizeWeightsInt4.Options,
+                    share: float) -> tuple[list[str], dict[str, float]]:
+    """The MatMuls to give 8-bit blocks, measured end to end on the calibration samples; and every
+    node's gain.
+
+    The model runs with all the candidates' weights at 4 bits (round to nearest, dequantized), then
+    once per candidate with that one at 8 bits: its gain is how much the error of the model's
+    outputs against float32 (squared, relative to their energy, summed over ``AUTO_SAMPLES``
+    samples) falls. Layers are taken by gain per weight while the 8-bit weights stay within
+    ``share`` of all of them (the first one always). The weights are graph inputs of one session,
+    fed per run, so the N + 2 runs share it (leave-one-out sensitivity as in the mixed-precision
+    search; a layer's own output error does not say how the rest of the network amplifies it:
+    measured on the zoo's byte LM, that local criterion lost to simply keeping the first and last
+    layers 8-bit).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from onnxq.runtime import select_inputs
+
+    weights = {n.name: str(n.inputs[1].name) for n in nodes}
+    proto = ir.to_proto(model)
+    wanted = set(weights.values())
+    kept = [t for t in proto.graph.initializer if t.name not in wanted]
+    moved = [t for t in proto.graph.initializer if t.name in wanted]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    proto.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    del moved
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    del proto
+    float_w = {w: read_and_release(v.const_value).astype(np.float32) for w, v in  # type: ignore[arg-type]
+               ((w, next(n.inputs[1] for n in nodes if n.inputs[1].name == w)) for w in wanted)}
+    coded = {b: {w: _int4.rtn(a, o.block_size, o.symmetric, bits=b).dequantize(len(a)) for w, a in float_w.items()}
+             for b in (4, 8)}
+    feeds = [select_inputs(model, f) for _, f in zip(range(AUTO_SAMPLES), (f for _, f in data.feeds(model)),
+                                                     strict=False)]
+    references = [sess.run(None, {**f, **float_w}) for f in feeds]
+    del float_w
+    energy = sum(float(np.sum(np.square(r, dtype=np.float64))) for ref in references for r in ref
+                 if np.issubdtype(r.dtype, np.floating))
+
+    def error(swapped: str | None) -> float:
+        total = 0.0
+        for f, ref in zip(feeds, references, strict=True):
+            fed = {**f, **coded[4], **({swapped: coded[8][swapped]} if swapped else {})}
+            for r, y in zip(ref, sess.run(None, fed), strict=True):
+                if np.issubdtype(r.dtype, np.floating):
+                    total += float(np.sum(np.square(r.astype(np.float64) - y)))
+        return total / max(energy, 1e-30)
+
+    base = error(None)
+    gain = {name: base - error(w) for name, w in weights.items()}
+    sizes = {name: int(np.prod(coded[4][w].shape)) for name, w in weights.items()}
+    total = sum(sizes.values())
+    picked: list[str] = []
+    used = 0
+    for name in sorted(gain, key=lambda n: (-gain[n] / sizes[n], n)):
+        if picked and used + sizes[name] > share * total:
+            continue
+        picked.append(name)
+        used += sizes[name]
+    logger.info("eight_bit auto: relative output error %.3e with every layer at 4 bits; 8-bit: %s", base,
+                ", ".join(f"{n} (-{gain[n]:.2e})" for n in picked))
+    return picked, gain
+
+
 def _eight_bit(candidates: list[ir.Node], chosen: list[str], patterns: tuple[str, ...]) -> list[str]:
-    """Names among ``chosen`` that get 8-bit blocks: matching ``patterns`` (``ends``: first and last)."""
+    """Names among ``chosen`` that get 8-bit blocks: matching ``patterns`` (``ends``: first and last;
+    ``auto`` is resolved by the caller)."""
+    patterns = tuple(p for p in patterns if p != AUTO and not p.startswith(AUTO + ":"))
     if not patterns:
         return []
     names = set()

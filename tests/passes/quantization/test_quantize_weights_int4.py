@@ -273,18 +273,20 @@ def test_calibrated_algorithms_need_samples(tmp_path: Path, capsys: pytest.Captu
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_eight_bit_blocks_for_the_ends_and_four_bits_between() -> None:
-    """``eight_bit=("ends",)``: the first and last MatMul (a model's input projection and LM head)
-    get 8-bit blocks, the middle one 4-bit, each rounded to its own grid."""
-    text = f"""<ir_version: 8, opset_import: ["" : 17]>
+CHAIN = f"""<ir_version: 8, opset_import: ["" : 17]>
 g (float[M, {K}] x) => (float[M, {K}] y) {{
   a = MatMul(x, w1)
   b = MatMul(a, w2)
   y = MatMul(b, w3)
 }}"""
+
+
+def test_eight_bit_blocks_for_the_ends_and_four_bits_between() -> None:
+    """``eight_bit=("ends",)``: the first and last MatMul (a model's input projection and LM head)
+    get 8-bit blocks, the middle one 4-bit, each rounded to its own grid."""
     rng = np.random.default_rng(4)
     weights = {f"w{i}": (rng.standard_normal((K, K)) / np.sqrt(K)).astype(np.float32) for i in (1, 2, 3)}
-    model = build(text, **weights)
+    model = build(CHAIN, **weights)
     result = apply(model, Pipeline([QuantizeWeightsInt4(block_size=BLOCK, eight_bit=("ends",))]),
                    PassContext.with_resources([]))
     bits = {n.name: n.attributes.get_int("bits", 0) for n in model.graph}
@@ -352,3 +354,42 @@ def test_calibrated_algorithms_are_deterministic_and_keep_the_transformer(tmp_pa
                      "--no-self-check"]) == 0
     assert outs[0].read_bytes() == outs[1].read_bytes()
     assert zoo.evaluate("transformer_digits", outs[0]) >= zoo.evaluate("transformer_digits") - 0.01
+
+
+def test_eight_bit_auto_picks_the_layer_that_costs_the_model_most() -> None:
+    """``eight_bit=("auto:0.34",)``: one of three equal layers may go 8-bit; the middle one, whose blocks
+    each hold an outlier (4-bit rounding crushes the rest of the block), is picked, not an end; the
+    leave-one-out gains match a numpy reference of the same chain."""
+    from onnxq.calibration.data import CalibrationData
+    from onnxq.passes.quantization import _int4
+    from onnxq.passes.quantization.quantize_weights_int4 import AUTO_SAMPLES, _most_sensitive
+
+    rng = np.random.default_rng(5)
+    weights = {f"w{i}": (rng.standard_normal((K, K)) / np.sqrt(K)).astype(np.float32) for i in (1, 2, 3)}
+    weights["w2"][::BLOCK] *= 12.0  # one outlier row per block of the middle weight
+    x = rng.standard_normal((AUTO_SAMPLES, 4, K)).astype(np.float32)
+    data = CalibrationData.from_source({"x": x})
+
+    model = build(CHAIN, **weights)
+    result = apply(model, Pipeline([QuantizeWeightsInt4(block_size=BLOCK, eight_bit=("auto:0.34",))]),
+                   PassContext.with_resources([data]))
+    bits = [n.attributes.get_int("bits", 0) for n in model.graph]
+    assert bits == [4, 8, 4], bits
+    assert result.stats["quantize-weights-int4.eight_bit_chosen_by_sensitivity"] == 1
+
+    model = build(CHAIN, **weights)
+    nodes = [n for n in model.graph if n.op_type == "MatMul"]
+    picked, gain = _most_sensitive(model, nodes, data, QuantizeWeightsInt4.Options(block_size=BLOCK), 0.34)
+    q = {b: {k: _int4.rtn(w, BLOCK, True, bits=b).dequantize(K) for k, w in weights.items()} for b in (4, 8)}
+
+    def error(swapped: str | None) -> float:
+        w = {k: (q[8][k] if k == swapped else q[4][k]) for k in weights}
+        ref = x @ weights["w1"] @ weights["w2"] @ weights["w3"]
+        got = x @ w["w1"] @ w["w2"] @ w["w3"]
+        return float(np.sum((ref.astype(np.float64) - got) ** 2) / np.sum(ref.astype(np.float64) ** 2))
+
+    expected = {n.name: error(None) - error(f"w{i}") for i, n in enumerate(nodes, start=1)}
+    assert picked == [nodes[1].name]
+    for name, value in expected.items():
+        assert gain[name] == pytest.approx(value, rel=1e-2, abs=1e-9)  # float32 sums in another order
+    assert max(gain, key=gain.__getitem__) == nodes[1].name
