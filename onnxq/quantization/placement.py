@@ -85,8 +85,9 @@ class Placement:
             return "no INT8 kernel slower than its float one"
         kinds = collections.Counter(c.kernel for c in self.slower)
         saved = sum(c.int8_us - c.float_us for c in self.slower)
+        names = ", ".join(c.name for c in self.slower[:8]) + (" ..." if len(self.slower) > 8 else "")
         return (f"{len(self.slower)} node(s) slower in INT8 ({', '.join(f'{n} {k}' for k, n in kinds.most_common())}; "
-                f"{saved / 1000:.2f} of {self.int8_total_us / 1000:.2f} ms per run)")
+                f"{saved / 1000:.2f} of {self.int8_total_us / 1000:.2f} ms per run): {names}")
 
 
 def kernel_times(model: ir.Model, feed: Mapping[str, Any], *, budget_s: float = BUDGET_S) -> tuple[
