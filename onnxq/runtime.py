@@ -82,7 +82,10 @@ def for_session(model: ir.Model) -> tuple[ir.Model, str | None]:
             for value in graph.initializers.values():
                 tensor = value.const_value
                 if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= INLINE_EXTERNAL_BYTES:
-                    value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+                    # NOTE: a copy, not a view: a view into the shared mapping would keep the
+                    # original's ExternalTensor from being released (read_and_release) while the
+                    # clone waits for the garbage collector
+                    value.const_value = ir.Tensor(np.array(tensor.numpy(), copy=True), name=tensor.name)
     return model, folder
 
 

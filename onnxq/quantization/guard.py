@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,6 +52,7 @@ from onnxq.errors import first_line
 from onnxq.framework.base import Diagnostic, Severity
 from onnxq.quantization import placement
 from onnxq.quantization.quantize import QuantizeReport, quantize
+from onnxq.quantization.sensitivity import exact
 from onnxq.runtime import release_memory
 from onnxq.targets import Target, get_target
 from onnxq.validation.self_check import SQNR_FLOOR_DB, TOP1_FLOOR, SelfCheckReport, self_check
@@ -460,7 +460,7 @@ def quantize_guarded(
                 if placed.names:
                     recipe = {**(base[0].recipe or {})}
                     recipe["exclude"] = [*recipe.get("exclude", options.get("exclude", ())),
-                                         *(re.escape(n) for n in placed.names)]
+                                         *(exact(n) for n in placed.names)]
                     result, report = quantize(fresh(), data, **{**options, **recipe})
                     record(f"{base[0].name} + measured placement ({len(placed.names)} node(s) float)", result,
                            report, began, note=placed.summary(), recipe=recipe)

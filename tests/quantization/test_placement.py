@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import onnx
 import onnx.numpy_helper
@@ -15,6 +13,7 @@ from onnxq.quantization import guard as guard_module
 from onnxq.quantization import placement
 from onnxq.quantization.guard import quantize_guarded
 from onnxq.quantization.quantize import quantize
+from onnxq.quantization.sensitivity import exact
 
 TEXT = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -103,7 +102,7 @@ def test_guard_leaves_the_measured_nodes_float(monkeypatch: pytest.MonkeyPatch) 
     # leaves it float: its weight is read directly, not through a DequantizeLinear
     assert any(n.op_type == "DequantizeLinear" for n in measured[0].graph)
     result, kwargs = next((r, k) for r, k in made if k.get("exclude"))
-    assert kwargs["exclude"] == [re.escape(STEM)] and kwargs["method"] == "minmax"
+    assert kwargs["exclude"] == [exact(STEM)] and kwargs["method"] == "minmax"
     nodes = {n.name: n for n in result.graph}
     assert nodes[STEM].inputs[1].producer() is None
     assert nodes["conv2"].inputs[1].producer().op_type == "DequantizeLinear"

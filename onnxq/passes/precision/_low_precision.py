@@ -76,7 +76,8 @@ def _low_slots(node: ir.Node, opset: int, low: str) -> tuple[set[int], set[int]]
     for values, formals in ((node.inputs, schema.inputs), (node.outputs, schema.outputs)):
         for index, value in enumerate(values):
             formal = _formal(formals, index)
-            if value is not None and value.dtype is None and formal is not None and formal.type_str in allowed:
+            if (value is not None and value.name and value.dtype is None and formal is not None
+                    and formal.type_str in allowed):
                 return f"the type of '{value.name}' is not known (run infer-shapes first)"
             if value is None or value.dtype != FLOAT:
                 continue
@@ -121,6 +122,9 @@ def convert(model: ir.Model, low: ir.DataType, *, keep_io_types: bool = True, bl
 
     # 1. which nodes go low, and which of their slots
     slots: dict[ir.Node, tuple[set[int], set[int]]] = {}
+    followers: list[ir.Node] = []
+    original = {id(v): v.dtype for v in (*graph.inputs, *graph.initializers.values(),
+                                          *(o for n in graph for o in n.outputs))}
     for node in graph:
         opset = model.opset_imports.get(node.domain or "", 1)
         why: str | None = None
@@ -132,9 +136,11 @@ def convert(model: ir.Model, low: ir.DataType, *, keep_io_types: bool = True, bl
             why = f"{node.op_type} fixes its output type by attribute"
         elif node.op_type in QUANTIZATION_OPS:
             why = "quantization nodes keep float32 scales"
-        elif node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
-            if node.attributes.get_int("to") == FLOAT:
-                slots[node] = (set(), {0})
+        elif (node.op_type == "Cast" and node.attributes.get_int("to") == FLOAT) or (
+                node.op_type == "Constant" and _constant_array(node) is not None):
+            followers.append(node)  # NOTE: low only when every reader wants it low (below)
+            continue
+        elif node.op_type in ("Cast", "Constant"):
             continue
         if why is None:
             found = _low_slots(node, opset, low_str)
@@ -146,6 +152,12 @@ def convert(model: ir.Model, low: ir.DataType, *, keep_io_types: bool = True, bl
                                 or any(o.dtype == FLOAT for o in node.outputs)):
             done.float_nodes.append(node.name or node.op_type)
             done.why_float[node.name or node.op_type] = why
+    for node in followers:
+        out = node.outputs[0]
+        uses = list(out.uses())
+        if uses and not (keep_io_types and out.is_graph_output()) and all(
+                u.node in slots and u.idx in slots[u.node][0] for u in uses):
+            slots[node] = (set(), {0})
     done.low_nodes = len(slots)
 
     # 2. the values that become low: outputs of low nodes (and graph inputs without keep_io_types)
@@ -154,10 +166,11 @@ def convert(model: ir.Model, low: ir.DataType, *, keep_io_types: bool = True, bl
     for node, (_, outs) in slots.items():
         if node.op_type == "Cast":
             node.attributes["to"] = ir.AttrInt64("to", int(low))
-        if node.op_type == "Constant" and "value" in node.attributes:
-            value = node.attributes["value"].as_tensor()
-            if value.dtype == FLOAT:
-                node.attributes["value"] = ir.AttrTensor("value", _lazy(value, numpy_type, low))
+        if node.op_type == "Constant":
+            array = _constant_array(node)
+            for key in ("value", "value_float", "value_floats"):
+                node.attributes.pop(key, None)
+            node.attributes["value"] = ir.AttrTensor("value", ir.Tensor(array.astype(numpy_type), dtype=low))
         for i in outs:
             _set_dtype(node.outputs[i], low)
     if not keep_io_types:
@@ -166,9 +179,13 @@ def convert(model: ir.Model, low: ir.DataType, *, keep_io_types: bool = True, bl
                 _set_dtype(v, low)
 
     # 3. every use reads the type it needs: converted initializers, else one Cast per value and type
-    def needs(node: ir.Node, index: int) -> ir.DataType:
+    def needs(node: ir.Node, index: int) -> ir.DataType | None:
         entry = slots.get(node)
-        return low if entry is not None and index in entry[0] else FLOAT
+        if entry is not None and index in entry[0]:
+            return low
+        # NOTE: anything else reads what it read before (a float16 op already in the model keeps it)
+        value = node.inputs[index]
+        return original.get(id(value), value.dtype if value is not None else None)
 
     casts: dict[tuple[int, ir.DataType], ir.Value] = {}
     initializers = {id(v): v for v in graph.initializers.values()}
@@ -177,13 +194,14 @@ def convert(model: ir.Model, low: ir.DataType, *, keep_io_types: bool = True, bl
         if value.dtype not in (FLOAT, low) or (value.dtype == FLOAT and value not in was_float
                                                and id(value) not in initializers):
             continue
+        if value.dtype == low and original.get(id(value)) == low:
+            continue  # NOTE: low before the conversion: left as the model had it
         uses = [(u.node, u.idx) for u in value.uses()]
-        wrong = [(n, i) for n, i in uses if needs(n, i) != value.dtype and (value.dtype == low or needs(n, i) == low)]
+        wrong = [(n, i) for n, i in uses if needs(n, i) in (FLOAT, low) and needs(n, i) != value.dtype]
         if not wrong:
             continue
         if id(value) in initializers and value.const_value is not None and value.dtype == FLOAT and \
-                value not in graph.outputs:
-            target = low
+                not value.is_graph_output() and not value.is_graph_input():
             if len(wrong) == len(uses):
                 value.const_value = _lazy(value.const_value, numpy_type, low)
                 _set_dtype(value, low)
@@ -302,3 +320,15 @@ def _set_dtype(value: ir.Value, dtype: ir.DataType) -> None:
     """Gives ``value`` a type object of its own (a clone's values share theirs with the original's:
     ``value.dtype = ...`` would change both)."""
     value.type = ir.TensorType(dtype)
+
+
+def _constant_array(node: ir.Node) -> np.ndarray | None:
+    """The float32 value of a ``Constant`` node (``value``, ``value_float`` or ``value_floats``), else None."""
+    if "value" in node.attributes:
+        tensor = node.attributes["value"].as_tensor()
+        return np.asarray(tensor.numpy(), np.float32) if tensor.dtype == FLOAT else None
+    if "value_float" in node.attributes:
+        return np.array(node.attributes["value_float"].as_float(), np.float32)
+    if "value_floats" in node.attributes:
+        return np.array(list(node.attributes["value_floats"].as_floats()), np.float32)
+    return None

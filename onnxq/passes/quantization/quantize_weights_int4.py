@@ -80,9 +80,10 @@ class QuantizeWeightsInt4(Pass):
                               f"{', '.join(map(str, BLOCK_SIZES))}")
         selection = Selection(tuple(o.include), tuple(o.exclude))
         gemms = _gemms_to_matmul(model, selection)
+        # NOTE: an initializer that is also a graph input can be overridden at run time: not a constant
         candidates = [n for n in model.graph if n.op_type == "MatMul" and n.domain in ("", "ai.onnx")
                       and len(n.inputs) > 1 and n.inputs[1] is not None and n.inputs[1].const_value is not None
-                      and len(n.inputs[1].const_value.shape) == 2]
+                      and not n.inputs[1].is_graph_input() and len(n.inputs[1].const_value.shape) == 2]
         for index, node in enumerate(candidates):
             if not node.name:
                 node.name = f"MatMul_int4_{index}"  # NOTE: onnxruntime's quantizer includes nodes by name
@@ -168,10 +169,12 @@ def _most_sensitive(model: ir.Model, nodes: list[ir.Node], data: CalibrationData
     import onnx
     import onnxruntime as ort
 
-    from onnxq.runtime import select_inputs
+    from onnxq.runtime import for_session, select_inputs, session_options
 
     weights = {n.name: str(n.inputs[1].name) for n in nodes}
-    proto = ir.to_proto(model)
+    ready, folder = for_session(model)  # NOTE: external weights are read from their own folder
+    proto = ir.to_proto(ready)
+    del ready
     wanted = set(weights.values())
     kept = [t for t in proto.graph.initializer if t.name not in wanted]
     moved = [t for t in proto.graph.initializer if t.name in wanted]
@@ -179,16 +182,23 @@ def _most_sensitive(model: ir.Model, nodes: list[ir.Node], data: CalibrationData
     proto.graph.initializer.extend(kept)
     proto.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
     del moved
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts = session_options(optimize=True, external_folder=folder)
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     del proto
-    float_w = {w: read_and_release(v.const_value).astype(np.float32) for w, v in  # type: ignore[arg-type]
-               ((w, next(n.inputs[1] for n in nodes if n.inputs[1].name == w)) for w in wanted)}
-    coded = {b: {w: _int4.rtn(a, o.block_size, o.symmetric, bits=b).dequantize(len(a)) for w, a in float_w.items()}
-             for b in (4, 8)}
+    source = {str(n.inputs[1].name): n.inputs[1] for n in nodes}
+
+    def weight(name: str) -> np.ndarray:
+        return read_and_release(source[name].const_value).astype(np.float32, copy=False)  # type: ignore[arg-type]
+
+    def coded(name: str, bits: int) -> np.ndarray:
+        w = weight(name)
+        return _int4.rtn(w, o.block_size, o.symmetric, bits=bits).dequantize(len(w))
+
+    # NOTE: memory: the 4-bit weights (dequantized) for every run, one float or 8-bit weight at a time
+    four = {w: coded(w, 4) for w in wanted}
     feeds = [select_inputs(model, f) for _, f in zip(range(AUTO_SAMPLES), (f for _, f in data.feeds(model)),
                                                      strict=False)]
+    float_w = {w: weight(w) for w in wanted}  # NOTE: all at once, for the reference runs only
     references = [sess.run(None, {**f, **float_w}) for f in feeds]
     del float_w
     energy = sum(float(np.sum(np.square(r, dtype=np.float64))) for ref in references for r in ref
@@ -196,8 +206,9 @@ def _most_sensitive(model: ir.Model, nodes: list[ir.Node], data: CalibrationData
 
     def error(swapped: str | None) -> float:
         total = 0.0
+        eight = {swapped: coded(swapped, 8)} if swapped else {}
         for f, ref in zip(feeds, references, strict=True):
-            fed = {**f, **coded[4], **({swapped: coded[8][swapped]} if swapped else {})}
+            fed = {**f, **four, **eight}
             for r, y in zip(ref, sess.run(None, fed), strict=True):
                 if np.issubdtype(r.dtype, np.floating):
                     total += float(np.sum(np.square(r.astype(np.float64) - y)))
@@ -205,7 +216,7 @@ def _most_sensitive(model: ir.Model, nodes: list[ir.Node], data: CalibrationData
 
     base = error(None)
     gain = {name: base - error(w) for name, w in weights.items()}
-    sizes = {name: int(np.prod(coded[4][w].shape)) for name, w in weights.items()}
+    sizes = {name: int(np.prod(four[w].shape)) for name, w in weights.items()}
     total = sum(sizes.values())
     picked: list[str] = []
     used = 0

@@ -130,3 +130,45 @@ def test_cli_converts_the_example_through_opset_22(tmp_path: Path, capsys: pytes
     onnx.checker.check_model(proto, full_check=True)
     assert any(t.data_type == onnx.TensorProto.BFLOAT16 for t in proto.graph.initializer)
     assert main(["convert-precision", str(example_model_path()), "--keep-norms", "-o", str(tmp_path / "x.onnx")]) == 2
+
+
+def _parsed(text: str, **initializers: np.ndarray) -> ir.Model:
+    proto = onnx.parser.parse_model(text)
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in initializers.items())
+    return ir.serde.deserialize_model(proto)
+
+
+@pytest.mark.parametrize("low", [ir.DataType.FLOAT16, BF16])
+def test_edge_cases_stay_valid_and_exact_where_float32_is_kept(low: ir.DataType) -> None:
+    from onnxq.passes.precision._low_precision import convert
+
+    # a Constant written as value_float(s); a Constant and a Cast read only by a float32 island (1e5
+    # overflows float16); a Resize whose float32-only scales come from a Constant; an initializer that
+    # is also a graph input (its type is the caller's); a float16 op already in the model
+    text = """<ir_version: 10, opset_import: ["" : 22]>
+g (float[1, 1, 1, 200] x, float[2] w) => (float[1, 1, 1, W] r, float[2] y, float[2] z, float[2] v, float[2] u) {
+  c = Constant <value_floats = [1.0, 1.0, 1.0, 1.005]> ()
+  r = Resize <mode = "nearest"> (x, , c)
+  k = Constant <value_float = 2.0> ()
+  big = Constant <value = float[2] {100000.0, 1.0}> ()
+  y = Mul(big, k)
+  n = Cast <to = 1> (i)
+  z = Mul(n, k)
+  v = Mul(w, k)
+  h = Cast <to = 10> (w)
+  t = Relu(h)
+  u = Cast <to = 1> (t)
+}"""
+    model = _parsed(text, w=np.array([1.5, 2.5], np.float32), i=np.array([70000, 3], np.int64))
+    convert(model, low, block_nodes=(), block_ops=("Mul",) if low == ir.DataType.FLOAT16 else ("Mul", "Resize"))
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    inputs = {v.name: v.dtype for v in model.graph.inputs}
+    assert inputs == {"x": ir.DataType.FLOAT, "w": ir.DataType.FLOAT}
+    if low == ir.DataType.FLOAT16:
+        r, y, z, v, u = session(model).run(None, {"x": np.arange(200, dtype=np.float32).reshape(1, 1, 1, 200),
+                                                   "w": np.array([1.5, 2.5], np.float32)})
+        assert r.shape == (1, 1, 1, 201)
+        np.testing.assert_array_equal(y, [2e5, 2.0])  # float32 where it is read in float32: no inf
+        np.testing.assert_array_equal(z, [1.4e5, 6.0])
+        np.testing.assert_array_equal(u, [1.5, 2.5])

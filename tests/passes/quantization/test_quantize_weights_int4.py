@@ -393,3 +393,36 @@ def test_eight_bit_auto_picks_the_layer_that_costs_the_model_most() -> None:
     for name, value in expected.items():
         assert gain[name] == pytest.approx(value, rel=1e-2, abs=1e-9)  # float32 sums in another order
     assert max(gain, key=gain.__getitem__) == nodes[1].name
+
+
+def test_eight_bit_auto_reads_external_weights_from_their_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model in external data, run from another working directory: the analysis session finds the
+    weights it does not feed (a bias) in the model's folder; a weight that is also a graph input
+    (overridable) is no candidate."""
+    import onnx
+
+    from onnxq.calibration.data import CalibrationData
+
+    text = f"""<ir_version: 8, opset_import: ["" : 17]>
+g (float[M, {K}] x, float[{K}, {K}] w3) => (float[M, {K}] y) {{
+  a = MatMul(x, w1)
+  b = MatMul(a, w2)
+  c = Add(b, bias)
+  y = MatMul(c, w3)
+}}"""
+    rng = np.random.default_rng(6)
+    proto = onnx.parser.parse_model(text)
+    for name, array in {"bias": np.ones(K, np.float32), **{f"w{i}": rng.standard_normal((K, K)).astype(np.float32)
+                                                         for i in (1, 2, 3)}}.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
+              size_threshold=0)
+    monkeypatch.chdir(tmp_path.parent)
+    model = ir.load(path)
+    data = CalibrationData.from_source({"x": rng.standard_normal((4, 2, K)).astype(np.float32)})
+    result = apply(model, Pipeline([QuantizeWeightsInt4(block_size=BLOCK, eight_bit=("auto:0.5",))]),
+                   PassContext.with_resources([data]))
+    assert result.stats["quantize-weights-int4.matmuls_int8"] == 1
+    assert result.stats["quantize-weights-int4.matmuls_int4"] == 1
+    assert [n.op_type for n in model.graph][-1] == "MatMul"  # w3 stays: an input can override it
