@@ -36,6 +36,9 @@ from onnxq.targets import Target, get_target
 logger = logging.getLogger(__name__)
 
 MODES = ("static", "dynamic", "weight-only")
+#: Weight-only mode's output per target: MatMulNBits for onnxruntime, blocked 4-bit DequantizeLinear
+#: before the MatMul (opset 21) for TensorRT 10's weight-only INT4 (the QDQ form it reads).
+WEIGHT_ONLY_FORMATS = {"ort-cpu": "nbits", "tensorrt": "qdq"}
 METHODS = ("minmax", "moving-average", "percentile", "entropy", "mse")
 #: CLI spelling -> calibration's method name.
 _METHOD_NAMES = {"moving-average": "moving_average"}
@@ -168,9 +171,11 @@ def quantize(
         raise OptionError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     refuse_integer_model(model)
     profile = target if isinstance(target, Target) else get_target(target, cpu=cpu)
-    if mode == "weight-only" and profile.name != "ort-cpu":
-        raise OptionError(f"--mode weight-only writes com.microsoft.MatMulNBits, which only onnxruntime runs "
-                          f"(--target ort-cpu), not {profile.name}")
+    if mode == "weight-only" and profile.name not in WEIGHT_ONLY_FORMATS:
+        raise OptionError(f"--mode weight-only writes com.microsoft.MatMulNBits (--target ort-cpu) or blocked "
+                          f"4-bit DequantizeLinear (--target tensorrt); {profile.name} runs neither")
+    if mode == "weight-only" and algo == "hqq" and WEIGHT_ONLY_FORMATS[profile.name] != "nbits":
+        raise OptionError("--algo hqq comes from onnxruntime as MatMulNBits only: --target ort-cpu")
     if eight_bit and mode != "weight-only":
         raise OptionError("--bits8 chooses 8-bit blocks in --mode weight-only")
     if mode == "weight-only" and algo in ("gptq", "awq") and calibration is None:
@@ -279,8 +284,14 @@ def quantize(
         with clock("quantize"):
             from onnxq.passes.quantization import QuantizeWeightsInt4
 
+            form = WEIGHT_ONLY_FORMATS[profile.name]
+            if form == "qdq" and model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)) < 21:
+                # NOTE: blocked DequantizeLinear and 4-bit types arrive at opset 21
+                _run(model, Pipeline([PassRegistry.default().create("convert-opset", {"opset": "21"})]),
+                     [profile], report)
             _run(model, Pipeline([QuantizeWeightsInt4(algo=algo, block_size=block_size, include=tuple(include),
-                                                      exclude=tuple(exclude), eight_bit=tuple(eight_bit))]),
+                                                      exclude=tuple(exclude), eight_bit=tuple(eight_bit),
+                                                      format=form)]),
                  [profile, *([data] if data is not None else [])], report)
             if not report.stats.get("quantize-weights-int4.matmuls_int4"):
                 report.diagnostics.append(Diagnostic(

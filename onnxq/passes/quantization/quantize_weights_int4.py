@@ -37,7 +37,7 @@ from onnxq.framework.context import PassContext
 from onnxq.ir.constants import read_and_release
 from onnxq.ir.interop import replace_contents
 from onnxq.passes.quantization import _int4
-from onnxq.passes.quantization._common import Selection
+from onnxq.passes.quantization._common import PASS_METADATA_KEY, Selection
 
 ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
 #: Algorithms that need calibration samples (the ``CalibrationData`` resource).
@@ -47,6 +47,9 @@ GROUP = 8
 #: MatMulNBits compute type: int8 activations (see the module docstring).
 ACCURACY_LEVEL = 4
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+FORMATS = ("nbits", "qdq")
+#: Blocked DequantizeLinear (``block_size``) and 4-bit types arrive at opset 21.
+QDQ_OPSET = 21
 logger = logging.getLogger(__name__)
 
 
@@ -66,6 +69,9 @@ class QuantizeWeightsInt4(Pass):
             "help": "MatMulNBits compute type (0 unset, 1 fp32, 4 int8 activations)"})
         include: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "only matching MatMuls"})
         exclude: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "MatMuls kept float"})
+        format: str = dataclasses.field(default="nbits", metadata={
+            "help": "nbits (com.microsoft.MatMulNBits, onnxruntime) or qdq (blocked uint4 DequantizeLinear, "
+                    "opset 21, before the MatMul: TensorRT 10 and other QDQ consumers)"})
         eight_bit: tuple[str, ...] = dataclasses.field(default=(), metadata={
             "help": "MatMuls given 8-bit blocks (RTN) instead: names, op types, regexes, 'ends' (first and last), "
                     "or 'auto[:SHARE]' (the most sensitive on the calibration samples, up to SHARE of the weights, "
@@ -78,6 +84,13 @@ class QuantizeWeightsInt4(Pass):
         if o.block_size not in BLOCK_SIZES:
             raise OptionError(f"quantize-weights-int4: block_size {o.block_size}; choose one of "
                               f"{', '.join(map(str, BLOCK_SIZES))}")
+        if o.format not in FORMATS:
+            raise OptionError(f"quantize-weights-int4: format {o.format!r}; choose one of {', '.join(FORMATS)}")
+        if o.format == "qdq" and o.algo == "hqq":
+            raise OptionError("quantize-weights-int4: hqq comes from onnxruntime as MatMulNBits only (format nbits)")
+        if o.format == "qdq" and model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)) < QDQ_OPSET:
+            raise OptionError(f"quantize-weights-int4: format qdq writes blocked DequantizeLinear, which needs "
+                              f"opset {QDQ_OPSET} (run convert-opset first)")
         selection = Selection(tuple(o.include), tuple(o.exclude))
         gemms = _gemms_to_matmul(model, selection)
         # NOTE: an initializer that is also a graph input can be overridden at run time: not a constant
@@ -118,10 +131,14 @@ class QuantizeWeightsInt4(Pass):
         elif four:
             _onnxruntime_hqq(model, four, o)
         bits = [n.attributes.get_int("bits", 4) for n in model.graph if n.op_type == "MatMulNBits"]
+        bits += [4 if n.inputs[0].dtype in (ir.DataType.UINT4, ir.DataType.INT4) else 8 for n in model.graph
+                 if n.op_type == "DequantizeLinear" and n.metadata_props.get(PASS_METADATA_KEY) == self.name]
         stats = {"matmuls_int4": bits.count(4), "matmuls_int8": bits.count(8),
                  "matmuls_float": len(candidates) - len(bits), "gemms_as_matmul": gemms,
                  **awq, "block_size": o.block_size, "accuracy_level": level,
                  "eight_bit_chosen_by_sensitivity": sum(1 for n in eight if n in sensitivity)}
+        if o.format == "qdq":
+            stats.pop("accuracy_level")  # NOTE: a MatMulNBits attribute
         return PassResult(bool(bits), {k: v for k, v in stats.items() if v or k == "accuracy_level"})
 
 
@@ -255,7 +272,7 @@ def _rtn(model: ir.Model, names: list[str], bits: int, o: QuantizeWeightsInt4.Op
     for node in [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted]:
         weight = read_and_release(node.inputs[1].const_value).astype(np.float32, copy=False)  # type: ignore[arg-type]
         blocks = _int4.rtn(weight, o.block_size, o.symmetric, bits=bits)
-        _replace_with_nbits(model, node, blocks, weight.shape, o.accuracy_level)
+        _replace(model, node, blocks, weight.shape, o)
         del weight, blocks
     model.opset_imports.setdefault("com.microsoft", 1)
 
@@ -422,7 +439,7 @@ def _calibrated(model: ir.Model, nodes: list[ir.Node], data: CalibrationData,
             else:
                 blocks = [_int4.gptq(w, h, o.block_size, o.symmetric, act_order=o.act_order) for w in weights]
             for node, w, b in zip(consumers, weights, blocks, strict=True):
-                _replace_with_nbits(model, node, b, w.shape, o.accuracy_level)
+                _replace(model, node, b, w.shape, o)
                 done += 1
             del h
     if done:
@@ -455,6 +472,51 @@ def _scale_activation(model: ir.Model, consumers: list[ir.Node], factor: np.ndar
     for node in consumers:
         node.replace_input_with(0, mul.outputs[0])
     return False
+
+
+def _replace(model: ir.Model, node: ir.Node, blocks: _int4.Blocks, shape: tuple[int, ...],
+             o: QuantizeWeightsInt4.Options) -> None:
+    if o.format == "qdq":
+        _replace_with_dq(model, node, blocks, shape)
+    else:
+        _replace_with_nbits(model, node, blocks, shape, o.accuracy_level)
+
+
+def _replace_with_dq(model: ir.Model, node: ir.Node, blocks: _int4.Blocks, shape: tuple[int, ...]) -> None:
+    """The weight of ``node`` (MatMul) -> ``DequantizeLinear(codes, scales[, zero points], axis=0,
+    block_size)``: the same values as MatMulNBits, in standard ONNX (symmetric: int4 / int8 codes, no
+    zero point; asymmetric: uint4 / uint8 codes and zero points)."""
+    import ml_dtypes
+
+    from onnxq.passes.quantization._common import NameScope, make_initializer
+
+    k, n = int(shape[0]), int(shape[1])
+    names = NameScope(model)
+    base = str(node.inputs[1].name or node.name)  # type: ignore[union-attr]
+    inputs: list[ir.Value]
+    if blocks.symmetric:
+        # NOTE: symmetric blocks as signed codes without a zero point (TensorRT's weight-only INT4
+        # reads int4 with zero point 0 only): code - 2^(bits-1), the same values
+        signed = blocks.codes[:k].astype(np.int16) - (1 << (blocks.bits - 1))
+        code_type = ml_dtypes.int4 if blocks.bits == 4 else np.int8
+        inputs = [make_initializer(model.graph, names, f"{base}_q{blocks.bits}", signed.astype(code_type)),
+                  make_initializer(model.graph, names, f"{base}_scales", blocks.scales.astype(np.float32))]
+    else:
+        code_type = ml_dtypes.uint4 if blocks.bits == 4 else np.uint8
+        inputs = [make_initializer(model.graph, names, f"{base}_q{blocks.bits}", blocks.codes[:k].astype(code_type)),
+                  make_initializer(model.graph, names, f"{base}_scales", blocks.scales.astype(np.float32)),
+                  make_initializer(model.graph, names, f"{base}_zero_points", blocks.zero_points.astype(code_type))]
+    dq = ir.Node("", "DequantizeLinear", inputs, num_outputs=1,
+                 attributes=[ir.AttrInt64("axis", 0), ir.AttrInt64("block_size", blocks.block)],
+                 name=names.fresh(f"{base}_dequantize"), metadata_props={PASS_METADATA_KEY: QuantizeWeightsInt4.name})
+    dq.outputs[0].name = names.fresh(f"{base}_dequantized")
+    dq.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    dq.outputs[0].shape = ir.Shape([k, n])
+    model.graph.insert_before(node, dq)
+    weight = node.inputs[1]
+    node.replace_input_with(1, dq.outputs[0])
+    if weight is not None and not weight.uses() and weight.is_initializer() and not weight.is_graph_output():
+        model.graph.initializers.pop(str(weight.name))
 
 
 def _replace_with_nbits(model: ir.Model, node: ir.Node, blocks: _int4.Blocks, shape: tuple[int, ...],

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -86,12 +87,52 @@ def test_weight_only_cli_keeps_the_transformer_within_a_point(tmp_path: Path) ->
     assert quant >= base - 0.01, (base, quant)
 
 
-def test_weight_only_is_refused_off_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_weight_only_is_refused_where_neither_form_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     zoo.ensure_built(["transformer_digits"])
     code = main(["quantize", str(zoo.model_path("transformer_digits")), "-o", str(tmp_path / "q.onnx"),
-                 "--mode", "weight-only", "--target", "tensorrt"])
+                 "--mode", "weight-only", "--target", "qnn"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "MatMulNBits" in err[0], err
+    assert code == 2 and len(err) == 1 and "MatMulNBits" in err[0] and "qnn" in err[0], err
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_qdq_form_gives_the_values_of_matmulnbits_in_standard_onnx(symmetric: bool) -> None:
+    """``format="qdq"``: blocked DequantizeLinear (opset 21) before each MatMul, int4 codes without a
+    zero point when symmetric (TensorRT's weight-only INT4), uint4 with zero points otherwise; the
+    outputs equal MatMulNBits' exactly (same codes, same scales), 8-bit ends included."""
+    text = CHAIN.replace('"" : 17', '"" : 21')
+    rng = np.random.default_rng(7)
+    weights = {f"w{i}": (rng.standard_normal((K, K)) / 8).astype(np.float32) for i in (1, 2, 3)}
+    x = rng.standard_normal((3, K)).astype(np.float32)
+    outs = {}
+    for form in ("nbits", "qdq"):
+        model = build(text, **weights)
+        result = apply(model, Pipeline([QuantizeWeightsInt4(block_size=BLOCK, format=form, symmetric=symmetric,
+                                                            eight_bit=("ends",), accuracy_level=1)]),
+                       PassContext.with_resources([]))
+        onnx.checker.check_model(ir.to_proto(model), full_check=True)
+        outs[form] = session(model).run(None, {"x": x})[0]
+    assert result.stats["quantize-weights-int4.matmuls_int4"] == 1 and result.stats["quantize-weights-int4.matmuls_int8"] == 2
+    dqs = [n for n in model.graph if n.op_type == "DequantizeLinear"]
+    assert [n.inputs[0].dtype for n in dqs] == (
+        [ir.DataType.INT8, ir.DataType.INT4, ir.DataType.INT8] if symmetric else
+        [ir.DataType.UINT8, ir.DataType.UINT4, ir.DataType.UINT8])
+    assert all(len(n.inputs) == (2 if symmetric else 3) and n.attributes.get_int("block_size") == BLOCK for n in dqs)
+    np.testing.assert_array_equal(outs["qdq"], outs["nbits"])
+    with pytest.raises(onnxq.errors.OptionError, match="opset 21"):
+        apply(build(CHAIN, **weights), Pipeline([QuantizeWeightsInt4(format="qdq")]), PassContext.with_resources([]))
+
+
+def test_weight_only_for_tensorrt_writes_the_qdq_form(tmp_path: Path) -> None:
+    zoo.ensure_built(["transformer_digits"])
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(zoo.model_path("transformer_digits")), "-o", str(out), "--mode", "weight-only",
+                 "--target", "tensorrt", "-q"]) == 0
+    proto = onnx.load(out)
+    onnx.checker.check_model(proto, full_check=True)
+    assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 21
+    assert not any(n.op_type == "MatMulNBits" for n in proto.graph.node)
+    assert any(t.data_type == onnx.TensorProto.INT4 for t in proto.graph.initializer)
 
 
 # --- calibrated algorithms (GPTQ, AWQ): own numpy code, checked against textbook references ---
