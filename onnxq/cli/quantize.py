@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="--mode weight-only: matching MatMuls get 8-bit blocks instead of 4 ('ends': the first "
                         "and the last, e.g. an LM head; 'auto': the most sensitive on the --calib samples, up to "
                         "SHARE of the weights, default 0.1; repeatable)")
+    p.add_argument("--int4-embeddings", action="store_true",
+                   help="--mode weight-only: Gather tables (embeddings) to 4-bit blocks along the hidden axis too "
+                        "(GatherBlockQuantized; a table the LM head shares stays)")
     p.add_argument("--calib", type=Path, metavar="PATH",
                    help="calibration samples: a folder of .npz (one feed each) or one .npz with a "
                         "leading sample axis")
@@ -175,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         algo=getattr(args, "algo", "rtn"),
         block_size=getattr(args, "block_size", 32),
         eight_bit=tuple(getattr(args, "bits8", ()) or ()),
+        embeddings=bool(getattr(args, "int4_embeddings", False)),
         save_ranges=str(args.save_ranges) if args.save_ranges else None,
         optimize=args.optimize,
         self_check=args.self_check,

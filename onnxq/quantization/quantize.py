@@ -127,6 +127,7 @@ def quantize(
     algo: str = "rtn",
     block_size: int = 32,
     eight_bit: Sequence[str] = (),
+    embeddings: bool = False,
 ) -> tuple[ir.Model, QuantizeReport]:
     """Quantizes ``model`` in place to INT8 for ``target`` and returns it with a report.
 
@@ -159,7 +160,8 @@ def quantize(
             ``smooth-quant``, ``correct-bias`` (:mod:`onnxq.passes.recovery`).
         algo / block_size: ``weight-only`` mode: 4-bit MatMul weights by ``rtn``, ``hqq``, ``gptq`` or
             ``awq`` (the last two calibrated: ``calibration`` is required) in blocks of ``block_size`` along K;
-            ``eight_bit``: MatMuls (patterns, or ``ends``: the first and the last) given 8-bit blocks (``quantize-weights-int4``, MatMulNBits; ort-cpu only).
+            ``eight_bit``: MatMuls (patterns, ``ends``: the first and the last, or ``auto[:SHARE]``) given 8-bit
+            blocks; ``embeddings``: Gather tables to 4-bit blocks too (``quantize-weights-int4``).
         wide: Node names, op types or regular expressions whose QDQ node units get 16-bit
             activations (A16W8) in an 8-bit graph, with converts at the borders
             (``widen-activations``); only for targets that have a 16-bit profile (qnn).
@@ -176,6 +178,8 @@ def quantize(
                           f"4-bit DequantizeLinear (--target tensorrt); {profile.name} runs neither")
     if mode == "weight-only" and algo == "hqq" and WEIGHT_ONLY_FORMATS[profile.name] != "nbits":
         raise OptionError("--algo hqq comes from onnxruntime as MatMulNBits only: --target ort-cpu")
+    if embeddings and mode != "weight-only":
+        raise OptionError("--int4-embeddings belongs to --mode weight-only")
     if eight_bit and mode != "weight-only":
         raise OptionError("--bits8 chooses 8-bit blocks in --mode weight-only")
     if mode == "weight-only" and algo in ("gptq", "awq") and calibration is None:
@@ -291,9 +295,10 @@ def quantize(
                      [profile], report)
             _run(model, Pipeline([QuantizeWeightsInt4(algo=algo, block_size=block_size, include=tuple(include),
                                                       exclude=tuple(exclude), eight_bit=tuple(eight_bit),
-                                                      format=form)]),
+                                                      format=form, embeddings=embeddings)]),
                  [profile, *([data] if data is not None else [])], report)
-            if not report.stats.get("quantize-weights-int4.matmuls_int4"):
+            if not (report.stats.get("quantize-weights-int4.matmuls_int4")
+                    or report.stats.get("quantize-weights-int4.gathers_int4")):
                 report.diagnostics.append(Diagnostic(
                     "weight-only mode quantized nothing: it covers MatMul with a constant 2-D weight "
                     "(transformers, LLMs)", Severity.WARNING))

@@ -37,7 +37,7 @@ from onnxq.framework.context import PassContext
 from onnxq.ir.constants import read_and_release
 from onnxq.ir.interop import replace_contents
 from onnxq.passes.quantization import _int4
-from onnxq.passes.quantization._common import PASS_METADATA_KEY, Selection
+from onnxq.passes.quantization._common import PASS_METADATA_KEY, NameScope, Selection
 
 ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
 #: Algorithms that need calibration samples (the ``CalibrationData`` resource).
@@ -69,6 +69,9 @@ class QuantizeWeightsInt4(Pass):
             "help": "MatMulNBits compute type (0 unset, 1 fp32, 4 int8 activations)"})
         include: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "only matching MatMuls"})
         exclude: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "MatMuls kept float"})
+        embeddings: bool = dataclasses.field(default=False, metadata={
+            "help": "also Gather on a constant 2-D table (embeddings), 4-bit blocks along the hidden axis: "
+                    "com.microsoft.GatherBlockQuantized (nbits) or a blocked DequantizeLinear before it (qdq)"})
         format: str = dataclasses.field(default="nbits", metadata={
             "help": "nbits (com.microsoft.MatMulNBits, onnxruntime) or qdq (blocked uint4 DequantizeLinear, "
                     "opset 21, before the MatMul: TensorRT 10 and other QDQ consumers)"})
@@ -101,7 +104,7 @@ class QuantizeWeightsInt4(Pass):
             if not node.name:
                 node.name = f"MatMul_int4_{index}"  # NOTE: onnxruntime's quantizer includes nodes by name
         chosen = [n.name for n in candidates if selection.selects(n)]
-        if not chosen:
+        if not chosen and not o.embeddings:
             return PassResult(False, {})
         level = o.accuracy_level
         eight = _eight_bit(candidates, chosen, o.eight_bit)
@@ -130,16 +133,19 @@ class QuantizeWeightsInt4(Pass):
             awq = _calibrated(model, [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted], data, o)
         elif four:
             _onnxruntime_hqq(model, four, o)
+        gathers = _embeddings(model, selection, o) if o.embeddings else 0
         bits = [n.attributes.get_int("bits", 4) for n in model.graph if n.op_type == "MatMulNBits"]
         bits += [4 if n.inputs[0].dtype in (ir.DataType.UINT4, ir.DataType.INT4) else 8 for n in model.graph
-                 if n.op_type == "DequantizeLinear" and n.metadata_props.get(PASS_METADATA_KEY) == self.name]
+                 if n.op_type == "DequantizeLinear" and n.metadata_props.get(PASS_METADATA_KEY) == self.name
+                 and any(u.node.op_type == "MatMul" for u in n.outputs[0].uses())]
         stats = {"matmuls_int4": bits.count(4), "matmuls_int8": bits.count(8),
                  "matmuls_float": len(candidates) - len(bits), "gemms_as_matmul": gemms,
                  **awq, "block_size": o.block_size, "accuracy_level": level,
-                 "eight_bit_chosen_by_sensitivity": sum(1 for n in eight if n in sensitivity)}
+                 "eight_bit_chosen_by_sensitivity": sum(1 for n in eight if n in sensitivity),
+                 "gathers_int4": gathers}
         if o.format == "qdq":
             stats.pop("accuracy_level")  # NOTE: a MatMulNBits attribute
-        return PassResult(bool(bits), {k: v for k, v in stats.items() if v or k == "accuracy_level"})
+        return PassResult(bool(bits) or gathers > 0, {k: v for k, v in stats.items() if v or k == "accuracy_level"})
 
 
 #: ``eight_bit`` pattern that names the first and the last quantizable MatMul (first projection, LM head).
@@ -474,6 +480,62 @@ def _scale_activation(model: ir.Model, consumers: list[ir.Node], factor: np.ndar
     return False
 
 
+def _embeddings(model: ir.Model, selection: Selection, o: QuantizeWeightsInt4.Options) -> int:
+    """Gather on a constant 2-D table (axis 0: rows are tokens) -> 4-bit blocks along the hidden axis
+    (1), as onnxruntime's quantizer writes them: ``com.microsoft.GatherBlockQuantized`` (int4 codes and
+    no zero point when symmetric, uint4 and zero points otherwise), or, in the qdq form, a blocked
+    ``DequantizeLinear`` on axis 1 before the Gather. One table at a time, read and released."""
+    import ml_dtypes
+
+    from onnxq.passes.quantization._common import NameScope, make_initializer
+
+    count = 0
+    names = NameScope(model)
+    for node in [n for n in model.graph if n.op_type == "Gather" and n.domain in ("", "ai.onnx")]:
+        table = node.inputs[0]
+        axis = node.attributes.get_int("axis", 0)
+        if (table is None or table.const_value is None or table.is_graph_input() or axis != 0
+                or len(table.const_value.shape) != 2 or not selection.selects(node)
+                or table.const_value.dtype != ir.DataType.FLOAT or len(table.uses()) != 1):
+            continue
+        data = read_and_release(table.const_value).astype(np.float32, copy=False)
+        v, h = data.shape
+        blocks = _int4.rtn(data.T, o.block_size, o.symmetric)  # NOTE: blocks along the hidden axis
+        codes, scales = blocks.codes[:h].T, np.ascontiguousarray(blocks.scales.T)
+        base = str(table.name)
+        if o.symmetric:
+            inputs = [make_initializer(model.graph, names, f"{base}_q4",
+                                       (codes.astype(np.int16) - 8).astype(ml_dtypes.int4)),
+                      make_initializer(model.graph, names, f"{base}_scales", scales.astype(np.float32))]
+        else:
+            inputs = [make_initializer(model.graph, names, f"{base}_q4", codes.astype(ml_dtypes.uint4)),
+                      make_initializer(model.graph, names, f"{base}_scales", scales.astype(np.float32)),
+                      make_initializer(model.graph, names, f"{base}_zero_points",
+                                       np.ascontiguousarray(blocks.zero_points.T).astype(ml_dtypes.uint4))]
+        meta = {PASS_METADATA_KEY: QuantizeWeightsInt4.name}
+        if o.format == "qdq":
+            dq = ir.Node("", "DequantizeLinear", inputs, num_outputs=1, metadata_props=meta,
+                         attributes=[ir.AttrInt64("axis", 1), ir.AttrInt64("block_size", o.block_size)],
+                         name=names.fresh(f"{base}_dequantize"))
+            dq.outputs[0].name = names.fresh(f"{base}_dequantized")
+            dq.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+            dq.outputs[0].shape = ir.Shape([v, h])
+            model.graph.insert_before(node, dq)
+            node.replace_input_with(0, dq.outputs[0])
+        else:
+            new = ir.Node("com.microsoft", "GatherBlockQuantized", [inputs[0], node.inputs[1], *inputs[1:]],
+                          attributes=[ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 1),
+                                      ir.AttrInt64("block_size", o.block_size)],
+                          num_outputs=1, name=node.name, metadata_props=meta)
+            _take_over(model, node, new, names, "q4")
+            model.opset_imports.setdefault("com.microsoft", 1)
+        if not table.uses() and table.is_initializer() and not table.is_graph_output():
+            model.graph.initializers.pop(str(table.name))
+        count += 1
+        del data
+    return count
+
+
 def _replace(model: ir.Model, node: ir.Node, blocks: _int4.Blocks, shape: tuple[int, ...],
              o: QuantizeWeightsInt4.Options) -> None:
     if o.format == "qdq":
@@ -534,18 +596,23 @@ def _replace_with_nbits(model: ir.Model, node: ir.Node, blocks: _int4.Blocks, sh
         inputs.append(make_initializer(model.graph, names, f"{base}_zero_points", zeros))
     attrs = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", blocks.bits),
              ir.AttrInt64("block_size", blocks.block), ir.AttrInt64("accuracy_level", level)]
-    out = node.outputs[0]
     new = ir.Node("com.microsoft", "MatMulNBits", inputs, attributes=attrs, num_outputs=1,
                   name=node.name, metadata_props={PASS_METADATA_KEY: QuantizeWeightsInt4.name})
-    model.graph.insert_before(node, new)
-    new.outputs[0].name = names.fresh(f"{out.name}_nbits")
-    new.outputs[0].type, new.outputs[0].shape = out.type, out.shape
     weight = node.inputs[1]
+    _take_over(model, node, new, names, "nbits")
+    if weight is not None and not weight.uses() and weight.is_initializer() and not weight.is_graph_output():
+        model.graph.initializers.pop(str(weight.name))
+
+
+def _take_over(model: ir.Model, node: ir.Node, new: ir.Node, names: NameScope, suffix: str) -> None:
+    """``new`` (inserted before ``node``) takes over its output: readers, graph output name; ``node`` goes."""
+    out = node.outputs[0]
+    model.graph.insert_before(node, new)
+    new.outputs[0].name = names.fresh(f"{out.name}_{suffix}")
+    new.outputs[0].type, new.outputs[0].shape = out.type, out.shape
     if out.is_graph_output():
         original = out.name
         out.name = names.fresh(f"{original}_float")
         new.outputs[0].name = original
     out.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
     model.graph.remove(node, safe=True)
-    if weight is not None and not weight.uses() and weight.is_initializer() and not weight.is_graph_output():
-        model.graph.initializers.pop(str(weight.name))

@@ -467,3 +467,37 @@ g (float[M, {K}] x, float[{K}, {K}] w3) => (float[M, {K}] y) {{
     assert result.stats["quantize-weights-int4.matmuls_int8"] == 1
     assert result.stats["quantize-weights-int4.matmuls_int4"] == 1
     assert [n.op_type for n in model.graph][-1] == "MatMul"  # w3 stays: an input can override it
+
+
+@pytest.mark.parametrize("form", ["nbits", "qdq"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_embeddings_to_4_bit_blocks_along_the_hidden_axis(form: str, symmetric: bool) -> None:
+    """``embeddings=True``: a Gather on a constant table becomes GatherBlockQuantized (nbits) or reads a
+    blocked DequantizeLinear on axis 1 (qdq); the rows it returns are the table's rows rounded per
+    block of the hidden axis (the layout checked against RTN's own blocks); a table read twice (an LM head tied
+    to it) stays as it is."""
+    v, h = 50, 2 * BLOCK
+    text = f"""<ir_version: 10, opset_import: ["" : 21]>
+g (int64[N] ids) => (float[N, {h}] y, float[N, {h}] e, float[N, {h}] f) {{
+  y = Gather(table, ids)
+  e = Gather(tied, ids)
+  f = Gather(tied, ids)
+}}"""
+    rng = np.random.default_rng(8)
+    table = rng.standard_normal((v, h)).astype(np.float32)
+    model = build(text, table=table, tied=rng.standard_normal((v, h)).astype(np.float32))
+    result = apply(model, Pipeline([QuantizeWeightsInt4(block_size=BLOCK, format=form, symmetric=symmetric,
+                                                        embeddings=True)]), PassContext.with_resources([]))
+    assert result.stats["quantize-weights-int4.gathers_int4"] == 1
+    ids = np.array([0, 3, 49, 7], np.int64)
+    y = session(model).run(["y"], {"ids": ids})[0]
+    # reference: each row in blocks of BLOCK along the hidden axis, rounded as RTN rounds a MatMul
+    # weight's blocks along K (tested byte for byte against onnxruntime above)
+    from onnxq.passes.quantization import _int4
+
+    rounded = _int4.rtn(table.T, BLOCK, symmetric).dequantize(h).T
+    np.testing.assert_allclose(y, rounded[ids], rtol=1e-6, atol=1e-7)
+    assert np.abs(y - table[ids]).max() > 0  # rounded, not the float table
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("Gather") == (2 if form == "nbits" else 3)
+    assert ("GatherBlockQuantized" in ops) == (form == "nbits")
