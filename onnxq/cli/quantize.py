@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--bits", type=int, choices=(4,), default=4,
                    help="--mode weight-only: bits per weight (4)")
     p.add_argument("--algo", choices=("rtn", "hqq", "gptq", "awq"), default="rtn",
-                   help="--mode weight-only: rtn (round to nearest), hqq (half-quadratic; needs torch), "
+                   help="--mode weight-only: rtn (round to nearest), hqq (half-quadratic, float zero points: a slower kernel), "
                         "gptq or awq (both calibrated: need --calib)")
     p.add_argument("--block-size", type=int, choices=(16, 32, 64, 128, 256), default=32,
                    help="--mode weight-only: weights per block along K (default 32)")

@@ -177,7 +177,7 @@ def quantize(
         raise OptionError(f"--mode weight-only writes com.microsoft.MatMulNBits (--target ort-cpu) or blocked "
                           f"4-bit DequantizeLinear (--target tensorrt); {profile.name} runs neither")
     if mode == "weight-only" and algo == "hqq" and WEIGHT_ONLY_FORMATS[profile.name] != "nbits":
-        raise OptionError("--algo hqq comes from onnxruntime as MatMulNBits only: --target ort-cpu")
+        raise OptionError("--algo hqq writes float zero points, which only MatMulNBits takes: --target ort-cpu")
     if embeddings and mode != "weight-only":
         raise OptionError("--int4-embeddings belongs to --mode weight-only")
     if eight_bit and mode != "weight-only":

@@ -109,6 +109,44 @@ def rtn(w: np.ndarray, block: int, symmetric: bool = True, ratios: np.ndarray | 
     return Blocks(codes, scales, zeros, block, symmetric, bits)
 
 
+#: HQQ's defaults (Badri & Shaji 2023; onnxruntime's ``HQQWeightOnlyQuantizer`` and the hqq library).
+HQQ_LP, HQQ_BETA, HQQ_KAPPA, HQQ_ITERS = 0.7, 10.0, 1.01, 20
+
+
+def hqq(w: np.ndarray, block: int, bits: int = BITS, *, lp: float = HQQ_LP, beta: float = HQQ_BETA,
+        kappa: float = HQQ_KAPPA, iters: int = HQQ_ITERS) -> Blocks:
+    """Half-quadratic quantization (Badri & Shaji, "Half-Quadratic Quantization of Large Machine
+    Learning Models", 2023), calibration-free: asymmetric min-max blocks whose zero point is then
+    optimized against a sparsity-promoting l_p (p < 1) error, by alternating a generalized
+    soft-threshold of the error with the zero point's closed-form update, as onnxruntime's
+    ``HQQWeightOnlyQuantizer.optimize_weights`` does (same parameters and stop rule: the first
+    iteration whose mean absolute error does not improve). The zero points stay float (MatMulNBits
+    takes them as floats, its slower kernel); numpy, one weight at a time (onnxruntime's needs torch
+    and the whole model)."""
+    w = pad_rows(np.asarray(w, np.float32), block)
+    parts = w.reshape(-1, block, w.shape[1])
+    levels = 2**bits - 1
+    lo, hi = parts.min(axis=1, keepdims=True), parts.max(axis=1, keepdims=True)
+    span = np.where(hi - lo == 0, levels, hi - lo)
+    inverse = np.minimum(levels / span, 2e4).astype(np.float32)  # NOTE: 1 / scale, as hqq keeps it
+    zero = np.round(-lo * inverse).astype(np.float32)
+    best = np.inf
+    for _ in range(iters):
+        q = np.clip(np.round(parts * inverse + zero), 0, levels)
+        r = (q - zero) / inverse
+        d = parts - r
+        e = np.sign(d) * np.maximum(np.abs(d) - (1.0 / beta) * np.power(np.abs(d) + 1e-8, lp - 1), 0)
+        zero = np.mean(q - (parts - e) * inverse, axis=1, keepdims=True).astype(np.float32)
+        beta *= kappa
+        error = float(np.abs(d).mean())
+        if error < best:
+            best = error
+        else:
+            break
+    codes = np.clip(np.round(parts * inverse + zero), 0, levels).astype(np.uint8).reshape(w.shape)
+    return Blocks(codes, (1.0 / inverse[:, 0, :]).astype(np.float32), zero[:, 0, :], block, False, bits)
+
+
 def dampened_inverse_factor(h: np.ndarray, damp: float = DAMP) -> tuple[np.ndarray, np.ndarray]:
     """Upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1``, and the dead-input mask."""
     h = np.array(h, np.float64)
@@ -242,6 +280,9 @@ def pack(blocks: Blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     scales = np.ascontiguousarray(blocks.scales.T).reshape(-1).astype(np.float32)
     if blocks.symmetric:
         return b, scales, None
+    if blocks.zero_points.dtype.kind == "f":
+        # NOTE: HQQ's float zero points: MatMulNBits takes them unpacked, in the scales' type
+        return b, scales, np.ascontiguousarray(blocks.zero_points.T).reshape(-1).astype(np.float32)
     zeros = blocks.zero_points.T  # [N, blocks]
     if count % 2:
         zeros = np.concatenate([zeros, np.zeros((n, 1), np.uint8)], axis=1)

@@ -6,8 +6,9 @@ block, and onnxruntime's ``MatMulNBits`` kernel dequantizes on the fly. ``rtn`` 
 to nearest) is ours in numpy, code for code onnxruntime's ``MatMulNBitsQuantizer`` (tested), because
 that one serializes the whole model first while ours reads, rounds and releases one weight at a
 time (a model above 2 GB in external data stays within a weight plus the packed ones); it also
-gives ``eight_bit`` layers 8-bit blocks. ``hqq`` is onnxruntime's half-quadratic optimizer (Badri &
-Shaji 2023; needs torch, holds the model), calibration-free. ``gptq`` and ``awq`` are calibration
+gives ``eight_bit`` layers 8-bit blocks. ``hqq`` (half-quadratic, Badri & Shaji 2023, calibration-free) is
+ours too, in numpy and one weight at a time, matching onnxruntime's torch implementation (which holds
+the model; kept here, ``_onnxruntime_hqq``, as the tests' reference). ``gptq`` and ``awq`` are calibration
 driven and ours (:mod:`onnxq.passes.quantization._int4` says why and which papers):
 each weight's input is streamed through onnxruntime once, accumulating ``X^T X`` and ``mean|x|``
 per input channel (memory does not grow with the samples), from the float model (not from the
@@ -90,7 +91,8 @@ class QuantizeWeightsInt4(Pass):
         if o.format not in FORMATS:
             raise OptionError(f"quantize-weights-int4: format {o.format!r}; choose one of {', '.join(FORMATS)}")
         if o.format == "qdq" and o.algo == "hqq":
-            raise OptionError("quantize-weights-int4: hqq comes from onnxruntime as MatMulNBits only (format nbits)")
+            raise OptionError("quantize-weights-int4: hqq's zero points are floats, which DequantizeLinear cannot "
+                              "hold: format nbits only")
         if o.format == "qdq" and model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)) < QDQ_OPSET:
             raise OptionError(f"quantize-weights-int4: format qdq writes blocked DequantizeLinear, which needs "
                               f"opset {QDQ_OPSET} (run convert-opset first)")
@@ -132,7 +134,7 @@ class QuantizeWeightsInt4(Pass):
             wanted = set(four)
             awq = _calibrated(model, [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted], data, o)
         elif four:
-            _onnxruntime_hqq(model, four, o)
+            _hqq(model, four, o)
         gathers = _embeddings(model, selection, o) if o.embeddings else 0
         bits = [n.attributes.get_int("bits", 4) for n in model.graph if n.op_type == "MatMulNBits"]
         bits += [4 if n.inputs[0].dtype in (ir.DataType.UINT4, ir.DataType.INT4) else 8 for n in model.graph
@@ -278,6 +280,17 @@ def _rtn(model: ir.Model, names: list[str], bits: int, o: QuantizeWeightsInt4.Op
     for node in [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted]:
         weight = read_and_release(node.inputs[1].const_value).astype(np.float32, copy=False)  # type: ignore[arg-type]
         blocks = _int4.rtn(weight, o.block_size, o.symmetric, bits=bits)
+        _replace(model, node, blocks, weight.shape, o)
+        del weight, blocks
+    model.opset_imports.setdefault("com.microsoft", 1)
+
+
+def _hqq(model: ir.Model, names: list[str], o: QuantizeWeightsInt4.Options) -> None:
+    """HQQ (:func:`_int4.hqq`) on the MatMuls named ``names``, one weight at a time like RTN."""
+    wanted = set(names)
+    for node in [n for n in model.graph if n.op_type == "MatMul" and n.name in wanted]:
+        weight = read_and_release(node.inputs[1].const_value).astype(np.float32, copy=False)  # type: ignore[arg-type]
+        blocks = _int4.hqq(weight, o.block_size)
         _replace(model, node, blocks, weight.shape, o)
         del weight, blocks
     model.opset_imports.setdefault("com.microsoft", 1)
