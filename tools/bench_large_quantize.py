@@ -9,6 +9,7 @@ external data), then measures, each in its own subprocess, wall time and peak RS
 * ``onnxq quantize big.onnx -o q.onnx --mode dynamic --external-data yes --no-self-check``
 * ``onnxq quantize big.onnx -o q.onnx --mode weight-only --external-data yes --no-self-check``
   (4-bit round to nearest, block 32)
+* ``onnxq quantize big.onnx --mode weight-only --algo hqq`` (half-quadratic, one weight at a time)
 * ``onnxq run big.onnx -p convert-float16`` / ``-p convert-bfloat16`` (weights converted lazily,
   one at a time while the output is written)
 * the peer: onnxruntime's ``convert_float_to_float16`` on the same model (whole proto)
@@ -97,6 +98,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             ("onnxq quantize --mode weight-only --no-self-check", "int4.onnx",
              ["quantize", str(big), "-o", "{out}", "--mode", "weight-only", "--external-data", "yes",
               "--no-self-check", "-q"]),
+            ("onnxq quantize --mode weight-only --algo hqq --no-self-check", "hqq.onnx",
+             ["quantize", str(big), "-o", "{out}", "--mode", "weight-only", "--algo", "hqq", "--external-data",
+              "yes", "--no-self-check", "-q"]),
             ("onnxq run -p convert-float16", "fp16.onnx",
              ["run", str(big), "-p", "convert-float16", "-o", "{out}", "--external-data", "yes", "-q"]),
             ("onnxq run -p convert-bfloat16", "bf16.onnx",
