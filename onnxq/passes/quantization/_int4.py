@@ -111,6 +111,8 @@ def rtn(w: np.ndarray, block: int, symmetric: bool = True, ratios: np.ndarray | 
 
 #: HQQ's defaults (Badri & Shaji 2023; onnxruntime's ``HQQWeightOnlyQuantizer`` and the hqq library).
 HQQ_LP, HQQ_BETA, HQQ_KAPPA, HQQ_ITERS = 0.7, 10.0, 1.01, 20
+#: Weights HQQ iterates on at once (columns are independent; its temporaries are a few times this).
+HQQ_CHUNK = 1 << 21
 
 
 def hqq(w: np.ndarray, block: int, bits: int = BITS, *, lp: float = HQQ_LP, beta: float = HQQ_BETA,
@@ -124,6 +126,14 @@ def hqq(w: np.ndarray, block: int, bits: int = BITS, *, lp: float = HQQ_LP, beta
     takes them as floats, its slower kernel); numpy, one weight at a time (onnxruntime's needs torch
     and the whole model)."""
     w = pad_rows(np.asarray(w, np.float32), block)
+    columns = max(1, HQQ_CHUNK // len(w))
+    if w.shape[1] > columns:
+        # NOTE: columns are independent: a slice at a time bounds the iteration's temporaries
+        # (a 4096 x 4096 weight whole took 1.25 GB of peak RSS in bench_large_quantize)
+        done = [hqq(w[:, i:i + columns], block, bits, lp=lp, beta=beta, kappa=kappa, iters=iters)
+                for i in range(0, w.shape[1], columns)]
+        return Blocks(np.concatenate([b.codes for b in done], axis=1), np.concatenate([b.scales for b in done], axis=1),
+                      np.concatenate([b.zero_points for b in done], axis=1), block, False, bits)
     parts = w.reshape(-1, block, w.shape[1])
     levels = 2**bits - 1
     lo, hi = parts.min(axis=1, keepdims=True), parts.max(axis=1, keepdims=True)
