@@ -99,7 +99,7 @@ class LegalizeQDQ(Pass):
         q.replace_input_with(2, new)
         for reader in readers:
             reader.replace_input_with(2, new)
-        out.dtype = ir.DataType.UINT8
+        out.type = ir.TensorType(ir.DataType.UINT8)  # NOTE: a type of its own (a clone shares the original's)
         return 1
 
     @staticmethod

@@ -166,7 +166,7 @@ class _State:
         old_scale, old_zero = q.inputs[1], q.inputs[2]
         q.replace_input_with(1, params[0])
         q.replace_input_with(2, params[1])
-        q.outputs[0].dtype = ir.DataType.UINT16
+        q.outputs[0].type = ir.TensorType(ir.DataType.UINT16)  # NOTE: not the type object a clone shares
         for use in list(q.outputs[0].uses()):
             dq = use.node
             if not _is(dq, "DequantizeLinear"):
