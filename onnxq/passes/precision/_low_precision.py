@@ -332,3 +332,14 @@ def _constant_array(node: ir.Node) -> np.ndarray | None:
     if "value_floats" in node.attributes:
         return np.array(list(node.attributes["value_floats"].as_floats()), np.float32)
     return None
+
+
+def prepare(model: ir.Model, ctx: object, block: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """Infers the value types the schemas decide by (when some are missing) and splits ``block`` into
+    node names and op types: what both precision passes do before :func:`convert`."""
+    if any(o.dtype is None for n in model.graph for o in n.outputs if o.name):
+        from onnxq.passes.cleanup.infer_shapes import InferShapes
+
+        InferShapes().run(model, ctx)  # type: ignore[arg-type]
+    names = {n.name for n in model.graph if n.name}
+    return {b for b in block if b in names}, {b for b in block if b not in names}

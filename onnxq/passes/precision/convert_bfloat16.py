@@ -30,7 +30,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.precision._low_precision import convert
+from onnxq.passes.precision._low_precision import convert, prepare
 
 NORMS = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization", "ReduceMean",
          "ReduceSum", "ReduceSumSquare", "ReduceL2", "Softmax", "LogSoftmax")
@@ -53,14 +53,9 @@ class ConvertBFloat16(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         if any(v.dtype == ir.DataType.BFLOAT16 for v in model.graph.initializers.values()):
             return PassResult(False, {}, (Diagnostic("the model already holds bfloat16 weights; left unchanged"),))
-        if any(o.dtype is None for n in model.graph for o in n.outputs if o.name):
-            # NOTE: the schemas decide by the types the values carry: missing ones are inferred first
-            from onnxq.passes.cleanup.infer_shapes import InferShapes
-
-            InferShapes().run(model, ctx)
-        names = {n.name for n in model.graph if n.name}
-        block_nodes = {b for b in self.options.block if b in names}
-        block_ops = {b for b in self.options.block if b not in names} | (set(NORMS) if self.options.keep_norms else set())
+        block_nodes, block_ops = prepare(model, ctx, self.options.block)
+        if self.options.keep_norms:
+            block_ops |= set(NORMS)
         done = convert(model, ir.DataType.BFLOAT16, keep_io_types=self.options.keep_io_types,
                        block_ops=block_ops, block_nodes=block_nodes)
         diagnostics = tuple(Diagnostic(why, node=node) for node, why in done.why_float.items())

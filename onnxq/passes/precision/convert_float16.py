@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.precision._low_precision import convert
+from onnxq.passes.precision._low_precision import convert, prepare
 
 FP16_MAX = 65504.0
 
@@ -79,9 +79,7 @@ class ConvertFloat16(Pass):
                     name += "_"
                 node.name = name
                 taken.add(name)
-        node_names = taken
-        blocked_nodes = [b for b in self.options.block if b in node_names]
-        blocked_ops = [b for b in self.options.block if b not in node_names]
+        blocked_nodes, blocked_ops = prepare(model, ctx, self.options.block)
         overflow = _overflowing(model, ctx, self.options.max_abs)
         # NOTE: the tensor itself must stay float32: its readers join the island (the converter casts a
         # blocked node's output to fp16 for fp16 readers, which would overflow right there)
@@ -90,11 +88,6 @@ class ConvertFloat16(Pass):
         diagnostics = [Diagnostic(f"{tensor} reaches |{peak:.3g}| on the calibration samples "
                                   f"(fp16 overflows at {FP16_MAX:g})", node=name)
                        for name, (tensor, peak) in sorted(overflow.items())]
-        if any(o.dtype is None for n in model.graph for o in n.outputs if o.name):
-            # NOTE: the schemas decide by the types the values carry: missing ones are inferred first
-            from onnxq.passes.cleanup.infer_shapes import InferShapes
-
-            InferShapes().run(model, ctx)
         done = convert(model, ir.DataType.FLOAT16, keep_io_types=self.options.keep_io_types,
                        block_ops={*DEFAULT_OP_BLOCK_LIST, *blocked_ops},
                        block_nodes={*blocked_nodes, *overflow, *readers})
