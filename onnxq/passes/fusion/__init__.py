@@ -29,6 +29,7 @@ from onnxq.passes.fusion.fuse_rms_norm import FuseRmsNorm
 from onnxq.passes.fusion.lift_constants import LiftConstants
 from onnxq.passes.fusion.lift_opset_for_fusions import LiftOpsetForFusions
 from onnxq.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
+from onnxq.passes.fusion.polyphase_conv import PolyphaseConv
 
 PASSES: tuple[type[Pass], ...] = (
     EliminateNoOps,
@@ -46,6 +47,7 @@ PASSES: tuple[type[Pass], ...] = (
     CollapseReshapes,
     FoldTransposeIntoGemm,
     MatMulAddToGemm,
+    PolyphaseConv,
     LiftConstants,
 )
 DEFAULT_TARGET = "ort-cpu"
@@ -93,7 +95,7 @@ def optimize_pipeline(target: str = DEFAULT_TARGET) -> Pipeline:
 OPTIMIZE = Preset(
     name="optimize",
     summary="cleanup + all fusions (BatchNorm, Pad, bias, Mul, activations, LayerNorm, RMSNorm, GELU, reshapes, "
-    "transposes, Gemm) to a fixpoint",
+    "transposes, Gemm, polyphase convolutions) to a fixpoint",
     build=optimize_passes,
     max_iterations=OPTIMIZE_MAX_ITERATIONS,
 )
@@ -122,6 +124,7 @@ __all__ = [
     "LiftOpsetForFusions",
     "MatMulAddToGemm",
     "Miss",
+    "PolyphaseConv",
     "RewritePass",
     "fusion_passes",
     "optimize_passes",
