@@ -18,7 +18,11 @@ from onnxq.cli.run import add_run_options, run_pipeline
 from onnxq.errors import OptionError
 from onnxq.passes.fusion import DEFAULT_TARGET, TARGETS, Miss, fusion_passes, optimize_pipeline
 from onnxq.passes.fusion._rewrite import RewritePass
+from onnxq.passes.fusion.depthwise_sum_conv import DepthwiseSumConv
 from onnxq.passes.fusion.polyphase_conv import PolyphaseConv
+
+#: Fusion passes with ``explain``: the rewriter's, and the two that split narrow convolutions.
+Explaining = RewritePass | PolyphaseConv | DepthwiseSumConv
 
 #: Near misses printed per rule; the tracer keeps every tie, which can be many on big graphs.
 MAX_MISSES_PER_RULE = 5
@@ -50,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     return run_pipeline(args, pipeline, after=after)
 
 
-def select_rules(names: list[str], target: str = DEFAULT_TARGET) -> list[tuple[RewritePass | PolyphaseConv, str | None]]:
+def select_rules(names: list[str], target: str = DEFAULT_TARGET) -> list[tuple[Explaining, str | None]]:
     """(pass, rule name or None for all its rules) for each requested name; unknown names are an OptionError."""
-    # NOTE: every fusion pass that can say why it declined: the rewriter's passes and polyphase-conv
-    passes = [p for p in fusion_passes(target) if isinstance(p, RewritePass | PolyphaseConv)]
+    # NOTE: every fusion pass that can say why it declined: the rewriter's passes and the Conv splits
+    passes = [p for p in fusion_passes(target) if isinstance(p, Explaining)]
     by_name = {p.name: p for p in passes}
-    chosen: list[tuple[RewritePass | PolyphaseConv, str | None]] = []
+    chosen: list[tuple[Explaining, str | None]] = []
     for name in names:
         if name == "all":
             chosen.extend((p, None) for p in passes)
@@ -68,7 +72,7 @@ def select_rules(names: list[str], target: str = DEFAULT_TARGET) -> list[tuple[R
     return chosen
 
 
-def explain(model: ir.Model, selected: list[tuple[RewritePass | PolyphaseConv, str | None]]) -> list[Miss]:
+def explain(model: ir.Model, selected: list[tuple[Explaining, str | None]]) -> list[Miss]:
     """Near misses of the selected rules on ``model``, at most MAX_MISSES_PER_RULE per rule."""
     misses: list[Miss] = []
     for pass_, rule in selected:

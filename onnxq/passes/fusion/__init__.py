@@ -16,6 +16,7 @@ from onnxq.passes.fusion._rewrite import Miss, RewritePass
 from onnxq.passes.fusion.cancel_transposes import CancelTransposes
 from onnxq.passes.fusion.canonicalize_activations import CanonicalizeActivations
 from onnxq.passes.fusion.collapse_reshapes import CollapseReshapes
+from onnxq.passes.fusion.depthwise_sum_conv import DepthwiseSumConv
 from onnxq.passes.fusion.eliminate_no_ops import EliminateNoOps
 from onnxq.passes.fusion.fold_affine_into_conv import FoldAffineIntoConv
 from onnxq.passes.fusion.fold_batchnorm import FoldBatchNorm
@@ -48,6 +49,7 @@ PASSES: tuple[type[Pass], ...] = (
     FoldTransposeIntoGemm,
     MatMulAddToGemm,
     PolyphaseConv,
+    DepthwiseSumConv,
     LiftConstants,
 )
 DEFAULT_TARGET = "ort-cpu"
@@ -95,7 +97,7 @@ def optimize_pipeline(target: str = DEFAULT_TARGET) -> Pipeline:
 OPTIMIZE = Preset(
     name="optimize",
     summary="cleanup + all fusions (BatchNorm, Pad, bias, Mul, activations, LayerNorm, RMSNorm, GELU, reshapes, "
-    "transposes, Gemm, polyphase convolutions) to a fixpoint",
+    "transposes, Gemm, narrow convolutions on phases or as depthwise sums) to a fixpoint",
     build=optimize_passes,
     max_iterations=OPTIMIZE_MAX_ITERATIONS,
 )
@@ -110,6 +112,7 @@ __all__ = [
     "CancelTransposes",
     "CanonicalizeActivations",
     "CollapseReshapes",
+    "DepthwiseSumConv",
     "EliminateNoOps",
     "FoldAffineIntoConv",
     "FoldBatchNorm",

@@ -1,11 +1,11 @@
-"""polyphase-conv: a narrow convolution with a long kernel, rewritten on ``P`` phases of its long axis.
+"""polyphase-conv: a convolution with few input channels, rewritten on ``P`` phases of its long axis.
 
-A stride-1 convolution whose kernel is long along the last axis and whose channels are few (Cin
-and Cout below 16) wastes most of the CPU's vector lanes: onnxruntime's NCHWc kernels pad the
-channels to blocks of 16, and its INT8 kernels im2col a K = Cin x kernel matrix for an N = Cout of
-a few columns. Spotify basic-pitch's 3 x 39 convolution over 8 -> 8 channels of a
-[172, 264] constant-Q image took 14 of the model's 30 ms (1 thread, AVX-512), and ran no faster
-in INT8 (13.7 ms).
+A stride-1 convolution over few input channels (below 16) wastes most of the CPU's vector lanes:
+onnxruntime's NCHWc kernels pad the channels to blocks of 16, and its INT8 kernels im2col a
+``K = Cin x kernel`` matrix for an ``N = Cout`` of a few columns. Spotify basic-pitch's 3 x 39
+convolution over 8 -> 8 channels of a [172, 264] constant-Q image took 14 of the model's 30 ms
+(1 thread, AVX-512), and ran no faster in INT8 (13.7 ms); its 5 x 5 convolution 8 -> 1 took
+2.6 ms in float and 2.4 ms in INT8.
 
 The same function on ``P`` phases: the input's long axis is split into ``P`` interleaved phases
 (``x_p[i] = x[P i + p]``) that become channels, and so is the output's. Output phase ``q`` at
@@ -14,16 +14,20 @@ The same function on ``P`` phases: the input's long axis is split into ``P`` int
     y[P f' + q] = sum_{c, p, j} W[o, c, ..., P j + p - q + pad_begin] * x_p[c, ..., f' + j]
 
 so the rewritten Conv has ``Cin * P`` input and ``Cout * P`` output channels, a kernel of
-``ceil`` about ``(kernel + P - 1) / P`` taps along the axis (zero where ``k`` falls outside the
+about ``(kernel + P - 1) / P`` taps along the axis (zero where ``k`` falls outside the
 kernel), and zero padding of the phases where the original zero-padded ``x``. Reshape /
 Transpose / Reshape build the phases before and interleave them after; an activation that read
-the convolution (Relu, Clip...) moves before the interleave, so it still fuses into the Conv. On
-that convolution (``P = 4``: 32 -> 32 channels, 3 x 11 taps, 13 % more multiply-adds):
-13.4 -> 5.0 ms in float, exact to float rounding.
+the convolution (Relu, Clip...) moves before the interleave, so it still fuses into the Conv.
+``P`` is the smallest of 2, 4, 8 that gives 32 input channels (else 16) within 1.3x the
+multiply-adds (2.5x for a single output channel; see ``MAX_EXTRA_WORK`` for where more work
+loses in float although INT8 still gains). Measured (1 thread, AVX-512 VNNI, float / INT8 ms, exact to float rounding):
+the 3 x 39 one (``P = 4``: 32 -> 32 channels, 3 x 11 taps, 1.13x the work) 13.4 -> 5.0 in float;
+the 5 x 5 one (``P = 4``: 32 -> 4 channels, 5 x 3 taps, 2.4x the work) 2.63 / 2.40 -> 1.68 / 0.91.
+A single output channel over many inputs is ``depthwise-sum-conv``'s.
 
 Declines (with the reason ``explain`` gives): grouped, strided or dilated along the axis,
-``auto_pad``, a computed weight, a length that is not static or not divisible by ``P``, channels
-already 16 or more, a kernel too short for the phases to pay (more than 30 % extra work).
+``auto_pad``, a computed weight, a length that is not static or not divisible by ``P``, 16 input
+channels or more, a kernel too short for the phases to pay.
 
 Hand-written on onnx_ir: onnxruntime has no such rewrite and onnxscript no rule for it.
 """
@@ -48,8 +52,14 @@ WIDE_REASON = "already fill the vector lanes"
 #: Phase counts tried, smallest first; the first that gives ``GOOD_CHANNELS`` channels wins.
 PHASES = (2, 4, 8)
 GOOD_CHANNELS = 32
-#: Most extra multiply-adds the zero taps of the phase kernel may add.
+#: Most multiply-adds (with the phase kernel's zero taps) against the original's: 1.3x, and 2.5x
+#: for a single output channel, which leaves onnxruntime's kernels 1/16 busy. Measured (1 thread,
+#: AVX-512 VNNI, float / INT8 ms): at 2.4x the work 8 -> 8 5 x 5 2.67 / 2.51 -> 2.82 / 0.99 and
+#: 8 -> 16 5 x 5 0.65 / 0.52 -> 1.16 / 0.38, 3 -> 16 3 x 3 at 4x 0.34 / 0.79 -> 0.99 / 0.35; within
+#: 1.3x 8 -> 8 5 x 5 -> 2.38 / 1.53, 8 -> 16 5 x 5 -> 0.72 / 0.32, 8 -> 8 7 x 7 1.21 / 0.88 -> 1.02 /
+#: 0.45; one output channel, 8 -> 1 5 x 5 at 2.4x, 2.63 / 2.40 -> 1.68 / 0.91.
 MAX_EXTRA_WORK = 1.3
+MAX_EXTRA_WORK_SINGLE_OUTPUT = 2.5
 #: Activations that move before the interleave (elementwise, one data input).
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
                          "Selu", "Softplus"})
@@ -96,8 +106,8 @@ def plan(node: ir.Node) -> Plan | str:
     if strides[-1] != 1 or dilations[-1] != 1:
         return "strided or dilated along the last axis"
     c_out, c_in, kernel = int(shape[0]), int(shape[1]), int(shape[-1])
-    if min(c_in, c_out) >= WIDE:
-        return f"channels {c_in} -> {c_out} {WIDE_REASON}"
+    if c_in >= WIDE:
+        return f"input channels {c_in} {WIDE_REASON}"
     if x.shape is None or len(x.shape) != rank + 2 or not isinstance(x.shape[-1], int):
         return "the input's last axis has no static length"
     length = int(x.shape[-1])
@@ -109,15 +119,17 @@ def plan(node: ir.Node) -> Plan | str:
             continue
         j_min, j_max = math.floor(-begin / p), math.floor((p - 1 + kernel - 1 - begin) / p)
         candidate = Plan(p, j_min, j_max, length, out_length)
-        if candidate.taps * p > MAX_EXTRA_WORK * kernel or out_length // p + j_max - length // p < 0:
+        limit = MAX_EXTRA_WORK_SINGLE_OUTPUT if c_out == 1 else MAX_EXTRA_WORK
+        if candidate.taps * p > limit * kernel or out_length // p + j_max - length // p < 0:
             continue
-        if min(c_in, c_out) * p >= WIDE:
+        if c_in * p >= WIDE:
             best = candidate
-            if min(c_in, c_out) * p >= GOOD_CHANNELS:
+            if c_in * p >= GOOD_CHANNELS:
                 break
     if best is None:
         return (f"no phase count fits (length {length}, kernel {kernel}, channels {c_in} -> {c_out}: "
-                f"divisible by 2/4/8, at most {MAX_EXTRA_WORK - 1:.0%} extra work)")
+                f"divisible by 2/4/8, at most {MAX_EXTRA_WORK:g}x the multiply-adds, "
+                f"{MAX_EXTRA_WORK_SINGLE_OUTPUT:g}x for one output channel)")
     return best
 
 
