@@ -239,6 +239,14 @@ def iter_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     yield from all_graphs(model)
 
 
+def add_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
+    """A new initializer of ``graph`` holding ``array``, named ``base`` or ``base_N``."""
+    name = fresh_name(graph, base)
+    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    graph.register_initializer(value)
+    return value
+
+
 def fresh_name(graph: ir.Graph | ir.Function | None, base: str) -> str:
     """``base`` or ``base_N``: a name no initializer of ``graph`` has (NameFixPass settles other clashes)."""
     taken = set(graph.initializers) if isinstance(graph, ir.Graph) else set()

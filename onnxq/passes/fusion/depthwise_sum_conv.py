@@ -26,7 +26,7 @@ from onnxscript.rewriter import RULE_NAME_TAG
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.fusion._rewrite import Miss, fresh_name
+from onnxq.passes.fusion._rewrite import Miss, add_initializer
 
 #: Input channels from which the depthwise form fills onnxruntime's vector lanes.
 MIN_CHANNELS = 16
@@ -86,10 +86,7 @@ class DepthwiseSumConv(Pass):
         base = conv.name or str(conv.outputs[0].name)
 
         def constant(array: np.ndarray, suffix: str) -> ir.Value:
-            name = fresh_name(graph, f"{base}_{suffix}")
-            value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-            graph.register_initializer(value)
-            return value
+            return add_initializer(graph, f"{base}_{suffix}", array)
 
         spatial = {name: attr for name, attr in conv.attributes.items() if name != "group"}
         depthwise = ir.node("Conv", inputs=[x, constant(w[0][:, None], "depthwise")],

@@ -44,7 +44,7 @@ from onnxscript.rewriter import RULE_NAME_TAG
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.fusion._rewrite import Miss, fresh_name
+from onnxq.passes.fusion._rewrite import Miss, add_initializer
 
 #: Channel counts from which onnxruntime's kernels already fill their vector lanes.
 WIDE = 16
@@ -202,10 +202,7 @@ class PolyphaseConv(Pass):
         created: list[ir.Node] = []
 
         def constant(array: np.ndarray, suffix: str) -> ir.Value:
-            name = fresh_name(graph, f"{base}_{suffix}")
-            value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-            graph.register_initializer(value)
-            return value
+            return add_initializer(graph, f"{base}_{suffix}", array)
 
         def add(op: str, inputs: list[ir.Value], **attributes: object) -> ir.Value:
             node = ir.node(op, inputs=inputs, attributes=attributes, name=f"{base}_polyphase_{len(created)}")
