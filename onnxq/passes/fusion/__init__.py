@@ -30,6 +30,7 @@ from onnxq.passes.fusion.fuse_rms_norm import FuseRmsNorm
 from onnxq.passes.fusion.lift_constants import LiftConstants
 from onnxq.passes.fusion.lift_opset_for_fusions import LiftOpsetForFusions
 from onnxq.passes.fusion.matmul_add_to_gemm import MatMulAddToGemm
+from onnxq.passes.fusion.one_hot_matmul_to_gather import OneHotMatMulToGather
 from onnxq.passes.fusion.polyphase_conv import PolyphaseConv
 
 PASSES: tuple[type[Pass], ...] = (
@@ -47,6 +48,7 @@ PASSES: tuple[type[Pass], ...] = (
     CancelTransposes,
     CollapseReshapes,
     FoldTransposeIntoGemm,
+    OneHotMatMulToGather,
     MatMulAddToGemm,
     PolyphaseConv,
     DepthwiseSumConv,
@@ -97,7 +99,7 @@ def optimize_pipeline(target: str = DEFAULT_TARGET) -> Pipeline:
 OPTIMIZE = Preset(
     name="optimize",
     summary="cleanup + all fusions (BatchNorm, Pad, bias, Mul, activations, LayerNorm, RMSNorm, GELU, reshapes, "
-    "transposes, Gemm, narrow convolutions on phases or as depthwise sums) to a fixpoint",
+    "transposes, Gemm, one-hot lookups, narrow convolutions on phases or as depthwise sums) to a fixpoint",
     build=optimize_passes,
     max_iterations=OPTIMIZE_MAX_ITERATIONS,
 )
@@ -127,6 +129,7 @@ __all__ = [
     "LiftOpsetForFusions",
     "MatMulAddToGemm",
     "Miss",
+    "OneHotMatMulToGather",
     "PolyphaseConv",
     "RewritePass",
     "fusion_passes",
