@@ -247,6 +247,14 @@ def add_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def drop_unused_initializers(graph: ir.Graph, values: Sequence[ir.Value | None]) -> None:
+    """Removes those of ``values`` that are initializers of ``graph`` nothing reads any more."""
+    for value in values:
+        if value is not None and value.name in graph.initializers and graph.initializers[value.name] is value \
+                and not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+            graph.initializers.pop(value.name)
+
+
 def fresh_name(graph: ir.Graph | ir.Function | None, base: str) -> str:
     """``base`` or ``base_N``: a name no initializer of ``graph`` has (NameFixPass settles other clashes)."""
     taken = set(graph.initializers) if isinstance(graph, ir.Graph) else set()

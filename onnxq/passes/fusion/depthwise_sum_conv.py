@@ -26,12 +26,14 @@ from onnxscript.rewriter import RULE_NAME_TAG
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.fusion._rewrite import Miss, add_initializer
+from onnxq.passes.fusion._rewrite import Miss, add_initializer, drop_unused_initializers
 
 #: Input channels from which the depthwise form fills onnxruntime's vector lanes.
 MIN_CHANNELS = 16
-#: The reason for every Conv with more than one output channel (not a near miss).
+#: Reasons that are no near miss: every Conv with more output channels, and a 1 x 1 one (a channel
+#: sum already, this pass's own among them).
 NOT_SINGLE = "more than one output channel"
+ONE_BY_ONE = "a 1 x 1 kernel: already a weighted channel sum"
 
 
 def check(node: ir.Node) -> str | None:
@@ -51,7 +53,7 @@ def check(node: ir.Node) -> str | None:
     if node.attributes.get_int("group", 1) != 1:
         return "grouped"
     if all(k == 1 for k in w.const_value.shape[2:]):
-        return "a 1 x 1 kernel: already a weighted channel sum"
+        return ONE_BY_ONE
     if w.const_value.shape[1] < MIN_CHANNELS:
         return f"{w.const_value.shape[1]} input channels (polyphase-conv's, below {MIN_CHANNELS})"
     return None
@@ -75,7 +77,7 @@ class DepthwiseSumConv(Pass):
         """Why each Conv to one output channel was left alone."""
         return [Miss(self.name, self.name, node.name or str(node.outputs[0].name), reason)
                 for node in model.graph if node.op_type == "Conv"
-                and (reason := check(node)) is not None and reason != NOT_SINGLE]
+                and (reason := check(node)) is not None and reason not in (NOT_SINGLE, ONE_BY_ONE)]
 
     def _rewrite(self, graph: ir.Graph, conv: ir.Node) -> None:
         x, w_value = conv.inputs[0], conv.inputs[1]
@@ -98,3 +100,4 @@ class DepthwiseSumConv(Pass):
             node.metadata_props[RULE_NAME_TAG] = self.name
         old = conv.outputs[0]
         ir.convenience.replace_nodes_and_values(graph, conv, [conv], [depthwise, total], [old], [total.outputs[0]])
+        drop_unused_initializers(graph, [w_value])

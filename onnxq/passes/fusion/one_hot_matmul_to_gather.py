@@ -47,6 +47,8 @@ class _OneHotMatMul(RewriteRuleClassBase):
             return result.fail("the classes are not 0, 1, ..., K-1 along the last axis")
         if w.const_value is None or len(w.const_value.shape) != 2 or w.const_value.dtype != ir.DataType.FLOAT:
             return result.fail("the matrix is not a constant float [K, N]")
+        if w.is_graph_input() or classes.is_graph_input():
+            return result.fail("the matrix or the classes can be fed at run time (a graph input)")
         if w.const_value.shape[0] != values.size:
             return result.fail(f"the matrix has {w.const_value.shape[0]} rows for {values.size} classes")
         if x.dtype not in INTEGER_TYPES:
@@ -65,8 +67,12 @@ class _OneHotMatMul(RewriteRuleClassBase):
             return op.initializer(ir.tensor(array), name=fresh_name(graph, base))
 
         index = op.Squeeze(x, constant(np.array([-1], np.int64), "one_hot_axis"))
-        dtype = x.dtype.numpy()
-        low, high = constant(np.array(0, dtype), "one_hot_first"), constant(np.array(size, dtype), "one_hot_classes")
+        if x.dtype != ir.DataType.INT64:
+            # NOTE: Gather takes int32 / int64 indices only, and K may not fit the tokens' type
+            # (a byte vocabulary of 256 in uint8)
+            index = op.Cast(index, to=ir.DataType.INT64)
+        low = constant(np.array(0, np.int64), "one_hot_first")
+        high = constant(np.array(size, np.int64), "one_hot_classes")
         inside = op.And(op.GreaterOrEqual(index, low), op.Less(index, high))
         return op.Gather(constant(padded, "one_hot_rows"), op.Where(inside, index, high), axis=0)
 

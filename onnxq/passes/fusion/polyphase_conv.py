@@ -44,11 +44,13 @@ from onnxscript.rewriter import RULE_NAME_TAG
 
 from onnxq.framework.base import Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.fusion._rewrite import Miss, add_initializer
+from onnxq.passes.fusion._rewrite import Miss, add_initializer, drop_unused_initializers
 
 #: Channel counts from which onnxruntime's kernels already fill their vector lanes.
 WIDE = 16
 WIDE_REASON = "already fill the vector lanes"
+#: A grouped (depthwise) Conv: no near miss either.
+GROUPED = "grouped"
 #: Phase counts tried, smallest first; the first that gives ``GOOD_CHANNELS`` channels wins.
 PHASES = (2, 4, 8)
 GOOD_CHANNELS = 32
@@ -97,7 +99,7 @@ def plan(node: ir.Node) -> Plan | str:
     if rank not in (1, 2):
         return "not a 1-D or 2-D convolution"
     if node.attributes.get_int("group", 1) != 1:
-        return "grouped"
+        return GROUPED
     if node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
         return "auto_pad"
     strides = list(node.attributes.get_ints("strides", [1] * rank))
@@ -155,6 +157,8 @@ def _activation(conv: ir.Node) -> ir.Node | None:
     if len(uses) != 1 or out.is_graph_output():
         return None
     user = uses[0].node
+    if user.graph is not conv.graph:
+        return None  # NOTE: read inside an If / Loop body: it stays there, after the interleave
     if user.op_type not in ACTIVATIONS or user.domain not in ("", "ai.onnx") or uses[0].idx != 0:
         return None
     if any(v is not None and v.const_value is None for v in user.inputs[1:]):
@@ -184,7 +188,7 @@ class PolyphaseConv(Pass):
         for node in model.graph:
             if node.op_type == "Conv":
                 split = plan(node)
-                if isinstance(split, str) and not split.endswith(WIDE_REASON):
+                if isinstance(split, str) and not split.endswith(WIDE_REASON) and split != GROUPED:
                     misses.append(Miss(self.name, self.name, node.name or str(node.outputs[0].name), split))
         return misses
 
@@ -249,3 +253,4 @@ class PolyphaseConv(Pass):
         result.shape, result.type = old.shape, old.type
         old_nodes = [conv, *([activation] if activation is not None else [])]
         ir.convenience.replace_nodes_and_values(graph, last, old_nodes, created, [old], [result])
+        drop_unused_initializers(graph, [w_value, b_value])

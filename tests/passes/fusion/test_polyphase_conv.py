@@ -106,3 +106,39 @@ def test_fires_on_a_single_output_channel_with_a_short_kernel() -> None:
     more = _model("float[1, 8, 6, 64] x", (16, 8, 3, 3), "  y = Conv<pads = [1, 1, 1, 1]>(x, w, b)",
                   "float[1, 16, 6, 64] y")
     assert_declines(PolyphaseConv(), more, "no phase count fits")
+
+
+def test_an_activation_inside_a_branch_stays_there() -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from onnxq import runtime
+    from onnxq.passes.cleanup.infer_shapes import InferShapes
+
+    rng = np.random.default_rng(0)
+    relu = helper.make_graph([helper.make_node("Relu", ["c"], ["r"])], "then", [],
+                             [helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, [1, 8, 64])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["r2"])], "else", [],
+                              [helper.make_tensor_value_info("r2", onnx.TensorProto.FLOAT, [1, 8, 64])])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[19, 19]),
+         helper.make_node("If", ["cond"], ["y"], then_branch=relu, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 64]),
+         helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 64])],
+        [numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 39)).astype(np.float32), "w")])
+    import onnx_ir as ir
+
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    InferShapes().run(model, PassContext())
+    feeds = {"x": rng.normal(size=(1, 8, 64)).astype(np.float32), "cond": np.array(True)}
+    expected = runtime.run(model, feeds)
+    assert PolyphaseConv().run(model, PassContext()).stats == {"convs_split": 1}
+    assert not runtime.compare(expected, runtime.run(model, feeds), rtol=1e-4, atol=1e-4)
+    assert "w" not in model.graph.initializers  # NOTE: the replaced weight is gone, not left behind
+
+
+def test_depthwise_convs_are_no_near_miss() -> None:
+    text = _model("float[1, 8, 5, 64] x", (8, 1, 3, 39), "  y = Conv<group = 8, pads = [1, 19, 1, 19]>(x, w, b)",
+                  "float[1, 8, 5, 64] y")
+    assert PolyphaseConv().explain(parse(text)) == []
