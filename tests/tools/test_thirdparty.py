@@ -247,3 +247,27 @@ def test_fetch_all_and_run_each_in_onnxruntime() -> None:
         for f in thirdparty.load_feeds("silero_vad", "eval")[:40]
     ]
     assert min(speech) < 0.1 and max(speech) > 0.9  # the generated clips hold speech and non-speech
+
+
+@pytest.mark.parametrize(("name", "fired"), [
+    ("basic_pitch", {"polyphase-conv.convs_split": 2, "depthwise-sum-conv.convs_split": 2}),
+    ("magika", {"one-hot-matmul-to-gather.one_hot_lookups": 1}),
+])
+def test_shape_rewrites_on_real_models_keep_the_outputs(name: str, fired: dict[str, int]) -> None:
+    """basic-pitch's narrow convolutions and Magika's one-hot embedding, through the optimize preset."""
+    import onnx_ir as ir
+
+    from onnxq import runtime
+    from onnxq.framework.context import PassContext
+    from onnxq.framework.pipeline import apply
+    from onnxq.passes.fusion import optimize_pipeline
+
+    model = ir.load(thirdparty.fetch(name))
+    feeds = thirdparty.load_feeds(name, "eval")[:2]
+    expected = [runtime.run(model, feed) for feed in feeds]
+    result = apply(model, optimize_pipeline(), PassContext())
+    assert {k: result.stats.get(k) for k in fired} == fired, result.stats
+    for feed, want in zip(feeds, expected, strict=True):
+        got = runtime.run(model, feed)
+        assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+        assert not runtime.compare(want, got, rtol=1e-4, atol=1e-4), runtime.compare(want, got)
