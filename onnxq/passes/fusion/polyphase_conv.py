@@ -168,8 +168,8 @@ def _activation(conv: ir.Node) -> ir.Node | None:
 
 class PolyphaseConv(Pass):
     name: ClassVar[str] = "polyphase-conv"
-    summary: ClassVar[str] = ("Rewrite narrow convolutions with long kernels on phases of their long axis "
-                              "(more channels, shorter kernels: fills the CPU's vector lanes)")
+    summary: ClassVar[str] = ("Rewrite stride-1 convolutions over few input channels on phases of their last "
+                              "axis (more channels, shorter kernels: fills the CPU's vector lanes)")
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         graph = model.graph
