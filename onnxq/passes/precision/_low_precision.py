@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxq.framework.base import Diagnostic, PassResult
 from onnxq.ir.constants import read_and_release
 
 LOW_TYPES = {ir.DataType.FLOAT16: ("tensor(float16)", np.float16),
@@ -343,3 +344,21 @@ def prepare(model: ir.Model, ctx: object, block: tuple[str, ...]) -> tuple[set[s
         InferShapes().run(model, ctx)  # type: ignore[arg-type]
     names = {n.name for n in model.graph if n.name}
     return {b for b in block if b in names}, {b for b in block if b not in names}
+
+
+@dataclasses.dataclass(frozen=True)
+class LowPrecisionOptions:
+    """The options both precision passes take (each adds its own)."""
+
+    keep_io_types: bool = dataclasses.field(default=True, metadata={
+        "help": "graph inputs and outputs stay float32 (a Cast at each)"})
+    block: tuple[str, ...] = dataclasses.field(default=(), metadata={
+        "help": "op types or node names kept in float32 (':'-separated)"})
+
+
+def already_low(model: ir.Model, dtype: ir.DataType) -> PassResult | None:
+    """The unchanged result for a model whose weights are ``dtype`` already, else None."""
+    if any(v.dtype == dtype for v in model.graph.initializers.values()):
+        return PassResult(False, {}, (Diagnostic(f"the model already holds {dtype.name.lower()} weights; "
+                                                 "left unchanged"),))
+    return None

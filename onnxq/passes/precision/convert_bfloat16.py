@@ -30,7 +30,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.precision._low_precision import convert, prepare
+from onnxq.passes.precision._low_precision import LowPrecisionOptions, already_low, convert, prepare
 
 NORMS = ("LayerNormalization", "GroupNormalization", "InstanceNormalization", "BatchNormalization", "ReduceMean",
          "ReduceSum", "ReduceSumSquare", "ReduceL2", "Softmax", "LogSoftmax")
@@ -42,17 +42,13 @@ class ConvertBFloat16(Pass):
                               "where bfloat16 is not there, Casts only at island borders")
 
     @dataclasses.dataclass(frozen=True)
-    class Options:
-        keep_io_types: bool = dataclasses.field(default=True, metadata={
-            "help": "graph inputs and outputs stay float32 (a Cast at each)"})
-        block: tuple[str, ...] = dataclasses.field(default=(), metadata={
-            "help": "op types or node names kept in float32 (':'-separated)"})
+    class Options(LowPrecisionOptions):
         keep_norms: bool = dataclasses.field(default=False, metadata={
             "help": "normalizations, reductions and softmax stay float32"})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        if any(v.dtype == ir.DataType.BFLOAT16 for v in model.graph.initializers.values()):
-            return PassResult(False, {}, (Diagnostic("the model already holds bfloat16 weights; left unchanged"),))
+        if (unchanged := already_low(model, ir.DataType.BFLOAT16)) is not None:
+            return unchanged
         block_nodes, block_ops = prepare(model, ctx, self.options.block)
         if self.options.keep_norms:
             block_ops |= set(NORMS)

@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from onnxq.framework.base import Diagnostic, Pass, PassResult
 from onnxq.framework.context import PassContext
-from onnxq.passes.precision._low_precision import convert, prepare
+from onnxq.passes.precision._low_precision import LowPrecisionOptions, already_low, convert, prepare
 
 FP16_MAX = 65504.0
 
@@ -57,19 +57,15 @@ class ConvertFloat16(Pass):
                               "calibrated overflow and a block list, Casts only at island borders")
 
     @dataclasses.dataclass(frozen=True)
-    class Options:
-        keep_io_types: bool = dataclasses.field(default=True, metadata={
-            "help": "graph inputs and outputs stay float32 (a Cast at each)"})
-        block: tuple[str, ...] = dataclasses.field(default=(), metadata={
-            "help": "op types or node names kept in float32 (':'-separated)"})
+    class Options(LowPrecisionOptions):
         max_abs: float = dataclasses.field(default=FP16_MAX / 2, metadata={
             "help": "a calibrated |range| above this keeps the tensor's producer in float32"})
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 
-        if any(v.dtype == ir.DataType.FLOAT16 for v in model.graph.initializers.values()):
-            return PassResult(False, {}, (Diagnostic("the model already holds float16 weights; left unchanged"),))
+        if (unchanged := already_low(model, ir.DataType.FLOAT16)) is not None:
+            return unchanged
         # NOTE: islands are named in the diagnostics and blocked by name: unnamed nodes get one first
         taken = {n.name for n in model.graph if n.name}
         for index, node in enumerate(model.graph):
