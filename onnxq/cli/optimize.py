@@ -17,12 +17,11 @@ import onnx_ir as ir
 from onnxq.cli.run import add_run_options, run_pipeline
 from onnxq.errors import OptionError
 from onnxq.passes.fusion import DEFAULT_TARGET, TARGETS, Miss, fusion_passes, optimize_pipeline
+from onnxq.passes.fusion._conv_split import ConvSplit
 from onnxq.passes.fusion._rewrite import RewritePass
-from onnxq.passes.fusion.depthwise_sum_conv import DepthwiseSumConv
-from onnxq.passes.fusion.polyphase_conv import PolyphaseConv
 
-#: Fusion passes with ``explain``: the rewriter's, and the two that split narrow convolutions.
-Explaining = RewritePass | PolyphaseConv | DepthwiseSumConv
+#: Fusion passes with ``explain``: the rewriter's, and those that rewrite single Convs.
+Explaining = RewritePass | ConvSplit
 
 #: Near misses printed per rule; the tracer keeps every tie, which can be many on big graphs.
 MAX_MISSES_PER_RULE = 5

@@ -22,11 +22,9 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import RULE_NAME_TAG
 
-from onnxq.framework.base import Pass, PassResult
-from onnxq.framework.context import PassContext
-from onnxq.passes.fusion._rewrite import Miss, add_initializer, drop_unused_initializers
+from onnxq.passes.fusion._conv_split import ConvSplit, constant_weights
+from onnxq.passes.fusion._rewrite import add_initializer
 
 #: Input channels from which the depthwise form fills onnxruntime's vector lanes.
 MIN_CHANNELS = 16
@@ -38,18 +36,12 @@ ONE_BY_ONE = "a 1 x 1 kernel: already a weighted channel sum"
 
 def check(node: ir.Node) -> str | None:
     """Why ``node`` cannot be split, or None when it can."""
-    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
-        return "not a Conv"
-    w = node.inputs[1] if len(node.inputs) > 1 else None
-    b = node.inputs[2] if len(node.inputs) > 2 else None
-    if node.inputs[0] is None or w is None or w.const_value is None or not w.is_initializer() or w.is_graph_input():
-        return "the weight is not an initializer"
-    if w.const_value.dtype != ir.DataType.FLOAT:
-        return "the weight is not float32"
+    if (why := constant_weights(node)) is not None:
+        return why
+    w = node.inputs[1]
+    assert w is not None and w.const_value is not None
     if w.const_value.shape[0] != 1:
         return NOT_SINGLE
-    if b is not None and (b.const_value is None or not b.is_initializer() or b.is_graph_input()):
-        return "the bias is not an initializer"
     if node.attributes.get_int("group", 1) != 1:
         return "grouped"
     if all(k == 1 for k in w.const_value.shape[2:]):
@@ -59,27 +51,18 @@ def check(node: ir.Node) -> str | None:
     return None
 
 
-class DepthwiseSumConv(Pass):
+class DepthwiseSumConv(ConvSplit):
     name: ClassVar[str] = "depthwise-sum-conv"
     summary: ClassVar[str] = ("Split a Conv to one output channel into a depthwise Conv and a channel sum "
                               "(fills the CPU's vector lanes)")
 
-    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        graph = model.graph
-        split = 0
-        for node in list(graph):
-            if check(node) is None:
-                self._rewrite(graph, node)
-                split += 1
-        return PassResult(split > 0, {"convs_split": split} if split else {})
+    def plan(self, node: ir.Node) -> str | None:
+        return check(node)
 
-    def explain(self, model: ir.Model) -> list[Miss]:
-        """Why each Conv to one output channel was left alone."""
-        return [Miss(self.name, self.name, node.name or str(node.outputs[0].name), reason)
-                for node in model.graph if node.op_type == "Conv"
-                and (reason := check(node)) is not None and reason not in (NOT_SINGLE, ONE_BY_ONE)]
+    def near_miss(self, reason: str) -> bool:
+        return reason not in (NOT_SINGLE, ONE_BY_ONE)
 
-    def _rewrite(self, graph: ir.Graph, conv: ir.Node) -> None:
+    def rewrite(self, graph: ir.Graph, conv: ir.Node, plan: None) -> None:
         x, w_value = conv.inputs[0], conv.inputs[1]
         assert x is not None and w_value is not None and w_value.const_value is not None
         bias = conv.inputs[2] if len(conv.inputs) > 2 else None
@@ -96,8 +79,4 @@ class DepthwiseSumConv(Pass):
         ones = constant(np.ones((1, channels, *([1] * (w.ndim - 2))), np.float32), "channel_sum")
         total = ir.node("Conv", inputs=[depthwise.outputs[0], ones, *([bias] if bias is not None else [])],
                         name=f"{base}_channel_sum")
-        for node in (depthwise, total):
-            node.metadata_props[RULE_NAME_TAG] = self.name
-        old = conv.outputs[0]
-        ir.convenience.replace_nodes_and_values(graph, conv, [conv], [depthwise, total], [old], [total.outputs[0]])
-        drop_unused_initializers(graph, [w_value])
+        self.replace(graph, conv, [conv], [depthwise, total], total.outputs[0], [w_value])

@@ -36,15 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import RULE_NAME_TAG
 
-from onnxq.framework.base import Pass, PassResult
-from onnxq.framework.context import PassContext
-from onnxq.passes.fusion._rewrite import Miss, add_initializer, drop_unused_initializers
+from onnxq.passes.fusion._conv_split import ConvSplit, constant_weights
+from onnxq.passes.fusion._rewrite import add_initializer
 
 #: Channel counts from which onnxruntime's kernels already fill their vector lanes.
 WIDE = 16
@@ -84,16 +82,10 @@ class Plan:
 
 def plan(node: ir.Node) -> Plan | str:
     """The split of ``node`` (a Conv), or why there is none."""
-    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
-        return "not a Conv"
-    x, w = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
-    b = node.inputs[2] if len(node.inputs) > 2 else None
-    if x is None or w is None or w.const_value is None or not w.is_initializer() or w.is_graph_input():
-        return "the weight is not an initializer"
-    if b is not None and (b.const_value is None or not b.is_initializer() or b.is_graph_input()):
-        return "the bias is not an initializer"
-    if w.const_value.dtype != ir.DataType.FLOAT:
-        return "the weight is not float32"
+    if (why := constant_weights(node)) is not None:
+        return why
+    x, w = node.inputs[0], node.inputs[1]
+    assert x is not None and w is not None and w.const_value is not None
     shape = w.const_value.shape
     rank = len(shape) - 2
     if rank not in (1, 2):
@@ -166,33 +158,19 @@ def _activation(conv: ir.Node) -> ir.Node | None:
     return user
 
 
-class PolyphaseConv(Pass):
+class PolyphaseConv(ConvSplit):
     name: ClassVar[str] = "polyphase-conv"
     summary: ClassVar[str] = ("Rewrite stride-1 convolutions over few input channels on phases of their last "
                               "axis (more channels, shorter kernels: fills the CPU's vector lanes)")
 
-    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        graph = model.graph
-        rewritten = 0
-        for node in list(graph):
-            split = plan(node)
-            if isinstance(split, str):
-                continue
-            self._rewrite(graph, node, split)
-            rewritten += 1
-        return PassResult(rewritten > 0, {"convs_split": rewritten} if rewritten else {})
+    def plan(self, node: ir.Node) -> Plan | str:
+        return plan(node)
 
-    def explain(self, model: ir.Model) -> list[Miss]:
-        """Why each narrow Conv was left alone (a Conv with 16 channels or more is no near miss)."""
-        misses = []
-        for node in model.graph:
-            if node.op_type == "Conv":
-                split = plan(node)
-                if isinstance(split, str) and not split.endswith(WIDE_REASON) and split != GROUPED:
-                    misses.append(Miss(self.name, self.name, node.name or str(node.outputs[0].name), split))
-        return misses
+    def near_miss(self, reason: str) -> bool:
+        """A Conv with 16 input channels or more, or a grouped one, is no near miss."""
+        return not reason.endswith(WIDE_REASON) and reason != GROUPED
 
-    def _rewrite(self, graph: ir.Graph, conv: ir.Node, split: Plan) -> None:
+    def rewrite(self, graph: ir.Graph, conv: ir.Node, split: Plan) -> None:
         x, w_value = conv.inputs[0], conv.inputs[1]
         assert x is not None and w_value is not None and w_value.const_value is not None
         b_value = conv.inputs[2] if len(conv.inputs) > 2 else None
@@ -208,9 +186,10 @@ class PolyphaseConv(Pass):
         def constant(array: np.ndarray, suffix: str) -> ir.Value:
             return add_initializer(graph, f"{base}_{suffix}", array)
 
-        def add(op: str, inputs: list[ir.Value], **attributes: object) -> ir.Value:
-            node = ir.node(op, inputs=inputs, attributes=attributes, name=f"{base}_polyphase_{len(created)}")
-            node.metadata_props[RULE_NAME_TAG] = self.name
+        def add(op: str, inputs: list[ir.Value | None], attributes: dict[str, Any] | None = None,
+                domain: str = "") -> ir.Value:
+            node = ir.node(op, inputs=inputs, attributes=attributes or {}, domain=domain,
+                           name=f"{base}_polyphase_{len(created)}")
             created.append(node)
             return node.outputs[0]
 
@@ -219,12 +198,12 @@ class PolyphaseConv(Pass):
         # x [N, C, (H,) F] -> [N, C, (H,) F/P, P] -> [N, C, P, (H,) F/P] -> [N, C * P, (H,) F/P]
         split_in = add("Reshape", [x, constant(np.array([0, c_in, *lead, fi, p_], np.int64), "phases_in")])
         perm_in = [0, 1, rank + 2, *range(2, rank + 2)]
-        moved = add("Transpose", [split_in], perm=perm_in)
+        moved = add("Transpose", [split_in], {"perm": perm_in})
         merged_shape = [0, c_in * p_, *([-1] if rank == 2 else []), fi]
         phases = add("Reshape", [moved, constant(np.array(merged_shape, np.int64), "phase_channels_in")])
         new_pads = [*pads[: rank - 1], -split.j_min, *pads[rank: 2 * rank - 1], fo + split.j_max - fi]
         kernel = [*list(conv.attributes.get_ints("kernel_shape", list(w.shape[2:])))[:-1], split.taps]
-        attributes: dict[str, object] = {"pads": new_pads, "kernel_shape": kernel}
+        attributes: dict[str, Any] = {"pads": new_pads, "kernel_shape": kernel}
         for name in ("strides", "dilations"):
             if name in conv.attributes:
                 attributes[name] = list(conv.attributes.get_ints(name))
@@ -232,25 +211,18 @@ class PolyphaseConv(Pass):
         if b_value is not None and b_value.const_value is not None:
             bias = constant(np.repeat(np.asarray(b_value.const_value.numpy(), np.float32), p_), "phase_bias")
         conv_inputs = [phases, constant(phase_weight(w, split, begin), "phase_weight"), *([bias] if bias else [])]
-        y = add("Conv", conv_inputs, **attributes)
+        y = add("Conv", conv_inputs, attributes)
         activation = _activation(conv)
         last = activation if activation is not None else conv
         if activation is not None:
-            node = ir.node(activation.op_type, inputs=[y, *activation.inputs[1:]],
-                           attributes=dict(activation.attributes.items()), domain=activation.domain,
-                           name=f"{base}_polyphase_{len(created)}")
-            node.metadata_props[RULE_NAME_TAG] = self.name
-            created.append(node)
-            y = node.outputs[0]
+            y = add(activation.op_type, [y, *activation.inputs[1:]], dict(activation.attributes.items()),
+                    activation.domain)
         # y [N, Cout * P, (H',) F/P] -> [N, Cout, P, (H',) F/P] -> [N, Cout, (H',) F/P, P] -> [N, Cout, (H',) F]
         unmerged = [0, c_out, p_, *([-1] if rank == 2 else []), fo]
         split_out = add("Reshape", [y, constant(np.array(unmerged, np.int64), "phases_out")])
         perm_out = [0, 1, *range(3, rank + 3), 2]
-        moved_out = add("Transpose", [split_out], perm=perm_out)
+        moved_out = add("Transpose", [split_out], {"perm": perm_out})
         out_shape = [0, c_out, *lead, fo * p_]
         result = add("Reshape", [moved_out, constant(np.array(out_shape, np.int64), "interleaved")])
-        old = last.outputs[0]
-        result.shape, result.type = old.shape, old.type
-        old_nodes = [conv, *([activation] if activation is not None else [])]
-        ir.convenience.replace_nodes_and_values(graph, last, old_nodes, created, [old], [result])
-        drop_unused_initializers(graph, [w_value, b_value])
+        self.replace(graph, last, [conv, *([activation] if activation is not None else [])], created, result,
+                     [w_value, b_value])
