@@ -283,7 +283,8 @@ def quantize(
                 from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic
 
                 _run(model, Pipeline([QuantizeDynamic(per_channel=report.per_channel, include=extra,
-                                                      exclude=(*exclude, *_small_tables(model)))]), [profile], report)
+                                                      exclude=tuple(exclude), small_tables=False)]),
+                     [profile], report)
     elif mode == "weight-only":
         with clock("quantize"):
             from onnxq.passes.quantization import QuantizeWeightsInt4
@@ -592,29 +593,6 @@ def refuse_integer_model(model: ir.Model) -> None:
         raise AlreadyQuantizedError(
             f"the model is already quantized ({ops}): quantize its float original; "
             "'onnxq check' and 'onnxq bench' take this one as it is")
-
-
-def _small_tables(model: ir.Model) -> tuple[str, ...]:
-    """Exclude patterns for the Gathers whose constant table is smaller than what one run gathers.
-
-    An INT8 table saves its size once and costs a DequantizeLinear of every gathered row on every
-    run: worth it for a vocabulary (30 000 rows, a sequence of 128 read), not for Magika's 258
-    x 64 table read 2048 times per file (0.25 of 3.3 ms per run, 50 KB saved). Unknown dims
-    count as 1.
-    """
-    from onnxq.quantization.sensitivity import exact
-
-    names = []
-    for node in model.graph:
-        table, index = (node.inputs[0], node.inputs[1]) if len(node.inputs) > 1 else (None, None)
-        if node.op_type != "Gather" or not node.name or table is None or table.const_value is None \
-                or index is None or index.shape is None or len(table.const_value.shape) < 2:
-            continue
-        gathered = int(np.prod([d if isinstance(d, int) else 1 for d in index.shape], dtype=np.int64))
-        row = int(np.prod(table.const_value.shape[1:], dtype=np.int64))
-        if table.const_value.size <= gathered * row:
-            names.append(exact(node.name))
-    return tuple(names)
 
 
 def _has_op(model: ir.Model, op_type: str) -> bool:
