@@ -1,0 +1,80 @@
+"""tools/avx2_kernels.py: a command runs with AVX-512 / VNNI hidden from CPUID, ONNXQ_CPU=avx2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))  # NOTE: tools/ is a folder of scripts, not installed
+
+import avx2_kernels  # noqa: E402
+
+PROBE = """
+import json, os
+import numpy as np
+import onnx, onnxruntime as ort
+from numpy._core._multiarray_umath import __cpu_features__ as features
+from onnx import helper, TensorProto
+from onnxq.targets.ort_cpu import ort_cpu_target
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])
+w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.eye(8, dtype=np.float32).ravel())
+graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+feed = np.arange(32, dtype=np.float32).reshape(4, 8)
+print(json.dumps({
+    "avx2": bool(features["AVX2"]),
+    "avx512f": bool(features["AVX512F"]),
+    "onnxq_cpu": ort_cpu_target().cpu,
+    "same": bool((session.run(None, {"x": feed})[0] == feed).all()),
+}))
+"""
+
+
+def test_a_command_sees_avx2_without_avx512_and_onnxq_quantizes_for_avx2() -> None:
+    run = subprocess.run(
+        [sys.executable, str(TOOLS / "avx2_kernels.py"), sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    reason = avx2_kernels.unavailable()
+    if reason is not None:  # the machine cannot fault CPUID: one clear line, exit 2
+        assert run.returncode == 2 and run.stderr.strip() == (
+            f"avx2_kernels: cannot force AVX2 kernels: {reason}"
+        )
+        return
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen == {"avx2": True, "avx512f": False, "onnxq_cpu": "avx2", "same": True}
+
+
+def test_the_exit_status_is_the_commands() -> None:
+    if avx2_kernels.unavailable() is not None:
+        return  # covered by the test above: exit 2 and the reason
+    code = "import sys; sys.exit(7)"
+    run = subprocess.run([sys.executable, str(TOOLS / "avx2_kernels.py"), sys.executable, "-c", code])
+    assert run.returncode == 7
+
+
+def test_machines_without_cpuid_faulting_are_named() -> None:
+    intel = "processor\t: 0\nflags\t\t: fpu avx2 avx512f cpuid_fault\n"
+    amd = "processor\t: 0\nflags\t\t: fpu avx2 avx512f\n"
+    assert avx2_kernels.unavailable(amd, "x86_64") == (
+        "this CPU (or its hypervisor) has no CPUID faulting (no cpuid_fault in /proc/cpuinfo)"
+    )
+    assert avx2_kernels.unavailable(intel, "aarch64") == "needs an x86-64 CPU, this is aarch64"
+    assert avx2_kernels.unavailable(intel, "x86_64") in (
+        None,
+        "needs gcc to build tools/avx2_kernels/cpuid_mask.c",
+    )
+
+
+def test_the_preload_is_added_to_an_existing_one() -> None:
+    env = avx2_kernels.environment(Path("/tmp/x/cpuid_mask.so"), {"LD_PRELOAD": "libother.so", "A": "1"})
+    assert env == {"LD_PRELOAD": "/tmp/x/cpuid_mask.so libother.so", "A": "1", "ONNXQ_CPU": "avx2"}
