@@ -13,7 +13,7 @@ clock and port layout; a figure from it is labelled "AVX2 kernels on <this CPU>"
 
 Needs Linux on x86-64 with CPUID faulting (the ``cpuid_fault`` flag in /proc/cpuinfo; Intel
 CPUs since Ivy Bridge, and KVM guests on them) and ``gcc``. Exits 2 with one line otherwise;
-otherwise exits with the command's status.
+otherwise exits with the command's status (128 + N when signal N killed it).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def build(folder: Path) -> Path:
     """Compile the preload library into ``folder``; its path."""
     library = folder / "cpuid_mask.so"
     subprocess.run(
-        ["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-o", str(library), str(SOURCE)],
+        ["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-o", str(library), str(SOURCE), "-ldl"],
         check=True,
         capture_output=True,
         text=True,
@@ -89,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"avx2_kernels: gcc failed on {SOURCE}: {last[0]}", file=sys.stderr)
             return 2
         try:
-            return subprocess.run(argv, env=environment(library)).returncode
+            code = subprocess.run(argv, env=environment(library)).returncode
         except FileNotFoundError:
             print(f"avx2_kernels: command not found: {argv[0]}", file=sys.stderr)
             return 2
+        return code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
 
 
 if __name__ == "__main__":

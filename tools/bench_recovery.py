@@ -340,7 +340,7 @@ def worker(kind: str, name: str, out: str, extra: Sequence[str]) -> None:
     if kind == "ort":
         from onnxruntime import quantization as q
 
-        from onnxq.targets.ort_cpu import detect_cpu
+        from onnxq.targets.ort_cpu import cpu_kind
 
         class Reader(q.CalibrationDataReader):
             def __init__(self) -> None:
@@ -350,7 +350,7 @@ def worker(kind: str, name: str, out: str, extra: Sequence[str]) -> None:
                 return next(self.samples, None)
 
         q.quantize_static(model, out, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          reduce_range=reduce_range_for(detect_cpu()), activation_type=q.QuantType.QUInt8,
+                          reduce_range=reduce_range_for(cpu_kind()), activation_type=q.QuantType.QUInt8,
                           weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax)
         return
     if kind in ("nncf", "nncf-ac"):
@@ -629,14 +629,14 @@ def worst_sqnr(scores: Sequence[OutputScore]) -> OutputScore:
 def header(args: argparse.Namespace, models: Sequence[str], methods: Sequence[str], aimet_note: str) -> list[str]:
     import onnxruntime as ort
 
-    from onnxq.targets.ort_cpu import detect_cpu
+    from onnxq.targets.ort_cpu import cpu_kind
 
-    cpu = detect_cpu()
+    cpu = cpu_kind()
     versions = {d: _version(d) for d in ("onnxq", "onnx", "onnxruntime", "numpy")}
     lines = [
         "# Recovery table: onnxq recovery passes and guard vs onnxruntime, NNCF, AIMET-ONNX",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; CPU kind (onnxq detect_cpu): **{cpu}**; "
+        f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}; CPU kind (onnxq cpu_kind: $ONNXQ_CPU, else detected): **{cpu}**; "
         f"onnxruntime {ort.__version__}; " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "onnxruntime"),
         f"- NNCF: {_isolated_version(args.nncf_path, 'nncf')}; AIMET-ONNX: {aimet_note}",
         f"- models: {', '.join(models)}; methods: {', '.join(methods)}",
@@ -714,9 +714,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = parse_list(args.methods, list(METHODS), "methods")
     import onnxruntime as ort
 
-    from onnxq.targets.ort_cpu import detect_cpu
+    from onnxq.targets.ort_cpu import cpu_kind
 
-    print(f"CPU kind: {detect_cpu()}; onnxruntime {ort.__version__}", flush=True)
+    print(f"CPU kind: {cpu_kind()}; onnxruntime {ort.__version__}", flush=True)
     aimet_note = aimet_status(args.aimet_path)
     rows: list[dict[str, Any]] = []
     crashes: list[str] = []

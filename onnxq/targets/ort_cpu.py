@@ -133,10 +133,11 @@ def detect_cpu(cpuinfo: str | None = None, machine: str | None = None) -> str:
     return "avx2"
 
 
-def ort_cpu_target(cpu: str | None = None) -> Target:
-    """The ort-cpu profile for ``cpu`` (``vnni``, ``avx2``, ``arm64``; detected when None).
+def cpu_kind(cpu: str | None = None) -> str:
+    """The CPU kind to quantize for: ``cpu`` when given, else ``$ONNXQ_CPU``, else detected.
 
-    ``ONNXQ_CPU`` in the environment overrides detection too (for reproducible runs).
+    ``ONNXQ_CPU`` overrides detection for reproducible runs, and where the process runs on other
+    kernels than /proc/cpuinfo says (``tools/avx2_kernels.py`` hides AVX-512 from CPUID).
     """
     chosen = cpu or os.environ.get("ONNXQ_CPU") or detect_cpu()
     chosen = {"arm": "arm64", "aarch64": "arm64", "avx512_vnni": "vnni", "avx_vnni": "vnni"}.get(
@@ -146,6 +147,12 @@ def ort_cpu_target(cpu: str | None = None) -> Target:
         raise UnknownTargetError(
             f"unknown CPU kind '{chosen}' for target {NAME} (use one of: {', '.join(CPU_KINDS)})"
         )
+    return chosen
+
+
+def ort_cpu_target(cpu: str | None = None) -> Target:
+    """The ort-cpu profile for ``cpu`` (``vnni``, ``avx2``, ``arm64``; else :func:`cpu_kind`)."""
+    chosen = cpu_kind(cpu)
     note = {"vnni": VNNI_NOTE, "avx2": AVX2_NOTE, "arm64": ARM64_NOTE}[chosen]
     source = "given" if cpu else "detected"
     return Target(

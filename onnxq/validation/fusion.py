@@ -252,8 +252,8 @@ def fusion_report(model: ir.Model | str | os.PathLike[str], *, cpu: str | None =
 
     Args:
         model: A QDQ model, in memory or as a file.
-        cpu: CPU kind for the saturation warning (``vnni``, ``avx2``, ``arm64``; default: this
-            machine's, by :func:`onnxq.targets.ort_cpu.detect_cpu`).
+        cpu: CPU kind for the saturation warning (``vnni``, ``avx2``, ``arm64``; default: $ONNXQ_CPU or this
+            machine's, by :func:`onnxq.targets.ort_cpu.cpu_kind`).
 
     Raises:
         FusionCheckError: onnxruntime refused the model.
@@ -520,9 +520,9 @@ def _why_output(node: ir.Node, in_params: _QParams | None) -> str | None:
 
 def _saturation_warnings(graph: ir.Graph, groups: Sequence[Group], cpu: str | None) -> list[str]:
     """u8 activations x s8 full-range weights saturate on AVX2 without VNNI (ORT_CPU_QDQ.md, surprise 2)."""
-    from onnxq.targets.ort_cpu import detect_cpu
+    from onnxq.targets.ort_cpu import cpu_kind
 
-    if (cpu or detect_cpu()) != "avx2":
+    if cpu_kind(cpu) != "avx2":
         return []
     fused = {g.node for g in groups if g.fused and g.op_type in ("Conv", "MatMul", "Gemm")}
     hit = []

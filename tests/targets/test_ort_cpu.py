@@ -7,8 +7,8 @@ import pytest
 
 from onnxq.errors import UserError
 from onnxq.framework.context import PassContext, Resource
-from onnxq.targets import TARGETS, Target, get_target
-from onnxq.targets.ort_cpu import detect_cpu
+from onnxq.targets import TARGETS, Target, UnknownTargetError, get_target
+from onnxq.targets.ort_cpu import cpu_kind, detect_cpu
 from tests.conftest import parse
 
 X86_VNNI = "processor: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni\n"
@@ -146,3 +146,17 @@ g (float[1, 2, 4, 4] x, float[4] s) => (float[1, 2, 8, 8] a, float[1, 2, 8, 8] b
 def test_targets_are_hashable_values() -> None:
     assert get_target("ort-cpu", cpu="avx2") == get_target("ort-cpu", cpu="avx2")
     assert len({get_target("ort-cpu", cpu="avx2"), get_target("ort-cpu", cpu="vnni")}) == 2
+
+
+def test_cpu_kind_given_then_environment_then_detected(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxq.targets.ort_cpu as ort_cpu
+
+    monkeypatch.setattr(ort_cpu, "detect_cpu", lambda *a, **k: "vnni")
+    monkeypatch.delenv("ONNXQ_CPU", raising=False)
+    assert cpu_kind() == "vnni"
+    monkeypatch.setenv("ONNXQ_CPU", "avx2")  # tools/avx2_kernels.py sets it beside the CPUID mask
+    assert cpu_kind() == "avx2" and cpu_kind("arm") == "arm64"
+    assert get_target("ort-cpu").reduce_range is True
+    monkeypatch.setenv("ONNXQ_CPU", "pentium")
+    with pytest.raises(UnknownTargetError, match="unknown CPU kind 'pentium'"):
+        cpu_kind()

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 from onnxq.framework.context import PassContext
 from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic
 from onnxq.targets import get_target, ort_cpu
-from onnxq.targets.ort_cpu import detect_cpu
+from onnxq.targets.ort_cpu import cpu_kind
 
 
 def u8s8_accumulate(a: np.ndarray, w: np.ndarray, *, saturating: bool) -> np.ndarray:
@@ -69,8 +69,8 @@ def test_the_two_references_differ_on_full_range_weights_only() -> None:
 def test_onnxruntime_computes_what_this_cpu_kind_computes() -> None:
     a, w = _operands(127)
     got = _matmul_integer(a, w)
-    want = u8s8_accumulate(a, w, saturating=detect_cpu() == "avx2")
-    assert np.array_equal(got, want), f"{detect_cpu()}: onnxruntime differs from the reference of its kind"
+    want = u8s8_accumulate(a, w, saturating=cpu_kind() == "avx2")
+    assert np.array_equal(got, want), f"{cpu_kind()}: onnxruntime differs from the reference of its kind"
 
 
 def test_seven_bit_weights_are_exact_on_every_cpu_kind() -> None:

@@ -38,7 +38,8 @@ print(json.dumps({
 
 def test_a_command_sees_avx2_without_avx512_and_onnxq_quantizes_for_avx2() -> None:
     run = subprocess.run(
-        [sys.executable, str(TOOLS / "avx2_kernels.py"), sys.executable, "-c", PROBE],
+        # NOTE: with faulthandler on, as under pytest: its SIGSEGV handler must not take CPUID's
+        [sys.executable, str(TOOLS / "avx2_kernels.py"), sys.executable, "-X", "faulthandler", "-c", PROBE],
         capture_output=True,
         text=True,
         timeout=300,
@@ -60,6 +61,19 @@ def test_the_exit_status_is_the_commands() -> None:
     code = "import sys; sys.exit(7)"
     run = subprocess.run([sys.executable, str(TOOLS / "avx2_kernels.py"), sys.executable, "-c", code])
     assert run.returncode == 7
+
+
+def test_a_real_crash_still_reaches_the_programs_handler_and_kills_it() -> None:
+    if avx2_kernels.unavailable() is not None:
+        return  # covered by the first test: exit 2 and the reason
+    crash = "import ctypes; ctypes.string_at(0)"
+    run = subprocess.run(
+        [sys.executable, str(TOOLS / "avx2_kernels.py"), sys.executable, "-X", "faulthandler", "-c", crash],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 128 + 11
+    assert run.stderr.startswith("Fatal Python error: Segmentation fault")
 
 
 def test_machines_without_cpuid_faulting_are_named() -> None:

@@ -188,6 +188,7 @@ def test_saturation_warning_follows_the_one_cpu_detection(monkeypatch: pytest.Mo
     import onnxq.targets.ort_cpu as ort_cpu
 
     real = ort_cpu.detect_cpu
+    monkeypatch.delenv("ONNXQ_CPU", raising=False)
     monkeypatch.setattr(ort_cpu, "detect_cpu", lambda: real(f"flags\t: sse avx avx2 {flag}\n", "x86_64"))
     assert bool(fusion_report(_conv_u8s8(127)).warnings) is warns
 

@@ -11,7 +11,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from onnxq.examples import example_inputs_path, example_model_path
 from onnxq.ir.io import load_model
-from onnxq.targets.ort_cpu import detect_cpu
+from onnxq.targets.ort_cpu import cpu_kind
 from onnxq.validation.fusion import FusionReport, Group
 from onnxq.validation.self_check import LatencyCheck, SelfCheckReport, _warn, self_check, sqnr_db
 from tests.validation._graphs import FUSES, float_twin, model
@@ -32,7 +32,7 @@ def example_pair(tmp_path_factory) -> tuple:
     out = tmp_path_factory.mktemp("q") / "q.onnx"
     quantize_static(str(example_model_path()), str(out), _Reader(images[:16]), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    reduce_range=detect_cpu() == "avx2")  # NOTE: ORT's remedy for u8s8 saturation on AVX2
+                    reduce_range=cpu_kind() == "avx2")  # NOTE: ORT's remedy for u8s8 saturation on AVX2
     return load_model(example_model_path()), load_model(out), images[16:]
 
 

@@ -14,7 +14,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxq import runtime
 from onnxq.cli import main
 from onnxq.ir.io import load_model
-from onnxq.targets.ort_cpu import detect_cpu
+from onnxq.targets.ort_cpu import cpu_kind
 from onnxq.validation.fusion import fusion_report, remove_unfused_qdq
 from onnxq.validation.self_check import self_check
 
@@ -52,7 +52,7 @@ def quantized(tmp_path_factory) -> dict[str, Path]:
         quantize_static(str(zoo.model_path(name)), str(path), _Reader(_data(name, "calib", 16)),
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=True,
-                        reduce_range=detect_cpu() == "avx2")  # NOTE: ORT's remedy for u8s8 saturation on AVX2
+                        reduce_range=cpu_kind() == "avx2")  # NOTE: ORT's remedy for u8s8 saturation on AVX2
         out[name] = path
     return out
 

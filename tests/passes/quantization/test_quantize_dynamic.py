@@ -312,9 +312,9 @@ def test_nan_weights_stay_float_and_leave_nothing_behind() -> None:
 
 def test_seven_bit_weights_from_the_target_or_the_option() -> None:
     from onnxq.targets import get_target
-    from onnxq.targets.ort_cpu import detect_cpu
+    from onnxq.targets.ort_cpu import cpu_kind
 
-    host = detect_cpu()
+    host = cpu_kind()
     for resources, options, qmax in (
         ([get_target("ort-cpu", cpu="avx2")], "", 64),
         ([get_target("ort-cpu", cpu="vnni")], "", 127),
