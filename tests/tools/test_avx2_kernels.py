@@ -55,6 +55,38 @@ def test_a_command_sees_avx2_without_avx512_and_onnxq_quantizes_for_avx2() -> No
     assert seen == {"avx2": True, "avx512f": False, "onnxq_cpu": "avx2", "same": True}
 
 
+def test_the_tests_that_check_int8_numbers_pass_on_avx2_kernels() -> None:
+    # NOTE: the suite must pass on both CPU kinds (AVX2 saturates u8s8 pair sums in int16); on a VNNI
+    # machine this runs the tests that check quantized numbers on the AVX2 kernels as well.
+    if avx2_kernels.unavailable() is not None:
+        return  # covered by the first test: exit 2 and the reason
+    root = TOOLS.parent
+    files = [
+        "tests/passes/quantization/test_static_qdq.py",
+        "tests/passes/quantization/test_quantize_dynamic.py",
+        "tests/targets/test_u8s8_arithmetic.py",
+        "tests/validation/test_self_check.py",
+    ]
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(TOOLS / "avx2_kernels.py"),
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *files,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
 def test_the_exit_status_is_the_commands() -> None:
     if avx2_kernels.unavailable() is not None:
         return  # covered by the test above: exit 2 and the reason
