@@ -282,9 +282,10 @@ def quantize(
                 # take their weight-only / dynamic form.
                 from onnxq.passes.quantization.quantize_dynamic import QuantizeDynamic
 
-                _run(model, Pipeline([QuantizeDynamic(per_channel=report.per_channel, include=extra,
+                _run(model, Pipeline([QuantizeDynamic(per_channel=report.per_channel, ops=extra,
                                                       exclude=tuple(exclude), small_tables=False)]),
                      [profile], report)
+            _report_float_bodies(model, profile, report)
     elif mode == "weight-only":
         with clock("quantize"):
             from onnxq.passes.quantization import QuantizeWeightsInt4
@@ -593,6 +594,30 @@ def refuse_integer_model(model: ir.Model) -> None:
         raise AlreadyQuantizedError(
             f"the model is already quantized ({ops}): quantize its float original; "
             "'onnxq check' and 'onnxq bench' take this one as it is")
+
+
+def _report_float_bodies(model: ir.Model, profile: Target, report: QuantizeReport) -> None:
+    """Says which compute ops inside If / Loop / Scan bodies static quantization left float.
+
+    Static placement covers the main graph (its ranges are observed there); LSTM / GRU and Gather
+    in bodies take dynamic INT8 beside it. Without this line a model whose whole network sits in
+    an If (silero-vad's torch.export build: Convs and the decomposed LSTM's Gemms) was reported
+    "ok" with nothing quantized.
+    """
+    counts: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if (node.graph is not model.graph and node.domain in ("", "ai.onnx")
+                and node.op_type in profile.anchor_ops):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts:
+        return
+    placed = report.stats.get("insert-qdq.nodes_quantized", 0)
+    what = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items()))
+    report.diagnostics.append(Diagnostic(
+        f"{sum(counts.values())} compute node(s) inside If/Loop/Scan bodies stay float ({what}): static "
+        "quantization places QDQ on the main graph only (LSTM, GRU and Gather in bodies take dynamic INT8)"
+        + ("; nothing on the main graph was quantized either" if not placed else ""),
+        Severity.WARNING if not placed else Severity.INFO))
 
 
 def _has_op(model: ir.Model, op_type: str) -> bool:

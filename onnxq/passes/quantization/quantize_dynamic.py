@@ -81,6 +81,10 @@ class QuantizeDynamic(Pass):
             default=None,
             metadata={"help": "7-bit weights (AVX2 without VNNI); default: the Target's choice, else this CPU's"},
         )
+        ops: tuple[str, ...] = dataclasses.field(
+            default=(), metadata={"help": "op types to consider (a:b; default MatMul, Gemm, LSTM, GRU, Gather, "
+                                          "and Conv with conv=true); others are not looked at"}
+        )
         include: tuple[str, ...] = dataclasses.field(
             default=(), metadata={"help": "quantize only nodes matching a name, op type or regex (a:b)"}
         )
@@ -107,6 +111,14 @@ class QuantizeDynamic(Pass):
                         raise OptionError(
                             f"pass 'quantize-dynamic' option '{field}': '{pattern}' is not a valid regex ({e})"
                         ) from None
+            ops = tuple(p for item in self.ops for p in str(item).split(",") if p)
+            object.__setattr__(self, "ops", ops)
+            unknown = [op for op in ops if op not in (*DEFAULT_OPS, "Conv")]
+            if unknown:
+                raise OptionError(
+                    f"pass 'quantize-dynamic' option 'ops': {', '.join(unknown)} not handled "
+                    f"(use some of: {', '.join((*DEFAULT_OPS, 'Conv'))})"
+                )
             if self.min_elements < 0:
                 raise OptionError("pass 'quantize-dynamic' option 'min_elements' must be >= 0")
 
@@ -117,7 +129,7 @@ class QuantizeDynamic(Pass):
                 f"opset {opset} has no DynamicQuantizeLinear/MatMulInteger (needs >= {MIN_OPSET}); "
                 "model left in float; convert it first (convert-opset{opset=13})", Severity.WARNING),))
         rewriter = _Rewriter(model, self.options, opset, _reduce_range(self.options, ctx))
-        ops = (*DEFAULT_OPS, "Conv") if self.options.conv else DEFAULT_OPS
+        ops = self.options.ops or ((*DEFAULT_OPS, "Conv") if self.options.conv else DEFAULT_OPS)
         # NOTE: model.graphs() walks subgraphs too; local functions are left in float (their
         # weights would be Constant nodes shared by every call site).
         for graph in list(model.graphs()):

@@ -500,3 +500,17 @@ def test_zoo_bert_like_cosine(zoo, tmp_path: Path) -> None:
     save_model(model, out)
     assert out.stat().st_size < 0.4 * zoo.model_path("bert_like").stat().st_size
     assert zoo.evaluate("bert_like", out) > 0.995
+
+
+def test_ops_limits_the_op_types_looked_at() -> None:
+    # The static driver runs this pass for LSTM / GRU / Gather only: the MatMul and Gemm it leaves
+    # to QDQ get no "left in float" line (they were not this pass's to quantize).
+    model = _model(MATMUL_GEMM)
+    result = _quantize(model, "quantize-dynamic{ops=LSTM:Gather}")
+    assert not any(k.startswith("quantized_") for k in result.stats) and "left_float" not in result.stats
+    assert not result.diagnostics
+    assert [n.op_type for n in model.graph] == [n.op_type for n in _model(MATMUL_GEMM).graph]
+    result = _quantize(_model(MATMUL_GEMM), "quantize-dynamic{ops=Gemm}")
+    assert result.stats["quantized_gemm"] == 1 and "quantized_matmul" not in result.stats
+    with pytest.raises(OptionError, match="option 'ops': Softmax not handled"):
+        QuantizeDynamic(ops=("Softmax",))
