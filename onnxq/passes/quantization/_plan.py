@@ -306,7 +306,8 @@ def make_plan(
         if not target.is_integer_op(node):
             continue
         if not selection.selects(node):
-            left_float[node] = "excluded by the include/exclude options"
+            left_float[node] = ("excluded by the include/exclude options (given, or added by a guard rung: "
+                                "mixed precision, measured placement)")
             continue
         if node in blocked:
             left_float[node] = "a tensor it needs has no calibrated range"
