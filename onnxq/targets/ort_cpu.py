@@ -154,7 +154,7 @@ def ort_cpu_target(cpu: str | None = None) -> Target:
     """The ort-cpu profile for ``cpu`` (``vnni``, ``avx2``, ``arm64``; else :func:`cpu_kind`)."""
     chosen = cpu_kind(cpu)
     note = {"vnni": VNNI_NOTE, "avx2": AVX2_NOTE, "arm64": ARM64_NOTE}[chosen]
-    source = "given" if cpu else "detected"
+    source = "given " if cpu else ("ONNXQ_CPU=" if os.environ.get("ONNXQ_CPU") else "detected ")
     return Target(
         name=NAME,
         reduce_range=chosen == "avx2",
@@ -168,7 +168,7 @@ def ort_cpu_target(cpu: str | None = None) -> Target:
         gelu_form="ort-cpu",
         dynamic_kernels=True,
         cpu=chosen,
-        cpu_note=f"{source} {chosen}: {note}",
+        cpu_note=f"{source}{chosen}: {note}",
         notes=NOTES,
     )
 

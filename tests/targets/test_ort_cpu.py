@@ -157,6 +157,7 @@ def test_cpu_kind_given_then_environment_then_detected(monkeypatch: pytest.Monke
     monkeypatch.setenv("ONNXQ_CPU", "avx2")  # tools/avx2_kernels.py sets it beside the CPUID mask
     assert cpu_kind() == "avx2" and cpu_kind("arm") == "arm64"
     assert get_target("ort-cpu").reduce_range is True
+    assert get_target("ort-cpu").cpu_note.startswith("ONNXQ_CPU=avx2: 7-bit weights")
     monkeypatch.setenv("ONNXQ_CPU", "pentium")
     with pytest.raises(UnknownTargetError, match="unknown CPU kind 'pentium'"):
         cpu_kind()
