@@ -283,3 +283,18 @@ def test_a_close_call_between_float_and_int8_is_timed_head_to_head(monkeypatch: 
     # far apart: no second timing
     timed.clear()
     assert settle(1.60, 1.01) == "plain" and timed == []
+
+
+def test_mixed_precision_aims_above_the_sqnr_floor() -> None:
+    # Its cosine budget maps to SQNR only about; a budget at the floor landed on its edge (YOLOX on
+    # AVX2 kernels: drop 0.0049 of 0.005, 19.9 dB on the held-back samples, below the 20 dB floor).
+    from onnxq.quantization.guard import MIXED_MARGIN_DB, _mixed_budget
+    from onnxq.validation.self_check import SQNR_FLOOR_DB, TOP1_FLOOR
+
+    at_floor = 0.5 * 10 ** (-SQNR_FLOOR_DB / 10)
+    assert MIXED_MARGIN_DB > 0 and _mixed_budget(None) < at_floor * 0.85
+    sqnr_equivalent = -10 * np.log10(2 * _mixed_budget(None))
+    assert sqnr_equivalent == pytest.approx(SQNR_FLOOR_DB + MIXED_MARGIN_DB)
+    # Agreement budgets count decisions on the same samples as the floor: no margin there.
+    top1 = SimpleNamespace(outputs=[SimpleNamespace(top1_agreement=1.0, sequence_agreement=None)])
+    assert _mixed_budget(top1) == pytest.approx(1.0 - TOP1_FLOOR)
