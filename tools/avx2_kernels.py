@@ -18,6 +18,7 @@ otherwise exits with the command's status (128 + N when signal N killed it).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -30,9 +31,13 @@ SOURCE = Path(__file__).resolve().parent / "avx2_kernels" / "cpuid_mask.c"
 
 
 def unavailable(cpuinfo: str | None = None, machine: str | None = None) -> str | None:
-    """Why the AVX2 kernels cannot be forced here, or None when they can."""
+    """Why the AVX2 kernels cannot be forced here, or None when they can.
+
+    On this machine (no arguments) the library is also built and tried once on ``true``.
+    """
     if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
         return f"needs an x86-64 CPU, this is {machine or platform.machine()}"
+    cpuinfo_given = cpuinfo
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -46,6 +51,23 @@ def unavailable(cpuinfo: str | None = None, machine: str | None = None) -> str |
         return "this CPU (or its hypervisor) has no CPUID faulting (no cpuid_fault in /proc/cpuinfo)"
     if shutil.which("gcc") is None:
         return "needs gcc to build tools/avx2_kernels/cpuid_mask.c"
+    if cpuinfo_given is None and machine is None:
+        return _refused()
+    return None
+
+
+@functools.cache
+def _refused() -> str | None:
+    """Why this machine refuses CPUID faulting at run time (a seccomp filter, a hypervisor), or None."""
+    with tempfile.TemporaryDirectory(prefix="onnxq-avx2-") as folder:
+        try:
+            library = build(Path(folder))
+        except subprocess.CalledProcessError as error:
+            last = (error.stderr or "").strip().splitlines()[-1:] or ["no message"]
+            return f"gcc failed on {SOURCE}: {last[0]}"
+        probe = subprocess.run(["true"], env=environment(library), capture_output=True, text=True)
+    if probe.returncode != 0:
+        return "CPUID faulting is refused at run time (arch_prctl ARCH_SET_CPUID failed)"
     return None
 
 

@@ -121,6 +121,23 @@ def test_machines_without_cpuid_faulting_are_named() -> None:
     )
 
 
+def test_a_machine_that_refuses_cpuid_faulting_at_run_time_is_named(tmp_path: Path, monkeypatch) -> None:
+    # The flag can be there while a seccomp filter or hypervisor refuses ARCH_SET_CPUID: the
+    # library then exits 3 in every program; the tool finds that out on `true` first.
+    import shutil
+
+    if shutil.which("gcc") is None:
+        return  # the static check names the missing gcc
+    refusing = tmp_path / "refuses.c"
+    refusing.write_text(
+        "#include <unistd.h>\n__attribute__((constructor)) static void f(void) { _exit(3); }\n"
+    )
+    monkeypatch.setattr(avx2_kernels, "SOURCE", refusing)
+    assert avx2_kernels._refused.__wrapped__() == (
+        "CPUID faulting is refused at run time (arch_prctl ARCH_SET_CPUID failed)"
+    )
+
+
 def test_the_preload_is_added_to_an_existing_one() -> None:
     env = avx2_kernels.environment(Path("/tmp/x/cpuid_mask.so"), {"LD_PRELOAD": "libother.so", "A": "1"})
     assert env == {"LD_PRELOAD": "/tmp/x/cpuid_mask.so libother.so", "A": "1", "ONNXQ_CPU": "avx2"}
