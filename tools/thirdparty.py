@@ -807,8 +807,8 @@ MODELS: dict[str, ThirdPartyModel] = {
                 "outside the model), objectness and class score (sigmoid); NMS outside"
             },
             sample=ddddocr_det_sample,
-            calib_samples=24,
-            eval_samples=16,
+            calib_samples=64,
+            eval_samples=32,
             kinds={"output": "detection"},
         ),
         ThirdPartyModel(
