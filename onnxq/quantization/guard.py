@@ -502,6 +502,11 @@ def quantize_guarded(
         report.diagnostics.append(Diagnostic(
             f"quantization did not pay on this CPU ({why}): the output is {float_output}",
             Severity.WARNING))
+    if report is not plain_report:
+        # NOTE: every rung is judged on the plain rung's held-back samples (``record``); the report
+        # says so, not what the kept rung's own call split (0 for float, mixed precision's own).
+        report.calibration_samples = plain_report.calibration_samples
+        report.holdout_samples = plain_report.holdout_samples
     guard = GuardReport(rungs, rung.name, rung.within_floor, time_limit_s)
     return result, report, guard
 

@@ -298,3 +298,18 @@ def test_mixed_precision_aims_above_the_sqnr_floor() -> None:
     # Agreement budgets count decisions on the same samples as the floor: no margin there.
     top1 = SimpleNamespace(outputs=[SimpleNamespace(top1_agreement=1.0, sequence_agreement=None)])
     assert _mixed_budget(top1) == pytest.approx(1.0 - TOP1_FLOOR)
+
+
+def test_the_kept_report_counts_the_plain_rungs_held_back_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every rung is judged on the plain rung's held-back samples; the report of a kept float result
+    # (its own call calibrates nothing and holds nothing back) used to say 0 held back.
+    import onnxq.quantization.guard as guard_module
+
+    monkeypatch.setattr(guard_module, "float_still_needed", lambda rungs, float_ms: True)
+    monkeypatch.setattr(guard_module, "choose", lambda results, floating, plain=None: (
+        next(x for x in results if x[0] is floating), None))
+    feeds = [{"x": row} for row in _fragile.samples(96)["x"]]
+    _, report, guard = quantize_guarded(_fragile.model(), feeds, cpu="avx2", time_limit_s=60)
+    assert guard.chosen == FLOAT_RUNG
+    assert (report.calibration_samples, report.holdout_samples) == (72, 24)
+    assert report.self_check is not None and report.self_check.samples == 24
