@@ -35,9 +35,15 @@ def unavailable(cpuinfo: str | None = None, machine: str | None = None) -> str |
 
     On this machine (no arguments) the library is also built and tried once on ``true``.
     """
+    reason = _static_reason(cpuinfo, machine)
+    if reason is None and cpuinfo is None and machine is None:
+        return _here()
+    return reason
+
+
+def _static_reason(cpuinfo: str | None, machine: str | None) -> str | None:
     if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
         return f"needs an x86-64 CPU, this is {machine or platform.machine()}"
-    cpuinfo_given = cpuinfo
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -51,24 +57,26 @@ def unavailable(cpuinfo: str | None = None, machine: str | None = None) -> str |
         return "this CPU (or its hypervisor) has no CPUID faulting (no cpuid_fault in /proc/cpuinfo)"
     if shutil.which("gcc") is None:
         return "needs gcc to build tools/avx2_kernels/cpuid_mask.c"
-    if cpuinfo_given is None and machine is None:
-        return _refused()
     return None
 
 
 @functools.cache
-def _refused() -> str | None:
-    """Why this machine refuses CPUID faulting at run time (a seccomp filter, a hypervisor), or None."""
+def _here() -> str | None:
     with tempfile.TemporaryDirectory(prefix="onnxq-avx2-") as folder:
-        try:
-            library = build(Path(folder))
-        except subprocess.CalledProcessError as error:
-            last = (error.stderr or "").strip().splitlines()[-1:] or ["no message"]
-            return f"gcc failed on {SOURCE}: {last[0]}"
-        probe = subprocess.run(["true"], env=environment(library), capture_output=True, text=True)
-    if probe.returncode != 0:
-        return "CPUID faulting is refused at run time (arch_prctl ARCH_SET_CPUID failed)"
-    return None
+        return prepared(Path(folder))[1]
+
+
+def prepared(folder: Path) -> tuple[Path | None, str | None]:
+    """The library built into ``folder`` and tried on ``true``, or why not (gcc failed, or a seccomp
+    filter or hypervisor refuses CPUID faulting at run time)."""
+    try:
+        library = build(folder)
+    except subprocess.CalledProcessError as error:
+        last = (error.stderr or "").strip().splitlines()[-1:] or ["no message"]
+        return None, f"gcc failed on {SOURCE}: {last[0]}"
+    if subprocess.run(["true"], env=environment(library), capture_output=True).returncode != 0:
+        return None, "CPUID faulting is refused at run time (arch_prctl ARCH_SET_CPUID failed)"
+    return library, None
 
 
 def build(folder: Path) -> Path:
@@ -99,16 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip().splitlines()[0])
         print("usage: python tools/avx2_kernels.py COMMAND [ARG ...]")
         return 0 if argv else 2
-    reason = unavailable()
-    if reason:
-        print(f"avx2_kernels: cannot force AVX2 kernels: {reason}", file=sys.stderr)
-        return 2
     with tempfile.TemporaryDirectory(prefix="onnxq-avx2-") as folder:
-        try:
-            library = build(Path(folder))
-        except subprocess.CalledProcessError as error:
-            last = (error.stderr or "").strip().splitlines()[-1:] or ["no message"]
-            print(f"avx2_kernels: gcc failed on {SOURCE}: {last[0]}", file=sys.stderr)
+        library, reason = None, _static_reason(None, None)
+        if reason is None:
+            library, reason = prepared(Path(folder))
+        if library is None:
+            print(f"avx2_kernels: cannot force AVX2 kernels: {reason}", file=sys.stderr)
             return 2
         try:
             code = subprocess.run(argv, env=environment(library)).returncode

@@ -133,7 +133,7 @@ def test_a_machine_that_refuses_cpuid_faulting_at_run_time_is_named(tmp_path: Pa
         "#include <unistd.h>\n__attribute__((constructor)) static void f(void) { _exit(3); }\n"
     )
     monkeypatch.setattr(avx2_kernels, "SOURCE", refusing)
-    assert avx2_kernels._refused.__wrapped__() == (
+    assert avx2_kernels.prepared(tmp_path)[1] == (
         "CPUID faulting is refused at run time (arch_prctl ARCH_SET_CPUID failed)"
     )
 

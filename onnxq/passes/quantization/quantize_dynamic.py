@@ -101,19 +101,18 @@ class QuantizeDynamic(Pass):
 
         def __post_init__(self) -> None:
             # NOTE: the driver joins patterns with ','; pipeline text separates tuple items by ':'.
-            for field in ("include", "exclude"):
+            for field in ("ops", "include", "exclude"):
                 items = tuple(p for item in getattr(self, field) for p in str(item).split(",") if p)
                 object.__setattr__(self, field, items)
-                for pattern in items:
+            for field in ("include", "exclude"):
+                for pattern in getattr(self, field):
                     try:
                         re.compile(pattern)
                     except re.error as e:
                         raise OptionError(
                             f"pass 'quantize-dynamic' option '{field}': '{pattern}' is not a valid regex ({e})"
                         ) from None
-            ops = tuple(p for item in self.ops for p in str(item).split(",") if p)
-            object.__setattr__(self, "ops", ops)
-            unknown = [op for op in ops if op not in (*DEFAULT_OPS, "Conv")]
+            unknown = [op for op in self.ops if op not in (*DEFAULT_OPS, "Conv")]
             if unknown:
                 raise OptionError(
                     f"pass 'quantize-dynamic' option 'ops': {', '.join(unknown)} not handled "
